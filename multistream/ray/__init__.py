@@ -1,0 +1,1 @@
+"""Thin Ray wrappers (Data, Train, Tune) around the pure cores of `multistream`."""

@@ -1,0 +1,250 @@
+"""The extraction job on Ray Data: manifest → decode+flow (CPU actors) → spatial CNN → VGGish → Parquet.
+
+Stages are callable classes for `map_batches`, each with its own resources from `cfg.ray`, so that decode
+and the model stages run in separate actors and overlap. Rows carry arrays as `.npy` bytes: sequences of
+different lengths per video travel through Arrow without ragged-tensor conversions.
+
+Commit protocol (resume after a crash or kill -9 loses at most the videos in flight):
+  1. the decode stage writes `flow/<part>` for its video (part name derived from the video id);
+  2. the write stage writes `features/<part>` then `videos/<part>` for a batch of videos (same part name).
+A `videos/` part is the commit: on start, `features/` parts without a `videos/` twin and `flow/` parts of
+videos that are not committed ok are deleted, and committed videos are skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from multistream import schema, storage
+from multistream.config import Config, StageResources
+from multistream.extract import (
+    decode_video,
+    error_message,
+    flow_table,
+    part_name,
+    video_row,
+)
+from multistream.manifest import VideoEntry, build_manifest
+from multistream.ray.session import init_ray, worker_setup
+
+log = logging.getLogger(__name__)
+
+ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
+
+
+def pack(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict]:
+    """Batch columns → row dicts; the `videos/` row travels as JSON in column "video"."""
+    names = list(batch)
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*(batch[n] for n in names), strict=True)]
+    for row in rows:
+        if "video" in row:
+            row["video"] = json.loads(row["video"])
+    return rows
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    for row in rows:
+        if isinstance(row.get("video"), dict):
+            row["video"] = json.dumps(row["video"])
+    return {name: np.array([row[name] for row in rows], dtype=object) for name in rows[0]}
+
+
+class DecodeStage:
+    """Batch of manifest rows → decoded rows (frames, wave, sampling) and each video's `flow/` part."""
+
+    def __init__(self, cfg: Config):
+        import cv2
+
+        from multistream.flow import make_flow_estimator
+
+        worker_setup(cfg.ray.torch_threads)
+        cv2.setNumThreads(cfg.ray.torch_threads)
+        self.cfg = cfg
+        self.estimator = make_flow_estimator(cfg.flow)
+        self.flow_root = storage.join(cfg.paths.output, schema.FLOW)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _columns([self.process(row) for row in _rows(batch)])
+
+    def process(self, row: dict) -> dict:
+        entry = VideoEntry(**{name: row[name] or None for name in ENTRY_COLUMNS})
+        started = time.perf_counter()
+        try:
+            decoded = decode_video(entry.uri, self.cfg, self.estimator)
+            storage.write_part(flow_table(entry.video_id, decoded.flow, self.cfg.flow.clip_px),
+                               self.flow_root, part_name([entry.video_id]))
+        except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
+            log.warning("%s: %s", entry.uri, error_message(error))
+            seconds = {"decode_s": time.perf_counter() - started}
+            return {"video": video_row(entry, "error", error_message(error), seconds=seconds),
+                    **dict.fromkeys(("positions", "timestamps", "magnitudes", "frames", "wave"), b"")}
+        return {
+            "video": video_row(entry, facts=decoded.facts, seconds=decoded.seconds),
+            "positions": pack(decoded.positions),
+            "timestamps": pack(decoded.timestamps),
+            "magnitudes": pack(decoded.magnitudes),
+            "frames": pack(decoded.frames),
+            "wave": pack(decoded.wave),
+        }
+
+
+class _ModelStage:
+    """Applies a model to one packed column of the ok rows, replacing it with packed float16 embeddings."""
+
+    source: str
+    target: str
+    seconds: str
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _rows(batch)
+        for row in rows:
+            data = row.pop(self.source)
+            if row["video"]["status"] != "ok":
+                row[self.target] = b""
+                continue
+            started = time.perf_counter()
+            try:
+                row[self.target] = pack(self.embed(unpack(data)).astype(np.float16))
+            except Exception as error:  # noqa: BLE001
+                log.warning("%s: %s stage failed: %s", row["video"]["uri"], self.target, error_message(error))
+                row["video"] = row["video"] | {"status": "error", "error": f"{self.target}: {error_message(error)}"}
+                row[self.target] = b""
+            row["video"] = row["video"] | {self.seconds: time.perf_counter() - started}
+        return _columns(rows)
+
+
+class SpatialStage(_ModelStage):
+    """frames (K, S, S, 3) uint8 → spatial (K, D) float16."""
+
+    source, target, seconds = "frames", "spatial", "spatial_s"
+
+    def __init__(self, cfg: Config):
+        from multistream.spatial import SpatialEmbedder
+
+        worker_setup(cfg.ray.torch_threads)
+        self.embed = SpatialEmbedder(cfg.spatial)
+
+
+class AudioStage(_ModelStage):
+    """wave (N,) float32 → audio (E, 128) float16."""
+
+    source, target, seconds = "wave", "audio", "audio_s"
+
+    def __init__(self, cfg: Config):
+        from multistream.audio import AudioEmbedder
+
+        worker_setup(cfg.ray.torch_threads)
+        self.embed = AudioEmbedder(cfg.audio, sample_rate=cfg.video.audio_rate)
+
+
+class WriteStage:
+    """A batch of finished rows → one `features/` part, then the `videos/` part that commits it."""
+
+    def __init__(self, cfg: Config, spatial_dim: int):
+        self.root = cfg.paths.output
+        self.spatial_dim = spatial_dim
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _rows(batch)
+        videos = [row["video"] for row in rows]
+        name = part_name([video["video_id"] for video in videos])
+        ok = [row for row in rows if row["video"]["status"] == "ok"]
+        if ok:
+            storage.write_part(features_table(ok, self.spatial_dim),
+                               storage.join(self.root, schema.FEATURES), name)
+        storage.write_part(pa.Table.from_pylist(videos, schema=schema.VIDEOS_SCHEMA),
+                           storage.join(self.root, schema.VIDEOS), name)
+        return {"video_id": np.array([v["video_id"] for v in videos], dtype=object),
+                "status": np.array([v["status"] for v in videos], dtype=object),
+                "error": np.array([v["error"] or "" for v in videos], dtype=object)}
+
+
+def features_table(rows: list[dict], spatial_dim: int) -> pa.Table:
+    return pa.table({
+        "video_id": [row["video"]["video_id"] for row in rows],
+        "frame_index": [unpack(row["positions"]).tolist() for row in rows],
+        "timestamp_s": [unpack(row["timestamps"]).tolist() for row in rows],
+        "flow_magnitude": [unpack(row["magnitudes"]).tolist() for row in rows],
+        "spatial": schema.sequence_array([unpack(row["spatial"]) for row in rows], spatial_dim),
+        "audio": schema.sequence_array([unpack(row["audio"]) for row in rows], schema.AUDIO_DIM),
+    }, schema=schema.features_schema(spatial_dim))
+
+
+@dataclass
+class ExtractSummary:
+    total: int
+    skipped: int
+    ok: int
+    errors: dict[str, str]
+    seconds: float
+
+
+def resume_state(root: str) -> set[str]:
+    """Drop uncommitted parts of an interrupted run; return the ids of videos already committed."""
+    videos_root, features_root, flow_root = (storage.join(root, t) for t in
+                                             (schema.VIDEOS, schema.FEATURES, schema.FLOW))
+    committed = set(storage.list_parts(videos_root))
+    for name in set(storage.list_parts(features_root)) - committed:
+        log.info("removing uncommitted part %s/%s", schema.FEATURES, name)
+        storage.delete_part(features_root, name)
+    videos = storage.read_table(videos_root, columns=["video_id", "status"], schema=schema.VIDEOS_SCHEMA)
+    ok_parts = {part_name([vid]) for vid, status in zip(videos["video_id"].to_pylist(),
+                                                         videos["status"].to_pylist(), strict=True)
+                if status == "ok"}
+    for name in set(storage.list_parts(flow_root)) - ok_parts:
+        storage.delete_part(flow_root, name)
+    return set(videos["video_id"].to_pylist())
+
+
+def _map(ds: ray.data.Dataset, stage: type, resources: StageResources, **kwargs) -> ray.data.Dataset:
+    return ds.map_batches(
+        stage, fn_constructor_kwargs=kwargs, batch_size=resources.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
+
+
+def run_extract(cfg: Config, entries: list[VideoEntry] | None = None) -> ExtractSummary:
+    """Extract every video of the manifest not yet committed under `cfg.paths.output`."""
+    from multistream.spatial import embedding_dim
+
+    started = time.perf_counter()
+    if entries is None:
+        entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
+    done = resume_state(cfg.paths.output)
+    todo = [entry for entry in entries if entry.video_id not in done]
+    log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
+    summary = ExtractSummary(len(entries), len(entries) - len(todo), 0, {}, 0.0)
+    if todo:
+        init_ray(cfg)
+        ray.data.DataContext.get_current().enable_progress_bars = True
+        items = [{name: getattr(entry, name) or "" for name in ENTRY_COLUMNS} for entry in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = _map(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
+        ds = _map(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
+        ds = _map(ds, AudioStage, cfg.ray.audio, cfg=cfg)
+        ds = _map(ds, WriteStage, cfg.ray.write, cfg=cfg, spatial_dim=embedding_dim(cfg.spatial))
+        for row in ds.iter_rows():
+            if row["status"] == "ok":
+                summary.ok += 1
+            else:
+                summary.errors[row["video_id"]] = row["error"]
+    summary.seconds = time.perf_counter() - started
+    return summary
