@@ -1,0 +1,128 @@
+"""Shared Ray Train plumbing: a TorchTrainer per model with per-epoch checkpoints, failures and resume.
+
+A training loop written with `EpochLoop` checkpoints after every epoch (model, optimizer, scheduler, early
+stopping, history and the best weights so far). Re-running with the same run root resumes from the latest
+checkpoint — Ray Train restores it for a run of the same name and storage path, and `ray.train.get_checkpoint()`
+hands it to the loop — and a worker that dies mid-run is restarted from it (`FailureConfig.max_failures`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from multistream import storage
+from multistream.config import Config
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, name: str,
+                 datasets: dict | None = None) -> ray.train.Result:
+    """Fit `loop` on `cfg.ray.train` workers; checkpoints live under `<run root>/checkpoints/<name>`."""
+    resources = cfg.ray.train
+    storage_path, filesystem = _storage(storage.join(cfg.paths.output, "checkpoints"))
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                     resources_per_worker={"CPU": resources.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=resources.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+def _storage(uri: str):
+    if "://" not in uri:
+        path = os.path.abspath(uri)
+        os.makedirs(path, exist_ok=True)
+        return path, None
+    import pyarrow.fs
+
+    fs, path = storage.filesystem(uri)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+@dataclass
+class EpochLoop:
+    """Epoch bookkeeping inside a Ray Train worker: resume, report + checkpoint, early stop, best weights."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None = None
+    patience: int = 10
+    epoch: int = 0
+    best_loss: float = float("inf")
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+
+    def resume(self) -> None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_loss, self.bad_epochs = state["epoch"], state["best_loss"], state["bad_epochs"]
+        self.history = json.loads(state["history"])
+        self.best_state = state["best"]
+        log.info("resumed at epoch %d (best validation loss %.4f)", self.epoch, self.best_loss)
+
+    @property
+    def done(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def end_epoch(self, metrics: dict) -> None:
+        """Record an epoch's metrics (must include `val_loss`), checkpoint on rank 0, report on every rank."""
+        self.epoch += 1
+        if metrics["val_loss"] < self.best_loss - 1e-6:
+            self.best_loss, self.bad_epochs = metrics["val_loss"], 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(self.model).state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        self.history.append(metrics)
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save({
+                "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "epoch": self.epoch, "best_loss": self.best_loss, "bad_epochs": self.bad_epochs,
+                "history": json.dumps(self.history), "best": self.best_state,
+            }, Path(directory) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def load_final_state(result: ray.train.Result) -> dict:
+    """The best weights and history from the last checkpoint of a finished run."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training left no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
+    return {"best": state["best"] or state["model"], "history": json.loads(state["history"]),
+            "best_loss": state["best_loss"], "epoch": state["epoch"]}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
