@@ -47,9 +47,9 @@ FLOW_SCHEMA = pa.schema([
 ])
 
 
-def vectors(dim: int, dtype: pa.DataType = pa.float16()) -> pa.DataType:
-    """Arrow type of a (T, dim) sequence of vectors."""
-    return pa.list_(pa.list_(dtype, dim))
+def vectors(dim: int, dtype: pa.DataType | None = None) -> pa.DataType:
+    """Arrow type of a (T, dim) sequence of vectors (float16 unless `dtype` says otherwise)."""
+    return pa.list_(pa.list_(dtype or pa.float16(), dim))
 
 
 def features_schema(spatial_dim: int, audio_dim: int = AUDIO_DIM) -> pa.Schema:

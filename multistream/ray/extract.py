@@ -158,9 +158,8 @@ class AudioStage(_ModelStage):
 class WriteStage:
     """A batch of finished rows → one `features/` part, then the `videos/` part that commits it."""
 
-    def __init__(self, cfg: Config, spatial_dim: int):
+    def __init__(self, cfg: Config):
         self.root = cfg.paths.output
-        self.spatial_dim = spatial_dim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = _rows(batch)
@@ -168,7 +167,7 @@ class WriteStage:
         name = part_name([video["video_id"] for video in videos])
         ok = [row for row in rows if row["video"]["status"] == "ok"]
         if ok:
-            storage.write_part(features_table(ok, self.spatial_dim),
+            storage.write_part(features_table(ok),
                                storage.join(self.root, schema.FEATURES), name)
         storage.write_part(pa.Table.from_pylist(videos, schema=schema.VIDEOS_SCHEMA),
                            storage.join(self.root, schema.VIDEOS), name)
@@ -177,13 +176,15 @@ class WriteStage:
                 "error": np.array([v["error"] or "" for v in videos], dtype=object)}
 
 
-def features_table(rows: list[dict], spatial_dim: int) -> pa.Table:
+def features_table(rows: list[dict]) -> pa.Table:
+    spatial = [unpack(row["spatial"]) for row in rows]  # (K, D) float16 each
+    spatial_dim = spatial[0].shape[1]
     return pa.table({
         "video_id": [row["video"]["video_id"] for row in rows],
         "frame_index": [unpack(row["positions"]).tolist() for row in rows],
         "timestamp_s": [unpack(row["timestamps"]).tolist() for row in rows],
         "flow_magnitude": [unpack(row["magnitudes"]).tolist() for row in rows],
-        "spatial": schema.sequence_array([unpack(row["spatial"]) for row in rows], spatial_dim),
+        "spatial": schema.sequence_array(spatial, spatial_dim),
         "audio": schema.sequence_array([unpack(row["audio"]) for row in rows], schema.AUDIO_DIM),
     }, schema=schema.features_schema(spatial_dim))
 
@@ -223,8 +224,6 @@ def _map(ds: ray.data.Dataset, stage: type, resources: StageResources, **kwargs)
 
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None) -> ExtractSummary:
     """Extract every video of the manifest not yet committed under `cfg.paths.output`."""
-    from multistream.spatial import embedding_dim
-
     started = time.perf_counter()
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
@@ -240,7 +239,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None) -> Extract
         ds = _map(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
         ds = _map(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
         ds = _map(ds, AudioStage, cfg.ray.audio, cfg=cfg)
-        ds = _map(ds, WriteStage, cfg.ray.write, cfg=cfg, spatial_dim=embedding_dim(cfg.spatial))
+        ds = _map(ds, WriteStage, cfg.ray.write, cfg=cfg)
         for row in ds.iter_rows():
             if row["status"] == "ok":
                 summary.ok += 1

@@ -45,3 +45,19 @@ def worker_setup(torch_threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, torch_threads))
+
+
+def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = None):
+    """A Ray Dataset over a table of the run root (local or s3://), optionally only some videos' rows."""
+    import pyarrow.dataset as pds
+    import pyarrow.fs
+
+    from multistream import storage
+
+    kwargs = {}
+    if "://" in table_uri:
+        fs, table_uri = storage.filesystem(table_uri)
+        kwargs["filesystem"] = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    if video_ids is not None:
+        kwargs["filter"] = pds.field("video_id").isin(sorted(video_ids))
+    return ray.data.read_parquet(table_uri, columns=columns, **kwargs)

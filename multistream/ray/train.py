@@ -23,6 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from multistream import storage
 from multistream.config import Config
+from multistream.training import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,11 @@ class EpochLoop:
     scheduler: object | None = None
     patience: int = 10
     epoch: int = 0
-    best_loss: float = float("inf")
-    bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     best_state: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.stopping = EarlyStopping(self.patience)
 
     def resume(self) -> None:
         checkpoint = ray.train.get_checkpoint()
@@ -82,23 +84,19 @@ class EpochLoop:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.best_loss, self.bad_epochs = state["epoch"], state["best_loss"], state["bad_epochs"]
-        self.history = json.loads(state["history"])
-        self.best_state = state["best"]
-        log.info("resumed at epoch %d (best validation loss %.4f)", self.epoch, self.best_loss)
+        self.stopping.load_state_dict(json.loads(state["stopping"]))
+        self.epoch, self.history, self.best_state = state["epoch"], json.loads(state["history"]), state["best"]
+        log.info("resumed after epoch %d (best validation loss %.4f)", self.epoch, self.stopping.best)
 
     @property
     def done(self) -> bool:
-        return self.bad_epochs >= self.patience
+        return self.stopping.should_stop
 
     def end_epoch(self, metrics: dict) -> None:
         """Record an epoch's metrics (must include `val_loss`), checkpoint on rank 0, report on every rank."""
         self.epoch += 1
-        if metrics["val_loss"] < self.best_loss - 1e-6:
-            self.best_loss, self.bad_epochs = metrics["val_loss"], 0
+        if self.stopping.step(metrics["val_loss"]):
             self.best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(self.model).state_dict().items()}
-        else:
-            self.bad_epochs += 1
         metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
         self.history.append(metrics)
         if ray.train.get_context().get_world_rank() != 0:
@@ -108,7 +106,7 @@ class EpochLoop:
             torch.save({
                 "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "epoch": self.epoch, "best_loss": self.best_loss, "bad_epochs": self.bad_epochs,
+                "epoch": self.epoch, "stopping": json.dumps(self.stopping.state_dict()),
                 "history": json.dumps(self.history), "best": self.best_state,
             }, Path(directory) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
@@ -121,7 +119,7 @@ def load_final_state(result: ray.train.Result) -> dict:
     with result.checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
     return {"best": state["best"] or state["model"], "history": json.loads(state["history"]),
-            "best_loss": state["best_loss"], "epoch": state["epoch"]}
+            "best_loss": json.loads(state["stopping"])["best"], "epoch": state["epoch"]}
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
