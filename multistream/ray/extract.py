@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,8 +223,12 @@ def _map(ds: ray.data.Dataset, stage: type, resources: StageResources, **kwargs)
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
 
 
-def run_extract(cfg: Config, entries: list[VideoEntry] | None = None) -> ExtractSummary:
-    """Extract every video of the manifest not yet committed under `cfg.paths.output`."""
+def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
+                on_video: Callable[[dict], None] | None = None) -> ExtractSummary:
+    """Extract every video of the manifest not yet committed under `cfg.paths.output`.
+
+    `on_video` is called with {video_id, status, error} as each video is committed.
+    """
     started = time.perf_counter()
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
@@ -241,6 +246,8 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None) -> Extract
         ds = _map(ds, AudioStage, cfg.ray.audio, cfg=cfg)
         ds = _map(ds, WriteStage, cfg.ray.write, cfg=cfg)
         for row in ds.iter_rows():
+            if on_video is not None:
+                on_video(row)
             if row["status"] == "ok":
                 summary.ok += 1
             else:

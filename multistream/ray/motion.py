@@ -116,7 +116,7 @@ def train_motion_cnn(cfg: Config) -> dict:
 
     def stacks(ids, random: bool):
         return read_parquet(flow_uri, ids).map_batches(
-            sample_stacks, batch_size=4, batch_format="numpy",
+            sample_stacks, batch_size=4, batch_format="numpy", num_cpus=0.25,
             fn_kwargs={"labels": targets, "stack_length": mc.stack_length, "count": mc.stacks_per_video,
                        "random": random})
 

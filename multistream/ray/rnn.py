@@ -18,7 +18,6 @@ missing. A stream whose model and embeddings exist is skipped, so `--stream audi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
@@ -41,7 +40,14 @@ from multistream.config import Config, RNNConfig
 from multistream.ray.session import init_ray, worker_setup
 from multistream.ray.train import EpochLoop, load_final_state, run_training
 from multistream.rnn import SequenceClassifier, pad_sequences
-from multistream.training import evaluate, resolve_device, rnn_optimizer, seed_everything, topk_accuracy, train_epoch
+from multistream.training import (
+    evaluate,
+    resolve_device,
+    rnn_optimizer,
+    seed_everything,
+    topk_accuracy,
+    train_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +118,8 @@ def stream_data(root: str, stream: str, videos: pa.Table) -> StreamData:
     if not train or not test:
         raise ValueError(f"stream {stream!r} needs labelled ok videos in both the train and the test split "
                          f"(the test split validates), found {len(train)} train and {len(test)} test")
-    targets = {r["video_id"]: index[r["label"]] for r in rows if r["video_id"] in set(train) | set(test)}
+    scored = set(train) | set(test)
+    targets = {r["video_id"]: index[r["label"]] for r in rows if r["video_id"] in scored}
     return StreamData(stream, table, column, input_dim, classes, targets, train, test, [r["video_id"] for r in rows])
 
 
@@ -249,7 +256,8 @@ def run_stream(cfg: Config, data: StreamData) -> dict:
     storage.write_part(pa.table({"video_id": ids, "embedding": _fixed_list(embeddings)}), directory,
                        EMBEDDINGS_PART)
     test = np.isin(ids, data.test_ids)
-    labels = np.array([data.targets[v] for v in np.asarray(ids)[test]])
+    model_index = {label: i for i, label in enumerate(meta["classes"])}  # a reused model keeps its classes
+    labels = np.array([model_index.get(data.classes[data.targets[v]], -1) for v in np.asarray(ids)[test]])
     metrics = {"top1": topk_accuracy(logits[test], labels, 1), "top5": topk_accuracy(logits[test], labels, 5),
                "epochs": meta["epochs"], "history": meta["history"], "classes": meta["classes"],
                "n_train": len(data.train_ids), "n_test": len(data.test_ids)}
@@ -267,31 +275,32 @@ def write_embeddings(root: str) -> int:
     """Rebuild `embeddings/` from every stream's `embeddings.parquet`; returns its row count (0: none yet)."""
     videos = ok_videos(root)
     ids = videos["video_id"].to_pylist()
-    columns, dims = {}, {}
+    found: dict[str, tuple[dict[str, int], np.ndarray]] = {}  # stream → (row of each id, (N, E) float32)
     for stream in schema.STREAMS:
         part = storage.join(model_dir(root, stream), EMBEDDINGS_PART + storage.PART_SUFFIX)
         if storage.exists(part):
-            table = pq.read_table(storage.open_input(part))
-            columns[stream] = dict(zip(table["video_id"].to_pylist(), schema.column_to_sequences(
-                pa.ListArray.from_arrays(pa.array([0, len(table)], pa.int32()), table["embedding"].combine_chunks())
-            )[0], strict=True))
-            dims[stream] = table["embedding"].type.list_size
-    if not columns:
+            with storage.open_input(part) as f:
+                table = pq.read_table(f)
+            column = table["embedding"].combine_chunks()
+            matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
+            found[stream] = ({v: i for i, v in enumerate(table["video_id"].to_pylist())}, matrix)
+    if not found:
         return 0
+    dims = {stream: matrix.shape[1] for stream, (_, matrix) in found.items()}
     if len(set(dims.values())) > 1:
         raise ValueError(f"streams have different embedding sizes {dims}: retrain them with one rnn config")
-    dim = dims.popitem()[1]
+    dim = next(iter(dims.values()))
     arrays = {}
     for stream in schema.STREAMS:
-        found = columns.get(stream, {})
-        rows = np.stack([found.get(v, np.zeros(dim, np.float32)) for v in ids]) if ids else np.zeros((0, dim))
-        arrays[stream] = _fixed_list(rows, np.array([v not in found for v in ids], bool))
+        rows, matrix = found.get(stream, ({}, np.zeros((1, dim), np.float32)))
+        index = np.array([rows.get(v, -1) for v in ids], np.int64)
+        arrays[stream] = _fixed_list(matrix[np.maximum(index, 0)].reshape(-1, dim), index < 0)
     table = pa.table({"video_id": ids, "label": videos["label"], "split": videos["split"], **arrays},
                      schema=schema.embeddings_schema(dim))
     target = storage.join(root, schema.EMBEDDINGS)
     old = storage.list_parts(target)
     storage.write_part(table, target, f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
-    for name in old:
+    for name in old:  # after the new part is complete: a reader never finds the table empty
         storage.delete_part(target, name)
     return table.num_rows
 

@@ -21,20 +21,24 @@ WORKER_ENV = {
 
 
 def init_ray(cfg: Config) -> None:
-    """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`, else start a local Ray."""
+    """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`, else start a local Ray.
+
+    The address "local" always starts a new local Ray, even where a cluster runs on the machine.
+    """
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":
         ray.init(address=address, log_to_driver=True)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        log.info("joined the running Ray cluster: %s", ray.cluster_resources())
-        return
-    except ConnectionError:
-        pass
+    if not address:
+        try:
+            ray.init(address="auto", log_to_driver=True)
+            log.info("joined the running Ray cluster: %s", ray.cluster_resources())
+            return
+        except ConnectionError:
+            pass
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}})
     log.info("started a local Ray: %s", ray.cluster_resources())
@@ -47,10 +51,13 @@ def worker_setup(torch_threads: int) -> None:
     torch.set_num_threads(max(1, torch_threads))
 
 
-def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = None):
-    """A Ray Dataset over a table of the run root (local or s3://), optionally only some videos' rows."""
-    import pyarrow.dataset as pds
+def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = None, num_cpus: float = 0.25):
+    """A Ray Dataset over a table of the run root (local or s3://), optionally only some videos' rows.
+
+    Reading is I/O: its tasks ask for a fraction of a CPU, so that they never wait for the CPUs that
+    training workers or model actors hold."""
     import pyarrow.fs
+    from ray.data.expressions import col
 
     from multistream import storage
 
@@ -58,6 +65,7 @@ def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = Non
     if "://" in table_uri:
         fs, table_uri = storage.filesystem(table_uri)
         kwargs["filesystem"] = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-    if video_ids is not None:
-        kwargs["filter"] = pds.field("video_id").isin(sorted(video_ids))
-    return ray.data.read_parquet(table_uri, columns=columns, **kwargs)
+    ds = ray.data.read_parquet(table_uri, columns=columns, num_cpus=num_cpus, **kwargs)
+    if video_ids is not None:  # pushed down to the Parquet reader
+        ds = ds.filter(expr=col("video_id").is_in(sorted(video_ids)))
+    return ds

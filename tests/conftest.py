@@ -1,0 +1,65 @@
+"""Shared fixtures: a local S3 endpoint (moto), fresh buckets, and the real clips beside the repository."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of a moto S3 server on 127.0.0.1; the AWS environment points at it for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        try:
+            yield endpoint
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A new empty bucket, as "s3://<name>"."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def shared_clips() -> Path:
+    """The folder of real clips with their MANIFEST.csv; skips the test where it is missing."""
+    if not (SHARED_CLIPS / "MANIFEST.csv").is_file():
+        pytest.skip(f"real clips not found at {SHARED_CLIPS}")
+    return SHARED_CLIPS
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray for the whole session (2 CPUs, 300 MB object store), never a cluster found on the machine.
+
+    Started after the S3 server, so that its workers inherit the AWS environment pointing at it."""
+    import ray
+
+    from multistream.ray.session import WORKER_ENV
+
+    ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
+             runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()

@@ -1,0 +1,157 @@
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from multistream import storage
+from multistream.manifest import VideoEntry, build_manifest, main
+
+UCF_FILES = (
+    "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+    "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c02.avi",
+    "ApplyEyeMakeup/v_ApplyEyeMakeup_g15_c01.avi",
+    "HandstandPushups/v_HandStandPushups_g07_c03.avi",  # UCF101 spells the folder and the file differently
+    "HandstandPushups/v_HandStandPushups_g22_c01.avi",
+)
+
+
+def make_tree(root, names, data=b"video bytes are not read"):
+    for name in names:
+        storage.write_bytes(storage.join(str(root), name), data)
+    return str(root)
+
+
+def by_id(entries):
+    return {e.video_id: (e.label, e.split) for e in entries}
+
+
+def test_ucf101_layout_and_splits(tmp_path):
+    root = make_tree(tmp_path / "ucf", UCF_FILES + ("classInd.txt",))
+    entries = build_manifest(root)
+    assert [e.video_id for e in entries] == sorted(UCF_FILES)
+    assert entries[0] == VideoEntry(UCF_FILES[0], f"{root}/{UCF_FILES[0]}", "ApplyEyeMakeup", "test")
+    assert by_id(entries) == {
+        UCF_FILES[0]: ("ApplyEyeMakeup", "test"),
+        UCF_FILES[1]: ("ApplyEyeMakeup", "train"),
+        UCF_FILES[2]: ("ApplyEyeMakeup", "train"),
+        UCF_FILES[3]: ("HandstandPushups", "test"),
+        UCF_FILES[4]: ("HandstandPushups", "train"),
+    }
+    assert [e.split for e in build_manifest(root, split=2)] == ["train", "test", "train", "train", "train"]
+    assert [e.split for e in build_manifest(root, split=3)] == ["train", "train", "test", "train", "train"]
+    with pytest.raises(ValueError, match="split"):
+        build_manifest(root, split=4)
+
+
+def test_other_files_take_their_folder_as_label(tmp_path):
+    root = make_tree(tmp_path, ("cats/one.mp4", "dogs/park/two.MKV", "loose.mov", "v_Flat_g03_c01.avi"))
+    assert by_id(build_manifest(root)) == {
+        "cats/one.mp4": ("cats", None),
+        "dogs/park/two.MKV": ("park", None),
+        "loose.mov": (None, None),
+        "v_Flat_g03_c01.avi": ("Flat", "test"),
+    }
+    single = build_manifest(f"{root}/cats/one.mp4")
+    assert [(e.video_id, e.uri) for e in single] == [("one.mp4", f"{root}/cats/one.mp4")]
+
+
+def test_csv_manifest(tmp_path, caplog):
+    root = make_tree(tmp_path / "in", ("a/x.mp4", "b/y.avi", "z.mkv", "unlisted.mp4"))
+    outside = make_tree(tmp_path / "elsewhere", ("far.mp4",))
+    csv_uri = str(tmp_path / "labels.csv")
+    storage.write_text(csv_uri, "\n".join([
+        "path,label,split",
+        "a/x.mp4,walk,train",
+        "b/y.avi,run,Test",
+        "z.mkv,,",
+        "missing.mp4,walk,train",
+        f"{outside}/far.mp4,odd,anomaly",
+        "a/x.mp4,walk,train",
+    ]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        entries = build_manifest(root, labels=csv_uri)
+    assert by_id(entries) == {
+        "a/x.mp4": ("walk", "train"),
+        "b/y.avi": ("run", "test"),
+        "z.mkv": (None, None),
+        f"{outside}/far.mp4": ("odd", "anomaly"),
+    }
+    assert "missing.mp4" in caplog.text and "listed twice" in caplog.text
+
+    for column in ("uri", "file"):
+        storage.write_text(csv_uri, f"{column},label\nz.mkv,idle\n")
+        assert by_id(build_manifest(root, labels=csv_uri)) == {"z.mkv": ("idle", None)}
+    storage.write_text(csv_uri, "name,label\nz.mkv,idle\n")
+    with pytest.raises(ValueError, match="uri"):
+        build_manifest(root, labels=csv_uri)
+    storage.write_text(csv_uri, "uri,label,split\nz.mkv,idle,validation\n")
+    with pytest.raises(ValueError, match="line 2"):
+        build_manifest(root, labels=csv_uri)
+
+
+def test_labels_csv_inside_input_wins_over_names(tmp_path):
+    root = make_tree(tmp_path, ("Walk/v_Walk_g01_c01.avi", "Walk/v_Walk_g09_c01.avi"))
+    assert by_id(build_manifest(root))["Walk/v_Walk_g01_c01.avi"] == ("Walk", "test")
+    storage.write_text(f"{root}/labels.csv", "uri,label,split\nWalk/v_Walk_g01_c01.avi,Stroll,train\n")
+    assert by_id(build_manifest(root)) == {"Walk/v_Walk_g01_c01.avi": ("Stroll", "train")}
+
+
+def test_ucf101_split_files(tmp_path):
+    root = make_tree(tmp_path / "videos", UCF_FILES + ("Extra/v_Extra_g01_c01.avi",))
+    splits = str(tmp_path / "ucfTrainTestlist")
+    storage.write_text(f"{splits}/classInd.txt", "1 ApplyEyeMakeup\r\n37 HandstandPushups\r\n")
+    storage.write_text(f"{splits}/trainlist01.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c02.avi 1\r\n"
+                                                   "HandstandPushups/v_HandStandPushups_g22_c01.avi 37\r\n")
+    storage.write_text(f"{splits}/testlist01.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n"
+                                                  "HandstandPushups/v_HandStandPushups_g07_c03.avi\r\n")
+    storage.write_text(f"{splits}/trainlist02.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\n")
+    storage.write_text(f"{splits}/testlist02.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c02.avi\n")
+    assert by_id(build_manifest(root, labels=splits)) == {
+        UCF_FILES[0]: ("ApplyEyeMakeup", "test"),
+        UCF_FILES[1]: ("ApplyEyeMakeup", "train"),
+        UCF_FILES[2]: ("ApplyEyeMakeup", None),  # in neither list
+        UCF_FILES[3]: ("HandstandPushups", "test"),
+        UCF_FILES[4]: ("HandstandPushups", "train"),
+        "Extra/v_Extra_g01_c01.avi": ("Extra", None),
+    }
+    split2 = by_id(build_manifest(root, labels=splits, split=2))
+    assert split2[UCF_FILES[0]] == ("ApplyEyeMakeup", "train") and split2[UCF_FILES[1]][1] == "test"
+    with pytest.raises(ValueError, match="trainlist03"):
+        build_manifest(root, labels=splits, split=3)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist") as missing:
+        build_manifest(str(tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(missing.value)
+    make_tree(tmp_path / "docs", ("readme.txt",))
+    with pytest.raises(ValueError, match="no videos"):
+        build_manifest(str(tmp_path / "docs"))
+    with pytest.raises(ValueError, match="labels"):
+        build_manifest(make_tree(tmp_path / "v", ("a.mp4",)), labels=str(tmp_path / "none.csv"))
+
+
+def test_manifest_on_s3(s3_bucket):
+    prefix = f"{s3_bucket}/ucf101/"
+    make_tree(prefix, UCF_FILES[:2])
+    entries = build_manifest(prefix)
+    assert [(e.video_id, e.uri, e.split) for e in entries] == [
+        (UCF_FILES[0], f"{s3_bucket}/ucf101/{UCF_FILES[0]}", "test"),
+        (UCF_FILES[1], f"{s3_bucket}/ucf101/{UCF_FILES[1]}", "train"),
+    ]
+    storage.write_text(f"{prefix}labels.csv", f"uri,label\n{UCF_FILES[1]},Makeup\n")
+    assert by_id(build_manifest(prefix)) == {UCF_FILES[1]: ("Makeup", None)}
+
+
+def test_cli(tmp_path, capsys):
+    root = make_tree(tmp_path, ("Walk/v_Walk_g01_c01.avi", "misc/clip.mp4"))
+    main([root])
+    assert capsys.readouterr().out.splitlines() == [
+        "video_id,label,split", "Walk/v_Walk_g01_c01.avi,Walk,test", "misc/clip.mp4,misc,"]
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nowhere")])
+    assert "does not exist" in capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "multistream.manifest", root, "--split", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[1] == "Walk/v_Walk_g01_c01.avi,Walk,test"
