@@ -36,6 +36,8 @@ def table(root, name):
 def mixed_inputs(tmp_path_factory):
     """Good clips of three containers (with and without audio) beside empty, truncated and non-video files."""
     folder = tmp_path_factory.mktemp("mixed")
+    (folder / "walk").mkdir()
+    (folder / "run").mkdir()
     write_test_video(folder / "walk" / "a.mp4", frames=24, audio_tone_hz=300)
     write_test_video(folder / "walk" / "b.avi", frames=20, codec="mpeg4", seed=1)
     write_test_video(folder / "run" / "c.mkv", frames=30, audio_tone_hz=600, seed=2)
@@ -80,6 +82,8 @@ def test_extract_writes_every_table_and_error_rows(ray_session, mixed_inputs, tm
 
 def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
     inputs = tmp_path / "many"
+    for i in range(2):
+        (inputs / f"class{i}").mkdir(parents=True)
     for i in range(10):
         write_test_video(inputs / f"class{i % 2}" / f"v{i}.mp4", frames=60, size=(96, 72), seed=i)
     out = tmp_path / "run"
