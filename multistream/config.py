@@ -128,6 +128,7 @@ class AnomalyConfig:
     batch_size: int = 64
     threshold_percentile: float = 95.0  # of the training reconstruction errors
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda: the autoencoder trains where the fuse job runs
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ _CHOICES = {
     "flow.device": ("auto", "cpu", "cuda"),
     "spatial.device": ("auto", "cpu", "cuda"),
     "audio.device": ("auto", "cpu", "cuda"),
+    "anomaly.device": ("auto", "cpu", "cuda"),
     "sampling.method": ("adaptive", "uniform"),
     "rnn.cell": ("gru", "lstm"),
     "tune.stream": ("spatial", "temporal", "audio"),

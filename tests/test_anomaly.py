@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from multistream.anomaly import AnomalyDetector, Autoencoder, roc_auc
+from multistream.config import AnomalyConfig
+
+CFG = AnomalyConfig(hidden=32, bottleneck=4, epochs=60, lr=3e-3, batch_size=32, threshold_percentile=90.0)
+D = 24
+
+
+def _embeddings(n_normal, n_outliers, seed):
+    """Normal rows lie near a 3-d subspace of R^24; outliers fill all 24 dimensions at the same scale."""
+    basis = np.random.default_rng(42).normal(size=(3, D))
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=(n_normal, 3)) @ basis + 0.05 * rng.normal(size=(n_normal, D))
+    outliers = rng.normal(size=(n_outliers, D)) * normal.std(axis=0)
+    x = np.concatenate([normal, outliers]).astype(np.float32)
+    return x, np.r_[np.zeros(n_normal, bool), np.ones(n_outliers, bool)]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    train, _ = _embeddings(300, 6, seed=0)  # a few anomalies hide in the training archive
+    return AnomalyDetector.fit(train, CFG)
+
+
+def test_outliers_score_higher(detector):
+    test, is_outlier = _embeddings(100, 20, seed=1)
+    scores = detector.score(test)
+    assert scores.shape == (120,) and np.isfinite(scores).all()
+    assert roc_auc(scores, is_outlier) > 0.9
+    flagged = detector.is_anomaly(scores)
+    assert flagged.dtype == bool and flagged[is_outlier].mean() > flagged[~is_outlier].mean()
+
+
+def test_threshold_and_history(detector):
+    train, _ = _embeddings(300, 6, seed=0)
+    assert np.mean(detector.is_anomaly(detector.score(train))) == pytest.approx(0.10, abs=0.01)
+    assert len(detector.history) == CFG.epochs
+    assert detector.history[-1] < 0.5 * detector.history[0]
+
+
+def test_fit_is_seeded():
+    train, _ = _embeddings(64, 0, seed=2)
+    cfg = AnomalyConfig(hidden=16, bottleneck=2, epochs=3, batch_size=16, seed=5)
+    a, b = AnomalyDetector.fit(train, cfg), AnomalyDetector.fit(train, cfg)
+    np.testing.assert_array_equal(a.score(train), b.score(train))
+    assert a.history == b.history
+
+
+def test_missing_values_are_imputed(detector):
+    test, _ = _embeddings(10, 0, seed=3)
+    test[:5, :8] = np.nan
+    assert np.isfinite(detector.score(test)).all()
+    train, _ = _embeddings(64, 0, seed=4)
+    train[::4, -5:] = np.nan
+    assert np.isfinite(AnomalyDetector.fit(train, AnomalyConfig(hidden=8, bottleneck=2, epochs=2)).threshold)
+
+
+def test_save_load_roundtrip(detector, tmp_path):
+    test, _ = _embeddings(30, 5, seed=5)
+    detector.save(tmp_path / "ae")
+    assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == ["autoencoder.json", "autoencoder.safetensors"]
+    tensors = load_file(tmp_path / "ae" / "autoencoder.safetensors")
+    assert tensors["scaler.mean"].shape == (D,) and "encoder.0.weight" in tensors
+    meta = json.loads((tmp_path / "ae" / "autoencoder.json").read_text())
+    assert (meta["input_dim"], meta["hidden"], meta["bottleneck"]) == (D, 32, 4)
+    loaded = AnomalyDetector.load(tmp_path / "ae")
+    assert loaded.threshold == detector.threshold and loaded.history == detector.history
+    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
+
+
+def test_autoencoder_shapes_and_bottleneck():
+    model = Autoencoder(10, 6, 3)
+    assert model(torch.randn(4, 10)).shape == (4, 10)
+    assert model.encoder(torch.randn(4, 10)).shape == (4, 3)
+    with pytest.raises(ValueError, match="bottleneck"):
+        Autoencoder(8, 16, 8)
+
+
+def test_roc_auc():
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [False, False, True, True]) == 1.0
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [False, False, True, True]) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5, 0.5], [False, True, False, True]) == 0.5
+    assert np.isnan(roc_auc([0.1, 0.2], [False, False]))

@@ -1,0 +1,125 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from multistream.audio import AudioEmbedder, VGGish, log_mel_examples
+from multistream.config import AudioConfig
+
+RATE = 16000
+
+
+def _tone(freq: float, seconds: float, rate: int = RATE) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _hz_to_mel(f):
+    return 1127.0 * np.log1p(np.asarray(f) / 700.0)
+
+
+def _vggish_reference(wave: np.ndarray) -> np.ndarray:
+    """VGGish's numpy frontend (frames of 400 every 160, periodic Hann, |rfft 512|, mel-linear triangles)."""
+    n_frames = 1 + (len(wave) - 400) // 160
+    frames = np.stack([wave[i * 160:i * 160 + 400] for i in range(n_frames)]).astype(np.float64)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+    spectrum = np.abs(np.fft.rfft(frames * window, 512))
+    bins_mel = _hz_to_mel(np.linspace(0, RATE / 2, 257))
+    edges = np.linspace(_hz_to_mel(125.0), _hz_to_mel(7500.0), 66)
+    weights = np.stack([np.maximum(0, np.minimum((bins_mel - lo) / (mid - lo), (hi - bins_mel) / (hi - mid)))
+                        for lo, mid, hi in zip(edges[:-2], edges[1:-1], edges[2:], strict=True)], axis=1)
+    weights[0] = 0.0
+    return np.log(spectrum @ weights + 0.01)
+
+
+@pytest.mark.parametrize("samples,examples", [(0, 1), (100, 1), (15359, 1), (15360, 1), (30719, 1),
+                                              (30720, 2), (int(3.5 * RATE), 3)])
+def test_log_mel_shapes(samples, examples):
+    out = log_mel_examples(np.zeros(samples, np.float32))
+    assert out.shape == (examples, 96, 64) and out.dtype == np.float32
+    np.testing.assert_allclose(out, np.log(0.01), rtol=1e-6)  # silence is the log offset
+
+
+def test_tone_peaks_in_its_mel_band():
+    out = log_mel_examples(_tone(1000.0, 2.0))
+    centres_hz = 700.0 * np.expm1(np.linspace(_hz_to_mel(125.0), _hz_to_mel(7500.0), 66)[1:-1] / 1127.0)
+    assert out.mean(axis=(0, 1)).argmax() == np.abs(centres_hz - 1000.0).argmin()
+
+
+def test_frontend_matches_vggish_framing():
+    wave = np.random.default_rng(0).normal(0, 0.1, 2 * 15360 + 240).astype(np.float32)
+    ours = log_mel_examples(wave).reshape(-1, 64)
+    reference = _vggish_reference(wave)
+    assert reference.shape == ours.shape  # E * 96 frames, exactly the examples' span
+    # only the filter shapes differ (linear in Hz vs in mel); a frame shift would cost far more than this
+    assert np.abs(ours - reference).mean() < 0.01
+    assert np.abs(ours - reference).max() < 0.1
+
+
+def test_other_sample_rates_are_resampled():
+    out = log_mel_examples(_tone(1000.0, 2.0, rate=44100), sample_rate=44100)
+    assert out.shape == (2, 96, 64)
+    np.testing.assert_allclose(out, log_mel_examples(_tone(1000.0, 2.0)), atol=0.05)
+
+
+def test_vggish_shapes_and_port_names():
+    model = VGGish().eval()
+    with torch.inference_mode():
+        assert model(torch.randn(3, 1, 96, 64)).shape == (3, 128)
+    convs = [f"features.{i}.{p}" for i in (0, 3, 6, 8, 11, 13) for p in ("weight", "bias")]
+    fcs = [f"embeddings.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    assert list(model.state_dict()) == convs + fcs
+    assert model.state_dict()["embeddings.0.weight"].shape == (4096, 512 * 4 * 6)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return AudioEmbedder(AudioConfig(seed=3, batch_size=2, device="cpu"))
+
+
+def test_seeded_random_init_is_deterministic_and_announced(embedder, caplog):
+    wave = _tone(440.0, 2.0)
+    out = embedder(wave)
+    assert out.shape == (2, 128) and out.dtype == np.float32
+    with caplog.at_level(logging.WARNING, logger="multistream.audio"):
+        again = AudioEmbedder(AudioConfig(seed=3, device="cpu"))
+    assert "NOT AudioSet features" in caplog.text
+    np.testing.assert_array_equal(again(wave), out)
+    assert not np.allclose(AudioEmbedder(AudioConfig(seed=4, device="cpu"))(wave), out)
+
+
+def test_silence_and_batches(embedder):
+    silence = embedder(np.zeros(5 * RATE, np.float32))  # 5 examples in chunks of 2
+    assert silence.shape == (5, 128) and np.isfinite(silence).all()
+    np.testing.assert_allclose(silence, silence[:1].repeat(5, axis=0), rtol=1e-5, atol=1e-4)
+    assert embedder(np.zeros(10, np.float32)).shape == (1, 128)
+    assert not np.allclose(embedder(_tone(1000.0, 1.0)), silence[:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_round_trip(embedder, tmp_path, suffix):
+    path = tmp_path / f"vggish{suffix}"
+    state = embedder.model.state_dict()
+    if suffix == ".safetensors":
+        import safetensors.torch
+
+        safetensors.torch.save_file(state, path)
+    else:
+        torch.save(state, path)
+    loaded = AudioEmbedder(AudioConfig(weights=str(path), seed=0, device="cpu"))
+    wave = _tone(700.0, 1.5)
+    np.testing.assert_array_equal(loaded(wave), embedder(wave))
+
+
+def test_rejects_example_lengths_vggish_cannot_take():
+    with pytest.raises(ValueError, match="must be 0.96"):
+        AudioEmbedder(AudioConfig(example_seconds=1.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(embedder):
+    wave = _tone(440.0, 3.0)
+    cuda = AudioEmbedder(AudioConfig(seed=3, device="cuda"))
+    np.testing.assert_allclose(cuda(wave), embedder(wave), rtol=2e-2, atol=5e-2)  # cuDNN may use TF32

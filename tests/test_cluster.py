@@ -1,0 +1,61 @@
+"""A job runs unchanged under `ray job submit` against a cluster started with `ray start --head`."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pds
+import pytest
+
+from tests.helpers import write_test_video
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A one-node Ray cluster of this machine, on loopback, torn down afterwards."""
+    if not Path(RAY).exists():
+        pytest.skip("the ray command is not installed beside this Python")
+    dashboard = free_port()
+    temp = Path("/tmp") / f"ray-{tmp_path.name[-12:]}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # as in an activated venv
+    subprocess.run([RAY, "start", "--head", f"--port={free_port()}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+                    "--include-dashboard=true"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_extract_under_ray_job_submit(cluster, tmp_path):
+    address, env = cluster
+    inputs = tmp_path / "videos" / "wave"
+    inputs.mkdir(parents=True)
+    write_test_video(inputs / "a.mp4", frames=20, audio_tone_hz=440)
+    write_test_video(inputs / "b.mp4", frames=16, seed=1)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
+         "python", "jobs/extract.py", "--input", str(inputs.parent), "--output", str(out),
+         "--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "joined Ray cluster" in result.stdout + result.stderr
+    videos = pds.dataset(str(out / "videos")).to_table().to_pandas()
+    assert sorted(videos.video_id) == ["wave/a.mp4", "wave/b.mp4"] and (videos.status == "ok").all()
