@@ -20,7 +20,7 @@ temporal-stream frame embedding (`motion/` table). Spatial sizes (height x width
 
 full6 reads the pool5 grid of `flow_size` flattened (512 x 7 x 9 = 32256 inputs at 320x240 and width 1).
 An adaptive max-pool to that grid sits before the flatten: an identity at `flow_size`, and it lets other
-input sizes (at least 51 px a side) through the same weights.
+input sizes (at least 57 px a side) through the same weights.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def feature_grid(height: int, width: int) -> tuple[int, int]:
         n = _pool_out(_conv_out(n, 5, 2, 1))
         sizes.append(_pool_out(n) if n >= 3 else 0)
     if min(sizes) < 1:
-        raise ValueError(f"flow size {width}x{height} is too small for the motion CNN (at least 51 px a side)")
+        raise ValueError(f"flow size {width}x{height} is too small for the motion CNN (at least 57 px a side)")
     return sizes[0], sizes[1]
 
 

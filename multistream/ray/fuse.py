@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from multistream import runinfo, schema, storage
 from multistream.anomaly import AnomalyDetector, roc_auc
@@ -76,10 +77,10 @@ def load_embeddings(root: str) -> Embeddings:
     if table.num_rows == 0:
         raise RuntimeError(f"no embeddings under {storage.join(root, schema.EMBEDDINGS)}: run jobs/train_rnn.py first")
     ids = table["video_id"].to_pylist()
-    first: dict[str, int] = {}
-    for i, vid in enumerate(ids):
-        first.setdefault(vid, i)
-    where = np.asarray([first[vid] for vid in ids])  # row → merged row
+    first: dict[str, int] = {}  # video_id → merged row, in order of first appearance
+    for vid in ids:
+        first.setdefault(vid, len(first))
+    where = np.asarray([first[vid] for vid in ids])  # table row → merged row
     n = len(first)
     labels, splits = [None] * n, [None] * n
     for i, (label, split) in enumerate(zip(table["label"].to_pylist(), table["split"].to_pylist(), strict=True)):
@@ -185,7 +186,19 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], root: 
 
 
 def run_fuse(cfg: Config) -> dict:
-    """Fit the fusion SVM and the anomaly autoencoder on `embeddings/` → {"fusion": ..., "anomaly": ...}."""
+    """Fit the fusion SVM and the anomaly autoencoder on `embeddings/` → {"fusion": ..., "anomaly": ...}.
+
+    Runs as one worker with `ray.torch_threads` torch threads (more threads than work only spin).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.ray.torch_threads))
+    try:
+        return _run_fuse(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_fuse(cfg: Config) -> dict:
     root = cfg.paths.output
     fingerprint = embeddings_fingerprint(root)
     data = load_embeddings(root)

@@ -1,0 +1,63 @@
+"""The whole pipeline on a small demo dataset, then again on the finished run root: every step skips itself."""
+
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from multistream import runinfo
+from multistream.config import load_config
+from multistream.demo import generate_demo
+from multistream.pipeline import run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["flow.size=[64, 60]", "spatial.image_size=32", "sampling.max_seq_len=8", "sampling.segments=4",
+         "motion_cnn.epochs=2", "motion_cnn.stacks_per_video=2", "motion_cnn.patience=2", "rnn.hidden=8",
+         "rnn.layers=1", "rnn.epochs=3", "rnn.batch_size=4", "anomaly.hidden=16", "anomaly.bottleneck=4",
+         "anomaly.epochs=20", "ray.spatial.num_cpus=0.5"]
+OUTPUTS = ["models/motion_cnn/model.safetensors", "models/rnn_spatial/model.safetensors",
+           "models/rnn_temporal/model.safetensors", "models/rnn_audio/model.safetensors", "models/svm/svm.npz",
+           "models/autoencoder/autoencoder.safetensors", "predictions/fuse.parquet", "anomaly/fuse.parquet"]
+
+
+def run_job(argv: list[str]) -> int:
+    sys.path.insert(0, str(REPO / "jobs"))
+    try:
+        import pipeline as job
+    finally:
+        sys.path.remove(str(REPO / "jobs"))
+    return job.main(argv)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_then_skips_them_all(ray_session, tmp_path, capsys):
+    data = generate_demo(tmp_path / "data", clips_per_class=3, n_anomalies=2)
+    root = tmp_path / "run"
+    cfg = load_config(None, [f"paths.input={data}", f"paths.output={root}", *SMALL])
+
+    first = run_pipeline(cfg)
+
+    assert [s["step"] for s in first["steps"]] == ["extract", "train_motion", "train_rnn", "fuse", "report"]
+    assert all(s["status"] == "ran" for s in first["steps"]), first["steps"]
+    assert first["steps"][0]["ok"] == 14 and first["steps"][0]["errors"] == 0
+    assert Path(first["report"]).is_file()
+    metrics = runinfo.read_json(str(root), runinfo.METRICS)
+    assert {"motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio", "fusion", "anomaly", "pipeline"} <= set(metrics)
+    assert metrics["fusion"]["streams"] == ["spatial", "temporal", "audio"]
+    assert metrics["anomaly"]["n_anomaly"] == 2 and metrics["anomaly"]["roc_auc"] is not None
+    assert [s["step"] for s in metrics["pipeline"]["steps"]] == [s["step"] for s in first["steps"]]
+    assert ds.dataset(str(root / "predictions")).count_rows() == 14
+    stamps = {name: (root / name).stat().st_mtime_ns for name in OUTPUTS}
+    html = Path(first["report"]).read_text()
+    assert "not run yet" in html and "Spatial + Temporal + Audio (SVM fusion)" in html
+
+    assert run_job([f"--input={data}", f"--output={root}", *(f"--set={s}" for s in SMALL)]) == 0
+
+    second = runinfo.read_json(str(root), runinfo.METRICS)["pipeline"]
+    status = {s["step"]: s["status"] for s in second["steps"]}
+    assert status == {"extract": "skipped", "train_motion": "skipped", "train_rnn": "skipped", "fuse": "skipped",
+                      "report": "ran"}
+    assert {name: (root / name).stat().st_mtime_ns for name in OUTPUTS} == stamps
+    out = capsys.readouterr().out
+    assert "Spatial+Temporal+Audio" in out and "report.html" in out

@@ -1,0 +1,178 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from multistream import runinfo, schema, storage
+from multistream.anomaly import AnomalyDetector
+from multistream.config import load_config
+from multistream.fusion import FusionModel
+from multistream.ray.fuse import embeddings_fingerprint, is_current, load_embeddings, run_fuse
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Archery", "Biking", "Diving"]
+DIM = 8
+SETTINGS = ["anomaly.hidden=32", "anomaly.bottleneck=4", "anomaly.epochs=80", "anomaly.batch_size=16",
+            "anomaly.device=cpu"]
+
+
+def synthetic_videos(seed: int = 0, train: int = 20, test: int = 10, anomalies: int = 8) -> list[dict]:
+    """Rows with a (DIM,) vector per stream: stream k tells class k apart from the other two (which it
+    confuses), so a single stream reaches about 2/3 top-1 and the three together nearly 1; the anomalies
+    sit far off in the directions the normal videos only fill with noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, n in (("train", train), ("test", test)):
+        for c, label in enumerate(CLASSES):
+            for i in range(n):
+                vectors = {}
+                for k, stream in enumerate(schema.STREAMS):
+                    v = rng.normal(size=DIM)
+                    v[0] += 4.0 if c == k else 0.0
+                    vectors[stream] = v
+                rows.append({"video_id": f"{label}/{split}_{i:02d}", "label": label, "split": split, **vectors})
+    for i in range(anomalies):
+        vectors = {s: rng.normal(size=DIM) + np.r_[0.0, np.full(DIM - 1, 5.0)] for s in schema.STREAMS}
+        rows.append({"video_id": f"anomaly/anomaly_{i:02d}", "label": "anomaly", "split": "anomaly", **vectors})
+    return rows
+
+
+def _table(rows: list[dict], streams: tuple[str, ...]) -> pa.Table:
+    columns = {name: [r[name] for r in rows]
+               for name in ("video_id", "label", "split")}
+    for stream in schema.STREAMS:
+        columns[stream] = [r[stream].astype(np.float32) if stream in streams and r.get(stream) is not None
+                           else None for r in rows]
+    return pa.table(columns, schema=schema.embeddings_schema(DIM))
+
+
+def write_synthetic_embeddings(root: str, seed: int = 0) -> list[dict]:
+    """embeddings/ in two parts (spatial+temporal, then audio), one test video without audio and one
+    video with no embedding at all; returns the rows."""
+    rows = synthetic_videos(seed)
+    rows[len(CLASSES) * 20]["audio"] = None  # the first test video has no audio track
+    table = storage.join(root, schema.EMBEDDINGS)
+    empty = {"video_id": "Biking/empty", "label": "Biking", "split": "test"}
+    storage.write_part(_table(rows + [empty], ("spatial", "temporal")), table, "part-a")
+    storage.write_part(_table(rows, ("audio",)), table, "part-b")
+    return rows
+
+
+def fuse_config(root: str):
+    return load_config(None, [f"paths.output={root}", *SETTINGS])
+
+
+def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
+    root = str(tmp_path / "run")
+    rows = write_synthetic_embeddings(root)
+    runinfo.update_metrics(root, "rnn_spatial", {"top1": 0.5})  # written by the RNN job: must survive
+
+    data = load_embeddings(root)
+    assert len(data.video_id) == len(rows) + 1
+    assert np.isnan(data.features["audio"][data.video_id.index("Archery/test_00")]).all()
+    assert not np.isnan(data.features["spatial"][data.video_id.index("Archery/test_00")]).any()
+
+    result = run_fuse(fuse_config(root))
+
+    fusion, anomaly = result["fusion"], result["anomaly"]
+    ablation = {row["streams"]: row for row in fusion["ablation"]}
+    assert list(ablation) == ["spatial", "temporal", "audio", "spatial+temporal", "spatial+audio",
+                              "temporal+audio", "spatial+temporal+audio"]
+    fused = ablation["spatial+temporal+audio"]["top1"]
+    assert fused == pytest.approx(fusion["top1"])
+    assert fused >= 0.9
+    for stream in schema.STREAMS:
+        assert fused > ablation[stream]["top1"] + 0.1
+    assert fusion["classes"] == CLASSES and fusion["n_train"] == 60 and fusion["n_test"] == 30
+    assert np.sum(fusion["confusion"]) == 30 and set(fusion["per_class"]) == set(CLASSES)
+    assert anomaly["roc_auc"] > 0.8 and anomaly["n_anomaly"] == 8 and anomaly["n_test_normal"] == 30
+    assert anomaly["detection_rate"] >= 0.75
+
+    metrics = runinfo.read_json(root, runinfo.METRICS)
+    assert metrics["rnn_spatial"] == {"top1": 0.5}
+    assert metrics["fusion"]["top1"] == fusion["top1"] and metrics["anomaly"]["roc_auc"] == anomaly["roc_auc"]
+
+    predictions = ds.dataset(f"{root}/predictions").to_table()
+    assert predictions.schema.equals(schema.PREDICTIONS_SCHEMA)
+    assert predictions.num_rows == len(rows)  # the video without any embedding is left out
+    assert set(predictions["split"].to_pylist()) == {"train", "test", "anomaly"}
+    assert {len(s) for s in predictions["scores"].to_pylist()} == {3}
+    model = FusionModel.load(f"{root}/models/svm")
+    test = predictions.filter(ds.field("split") == "test").to_pylist()
+    assert np.mean([r["predicted"] == r["label"] for r in test]) == pytest.approx(fusion["top1"])
+    by_id = {r["video_id"]: r for r in rows}
+    features = {s: np.stack([by_id[r["video_id"]][s] if by_id[r["video_id"]][s] is not None
+                             else np.full(DIM, np.nan) for r in test]) for s in schema.STREAMS}
+    assert model.predict(features) == [r["predicted"] for r in test]
+
+    scored = ds.dataset(f"{root}/anomaly").to_table()
+    assert scored.schema.equals(schema.ANOMALY_SCHEMA) and scored.num_rows == len(rows)
+    flagged = {split: [] for split in ("train", "test", "anomaly")}
+    for row in scored.to_pylist():
+        flagged[row["split"]].append(row["is_anomaly"])
+    assert np.mean(flagged["anomaly"]) > np.mean(flagged["test"])
+    detector = AnomalyDetector.load(f"{root}/models/autoencoder")
+    assert detector.threshold == pytest.approx(anomaly["threshold"])
+    assert list(Path(root, "models/svm").iterdir()) and not list(Path(root).rglob("*.pkl"))
+
+
+def test_fuse_job_refits_in_place_and_reports_table_ii(tmp_path):
+    root = str(tmp_path / "run")
+    write_synthetic_embeddings(root)
+    assert not is_current(root)
+    run_fuse(fuse_config(root))
+    assert is_current(root)
+    stale = pa.table({"video_id": ["x"], "label": ["x"], "split": ["test"], "predicted": ["x"], "scores": [[0.0]]},
+                     schema=schema.PREDICTIONS_SCHEMA)
+    storage.write_part(stale, f"{root}/predictions", "old-part")
+
+    done = subprocess.run([sys.executable, "jobs/fuse.py", "--output", root, *(f"--set={s}" for s in SETTINGS)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Spatial+Temporal+Audio" in done.stdout and "ROC AUC" in done.stdout
+    assert storage.list_parts(f"{root}/predictions") == ["fuse"]
+    assert storage.list_parts(f"{root}/anomaly") == ["fuse"]
+    assert ds.dataset(f"{root}/predictions").count_rows() == len(synthetic_videos())
+    assert json.loads(Path(root, "reports/metrics.json").read_text())["fusion"]["top1"] >= 0.9
+
+    before = embeddings_fingerprint(root)
+    storage.write_part(_table(synthetic_videos(seed=1)[:1], ("spatial",)), f"{root}/embeddings", "part-c")
+    assert embeddings_fingerprint(root) != before and not is_current(root)
+
+
+def test_fuse_on_an_object_store_run_root(s3_bucket):
+    root = f"{s3_bucket}/runs/one"
+    rows = write_synthetic_embeddings(root)
+
+    result = run_fuse(fuse_config(root))
+
+    assert result["fusion"]["top1"] >= 0.9 and result["anomaly"]["roc_auc"] > 0.8
+    assert storage.read_table(f"{root}/predictions").num_rows == len(rows)
+    assert storage.list_parts(f"{root}/anomaly") == ["fuse"]
+    assert FusionModel.load(f"{root}/models/svm").classes == CLASSES
+    assert is_current(root)
+
+
+def test_load_embeddings_merges_the_rows_of_one_video(tmp_path):
+    v = {s: np.full(DIM, i, np.float32) for i, s in enumerate(schema.STREAMS, start=1)}
+    rows = [{"video_id": "a", "label": "A", "split": None, "spatial": v["spatial"]},
+            {"video_id": "a", "label": None, "split": "test", "audio": v["audio"]},
+            {"video_id": "b", "label": "B", "split": "train", "spatial": v["spatial"] + 1, "temporal": v["temporal"]}]
+    storage.write_part(_table(rows, schema.STREAMS), f"{tmp_path}/embeddings", "part-0")
+
+    data = load_embeddings(str(tmp_path))
+
+    assert data.video_id == ["a", "b"] and data.label == ["A", "B"] and data.split == ["test", "train"]
+    np.testing.assert_array_equal(data.features["spatial"], [v["spatial"], v["spatial"] + 1])
+    assert np.isnan(data.features["temporal"][0]).all() and (data.features["temporal"][1] == 2).all()
+    assert (data.features["audio"][0] == 3).all() and np.isnan(data.features["audio"][1]).all()
+
+
+def test_fuse_without_embeddings_says_what_to_run(tmp_path):
+    with pytest.raises(RuntimeError, match="train_rnn"):
+        run_fuse(fuse_config(str(tmp_path / "empty")))
