@@ -18,6 +18,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from ray.data.expressions import col
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -99,6 +100,17 @@ def train_loop(config: dict) -> None:
                                      "val_loss": val["loss"], "val_accuracy": val["accuracy"]}))
 
 
+def _fits_in_object_store(flow_uri: str, video_ids: set[str], share: float = 0.25) -> bool:
+    """Whether these videos' flow fits in `share` of the object store: then it is read once and kept there
+    for every epoch; otherwise each epoch streams it from Parquet again (which costs seconds per epoch)."""
+    shapes = storage.read_table(flow_uri, columns=["video_id", "shape"]).to_pylist()
+    size = sum(int(np.prod(row["shape"])) for row in shapes if row["video_id"] in video_ids)
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    log.info("flow of the training videos: %.0f MB (%s)", size / 2**20,
+             "kept in the object store" if size < share * capacity else "streamed from Parquet every epoch")
+    return size < share * capacity
+
+
 def train_motion_cnn(cfg: Config) -> dict:
     """Fit the motion CNN on Ray Train; save the best weights; return {classes, history, val metrics}."""
     root = cfg.paths.output
@@ -114,8 +126,12 @@ def train_motion_cnn(cfg: Config) -> dict:
     targets = {v: index[labels[v]] for v in train_ids | val_ids}
     mc = cfg.motion_cnn
 
+    flow = read_parquet(flow_uri, train_ids | val_ids)
+    if _fits_in_object_store(flow_uri, train_ids | val_ids):
+        flow = flow.materialize()
+
     def stacks(ids, random: bool):
-        return read_parquet(flow_uri, ids).map_batches(
+        return flow.filter(expr=col("video_id").is_in(sorted(ids))).map_batches(
             sample_stacks, batch_size=4, batch_format="numpy", num_cpus=0.25,
             fn_kwargs={"labels": targets, "stack_length": mc.stack_length, "count": mc.stacks_per_video,
                        "random": random})
@@ -191,6 +207,7 @@ def embed_motion(cfg: Config) -> int:
                                       strict=True) if v not in done}
     if not positions:
         return 0
+    init_ray(cfg)
     resources = cfg.ray.spatial
     ds = read_parquet(storage.join(root, schema.FLOW), set(positions), columns=["video_id", "shape", "data"])
     ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"cfg": cfg, "positions": positions},
@@ -204,11 +221,11 @@ def embed_motion(cfg: Config) -> int:
 def run_train_motion(cfg: Config) -> dict:
     """Train (unless a model exists) and embed (videos not yet in `motion/`); resumable at both steps."""
     root = cfg.paths.output
-    init_ray(cfg)
     if storage.exists(storage.join(root, MODEL_DIR, "model.safetensors")):
         log.info("motion CNN already trained under %s: skipping training", root)
         summary = runinfo.read_json(root, runinfo.METRICS).get("motion_cnn", {})
     else:
+        init_ray(cfg)
         summary = train_motion_cnn(cfg)
     added = embed_motion(cfg)
     log.info("motion/: %d videos embedded", added)

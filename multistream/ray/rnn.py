@@ -4,20 +4,22 @@ Per stream (spatial: `features.spatial`, audio: `features.audio`, temporal: `mot
 
 1. classes = the sorted labels of the ok train-split videos; a `SequenceClassifier` from `cfg.rnn` is trained
    on the train split and validated on the test split, as in the paper, which uses UCF101's test split for
-   the validation loss that drives the learning-rate schedule and early stopping. Ray Data streams the
-   Parquet rows to the workers (`get_dataset_shard`), so no process holds a whole table. Every epoch is
-   checkpointed (`EpochLoop`): a re-run, or a restarted worker, continues from the last epoch.
+   the validation loss that drives the learning-rate schedule and early stopping. Ray Data reads the Parquet
+   parts into the cluster's object store and shards them over the workers (`get_dataset_shard`): no process
+   holds a whole table. Every epoch is checkpointed (`EpochLoop`): a re-run or a restarted worker continues
+   from the last epoch (checkpoints of a different architecture or class list are dropped instead).
 2. the best weights → `models/rnn_<stream>/model.safetensors` + `model.json` (input_dim, classes,
    hyperparameters, history).
 3. every ok video (all splits, anomaly included) → `model.embed` on an actor pool →
    `models/rnn_<stream>/embeddings.parquet` (video_id, embedding); test top-1/top-5 from the same pass.
 
 Then `embeddings/` is rebuilt from every stream embedded so far: one row per ok video, null where a stream is
-missing. A stream whose model and embeddings exist is skipped, so `--stream audio` can follow `--stream spatial`.
+missing. A stream already trained and embedded is skipped, so `--stream audio` can follow `--stream spatial`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -55,6 +57,7 @@ SOURCES = {"spatial": (schema.FEATURES, "spatial"), "temporal": (schema.MOTION, 
            "audio": (schema.FEATURES, "audio")}
 PRODUCER = {schema.FEATURES: "jobs/extract.py", schema.MOTION: "jobs/train_motion.py"}
 MODEL_FILE, META_FILE, EMBEDDINGS_PART = "model.safetensors", "model.json", "embeddings"
+SPEC_FILE = "multistream_model.json"  # beside a stream's Ray Train checkpoints: the model they belong to
 ARCHITECTURE = ("cell", "bidirectional", "layers", "hidden", "attention", "dropout")
 
 
@@ -123,15 +126,21 @@ def stream_data(root: str, stream: str, videos: pa.Table) -> StreamData:
     return StreamData(stream, table, column, input_dim, classes, targets, train, test, [r["video_id"] for r in rows])
 
 
+def arrow_location(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(path, pyarrow filesystem) for Ray APIs: an absolute local path with None, or an fsspec-backed store."""
+    if "://" not in uri:
+        return os.path.abspath(uri), None
+    fs, path = storage.filesystem(uri)
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
 def read_dataset(data: StreamData, ids: list[str]) -> ray.data.Dataset:
     """Ray Dataset of (video_id, <column>) rows of `ids`, read part by part from the Parquet table."""
     from ray.data.expressions import col
 
-    fs, path = storage.filesystem(data.table)
-    local = "file" in fs.protocol or "local" in fs.protocol
+    path, filesystem = arrow_location(data.table)
     paths = [posixpath.join(path, name + storage.PART_SUFFIX) for name in storage.list_parts(data.table)]
-    ds = ray.data.read_parquet(paths, columns=["video_id", data.column],
-                               filesystem=None if local else pafs.PyFileSystem(pafs.FSSpecHandler(fs)))
+    ds = ray.data.read_parquet(paths, columns=["video_id", data.column], filesystem=filesystem)
     return ds.filter(expr=col("video_id").is_in(sorted(ids)))
 
 
@@ -182,11 +191,31 @@ def train_loop(config: dict) -> None:
                         "val_accuracy": val["accuracy"], "val_top5": val["top5"]})
 
 
+def _drop_stale_checkpoints(cfg: Config, data: StreamData) -> None:
+    """Checkpoints of another architecture, input or class list cannot be resumed: remove them, start over."""
+    run = storage.join(cfg.paths.output, "checkpoints", f"rnn_{data.stream}")
+    spec_uri = storage.join(run, SPEC_FILE)
+    spec = json.dumps({"input_dim": data.input_dim, "classes": data.classes,
+                       **{name: getattr(cfg.rnn, name) for name in ARCHITECTURE}}, sort_keys=True)
+    if storage.exists(run) and not (storage.exists(spec_uri) and storage.read_text(spec_uri) == spec):
+        log.warning("%s: the checkpoints in %s are of another model; training starts over", data.stream, run)
+        fs, path = storage.filesystem(run)
+        fs.rm(path, recursive=True)
+    storage.write_text(spec_uri, spec)
+
+
 def train_stream(cfg: Config, data: StreamData) -> dict:
     """Train on Ray Train (resuming from `checkpoints/rnn_<stream>`), save the best weights; returns model.json."""
     loop_config = {"rnn": cfg.rnn, "input_dim": data.input_dim, "num_classes": len(data.classes),
                    "column": data.column, "targets": data.targets, "torch_threads": cfg.ray.torch_threads}
-    datasets = {"train": read_dataset(data, data.train_ids), "val": read_dataset(data, data.test_ids)}
+    _drop_stale_checkpoints(cfg, data)
+    # Materialized once in the object store: re-reading the Parquet parts every epoch costs seconds of task
+    # start-up per epoch, more than a whole epoch of a small dataset.
+    datasets = {"train": read_dataset(data, data.train_ids).materialize(),
+                "val": read_dataset(data, data.test_ids).materialize()}
+    # A worker's report blocks until the controller polls it (every 2 s by default): a floor of 2 s per epoch,
+    # longer than a demo epoch. The controller reads this at start-up (Ray Train propagates RAY_TRAIN_* vars).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     result = run_training(train_loop, loop_config, cfg, f"rnn_{data.stream}", datasets=datasets)
     state = load_final_state(result)
     meta = {"stream": data.stream, "input_dim": data.input_dim, "classes": data.classes,
@@ -194,8 +223,8 @@ def train_stream(cfg: Config, data: StreamData) -> dict:
             "rnn": {name: getattr(cfg.rnn, name) for name in ARCHITECTURE}, "config": asdict(cfg.rnn),
             "epochs": state["epoch"], "best_val_loss": state["best_loss"], "history": state["history"]}
     directory = model_dir(cfg.paths.output, data.stream)
-    storage.write_bytes(storage.join(directory, MODEL_FILE), save_safetensors(state["best"]))
     runinfo.write_json(directory, META_FILE, meta)
+    storage.write_bytes(storage.join(directory, MODEL_FILE), save_safetensors(state["best"]))  # marks it done
     return meta
 
 
@@ -271,6 +300,11 @@ def _fixed_list(rows: np.ndarray, mask: np.ndarray | None = None) -> pa.FixedSiz
     return pa.FixedSizeListArray.from_arrays(flat, rows.shape[1], mask=None if mask is None else pa.array(mask))
 
 
+def _read_file(uri: str, columns: list[str] | None = None) -> pa.Table:
+    with storage.open_input(uri) as f:
+        return pq.read_table(f, columns=columns)
+
+
 def write_embeddings(root: str) -> int:
     """Rebuild `embeddings/` from every stream's `embeddings.parquet`; returns its row count (0: none yet)."""
     videos = ok_videos(root)
@@ -279,8 +313,7 @@ def write_embeddings(root: str) -> int:
     for stream in schema.STREAMS:
         part = storage.join(model_dir(root, stream), EMBEDDINGS_PART + storage.PART_SUFFIX)
         if storage.exists(part):
-            with storage.open_input(part) as f:
-                table = pq.read_table(f)
+            table = _read_file(part)
             column = table["embedding"].combine_chunks()
             matrix = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
             found[stream] = ({v: i for i, v in enumerate(table["video_id"].to_pylist())}, matrix)
@@ -308,21 +341,16 @@ def write_embeddings(root: str) -> int:
 def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -> dict[str, dict]:
     """Train and embed each stream, then rebuild `embeddings/`; returns per-stream metrics.
 
-    A stream already done (model + embeddings saved) is skipped (`"skipped": True`, metrics from
-    reports/metrics.json). A stream whose table is missing raises MissingStreamError, or with
-    `skip_missing` is reported as `{"missing": message}`.
+    A stream already done (model saved, every ok video of its table embedded) is skipped (`"skipped": True`,
+    metrics from reports/metrics.json); with a saved model but videos added since, it is only re-embedded.
+    A stream whose table is missing raises MissingStreamError, or with `skip_missing` is reported as
+    `{"missing": message}`.
     """
     root = absolute_root(cfg.paths.output)
     cfg = cfg.replace(**{"paths.output": root})
     videos = ok_videos(root)
     results: dict[str, dict] = {}
     for stream in streams:
-        directory = model_dir(root, stream)
-        if all(storage.exists(storage.join(directory, name))
-               for name in (MODEL_FILE, EMBEDDINGS_PART + storage.PART_SUFFIX)):
-            log.info("%s: already trained and embedded in %s, skipping", stream, directory)
-            results[stream] = {**runinfo.read_json(root, runinfo.METRICS).get(f"rnn_{stream}", {}), "skipped": True}
-            continue
         try:
             data = stream_data(root, stream, videos)
         except MissingStreamError as error:
@@ -331,7 +359,15 @@ def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -
             log.warning("%s", error)
             results[stream] = {"missing": str(error)}
             continue
+        directory = model_dir(root, stream)
+        embedded = storage.join(directory, EMBEDDINGS_PART + storage.PART_SUFFIX)
+        if storage.exists(storage.join(directory, MODEL_FILE)) and storage.exists(embedded) and set(
+                data.all_ids) <= set(_read_file(embedded, ["video_id"])["video_id"].to_pylist()):
+            log.info("%s: already trained and embedded in %s, skipping", stream, directory)
+            results[stream] = {**runinfo.read_json(root, runinfo.METRICS).get(f"rnn_{stream}", {}), "skipped": True}
+            continue
         init_ray(cfg)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar per split per epoch is noise
         log.info("%s: %d classes, %d train / %d test videos, input %d-d", stream, len(data.classes),
                  len(data.train_ids), len(data.test_ids), data.input_dim)
         results[stream] = run_stream(cfg, data)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class EpochLoop:
 
     def __post_init__(self) -> None:
         self.stopping = EarlyStopping(self.patience)
+        self._started = time.perf_counter()
 
     def resume(self) -> None:
         checkpoint = ray.train.get_checkpoint()
@@ -97,7 +99,10 @@ class EpochLoop:
         self.epoch += 1
         if self.stopping.step(metrics["val_loss"]):
             self.best_state = {k: v.detach().cpu().clone() for k, v in _unwrap(self.model).state_dict().items()}
-        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        now = time.perf_counter()
+        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                   "seconds": now - self._started}
+        self._started = now
         self.history.append(metrics)
         if ray.train.get_context().get_world_rank() != 0:
             ray.train.report(metrics)
