@@ -2,7 +2,9 @@
 
 The autoencoder learns to reconstruct the (standardized) embeddings of a mostly normal archive through a
 narrow bottleneck; videos unlike the majority reconstruct worse. A video is flagged when its score exceeds
-the `threshold_percentile`-th percentile of the training scores. NaN entries (a missing stream) are imputed
+the `threshold_percentile`-th percentile of the scores of held-out normal videos (`calibration` of them are
+kept out of fitting: an autoencoder reconstructs the videos it was fitted on far better than new normal
+ones, so a threshold from its own training scores would flag most new videos). NaN entries (a missing stream) are imputed
 with the training mean, i.e. 0 after standardization. Saved as safetensors (weights + scaler) and JSON.
 """
 
@@ -58,6 +60,9 @@ class AnomalyDetector:
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"embeddings must be (N >= 2, D), got {x.shape}")
+        order = np.random.default_rng(cfg.seed).permutation(len(x))
+        held = order[:int(round(cfg.calibration * len(x)))] if len(x) >= 5 else order[:0]
+        calibration, x = x[held], np.delete(x, held, axis=0)
         mean = np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0)
         x = np.where(np.isnan(x), mean, x)
         scale = x.std(axis=0)
@@ -83,7 +88,8 @@ class AnomalyDetector:
                 total += float(loss.detach()) * len(batch)
             history.append(total / len(data))
         detector = cls(model, mean, scale, 0.0, history, device)
-        detector.threshold = float(np.percentile(detector.score(embeddings), cfg.threshold_percentile))
+        reference = calibration if len(calibration) else x
+        detector.threshold = float(np.percentile(detector.score(reference), cfg.threshold_percentile))
         return detector
 
     @torch.no_grad()

@@ -126,7 +126,8 @@ class AnomalyConfig:
     epochs: int = 200
     lr: float = 1e-3
     batch_size: int = 64
-    threshold_percentile: float = 95.0  # of the training reconstruction errors
+    threshold_percentile: float = 95.0  # of the reconstruction errors of held-out normal videos
+    calibration: float = 0.25  # share of the normal training videos held out to set the threshold
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda: the autoencoder trains where the fuse job runs
 
@@ -300,5 +301,7 @@ def _check_value(key: str, value) -> None:
         raise ConfigError(f"{key}: must be positive, got {value!r}")
     if key == "flow.size" and min(value) < 16:
         raise ConfigError(f"flow.size: each side must be at least 16 pixels, got {value!r}")
+    if key == "anomaly.calibration" and not 0 <= value < 1:
+        raise ConfigError(f"{key}: must be in [0, 1), got {value!r}")
     if key == "anomaly.threshold_percentile" and not 0 < value < 100:
         raise ConfigError(f"{key}: must be between 0 and 100, got {value!r}")
