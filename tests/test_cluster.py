@@ -4,6 +4,8 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import time
 import sys
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def cluster(tmp_path):
     if not Path(RAY).exists():
         pytest.skip("the ray command is not installed beside this Python")
     dashboard = free_port()
-    temp = Path("/tmp") / f"ray-{tmp_path.name[-12:]}"
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # as in an activated venv
@@ -38,8 +40,22 @@ def cluster(tmp_path):
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_processes_under(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_processes_under(temp: Path) -> None:
+    """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine)."""
+    import psutil
+
+    processes = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(temp) in " ".join(process.info["cmdline"] or []):
+            processes.append(process)
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        process.kill()
 
 
 @pytest.mark.slow
@@ -50,11 +66,14 @@ def test_extract_under_ray_job_submit(cluster, tmp_path):
     write_test_video(inputs / "a.mp4", frames=20, audio_tone_hz=440)
     write_test_video(inputs / "b.mp4", frames=16, seed=1)
     out = tmp_path / "run"
-    result = subprocess.run(
-        [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
-         "python", "jobs/extract.py", "--input", str(inputs.parent), "--output", str(out),
-         "--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8"],
-        env=env, capture_output=True, text=True, timeout=600)
+    command = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
+               "python", "jobs/extract.py", "--input", str(inputs.parent), "--output", str(out),
+               "--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8"]
+    for _ in range(30):  # the node's job agent comes up a few seconds after `ray start` returns
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in result.stderr + result.stdout:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "joined Ray cluster" in result.stdout + result.stderr
     videos = pds.dataset(str(out / "videos")).to_table().to_pandas()

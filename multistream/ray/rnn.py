@@ -213,9 +213,6 @@ def train_stream(cfg: Config, data: StreamData) -> dict:
     # start-up per epoch, more than a whole epoch of a small dataset.
     datasets = {"train": read_dataset(data, data.train_ids).materialize(),
                 "val": read_dataset(data, data.test_ids).materialize()}
-    # A worker's report blocks until the controller polls it (every 2 s by default): a floor of 2 s per epoch,
-    # longer than a demo epoch. The controller reads this at start-up (Ray Train propagates RAY_TRAIN_* vars).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     result = run_training(train_loop, loop_config, cfg, f"rnn_{data.stream}", datasets=datasets)
     state = load_final_state(result)
     meta = {"stream": data.stream, "input_dim": data.input_dim, "classes": data.classes,
