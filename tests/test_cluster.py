@@ -4,9 +4,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 
 import pyarrow.dataset as pds
