@@ -44,6 +44,15 @@ class SequenceClassifier(nn.Module):
                                 bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
         self.output_dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(self.embedding_dim, num_classes)
+        # Per-feature standardization of the input (CNN embeddings have very different scales per feature),
+        # kept in the state dict so a saved model carries its training statistics.
+        self.register_buffer("input_mean", torch.zeros(input_dim))
+        self.register_buffer("input_scale", torch.ones(input_dim))
+
+    def set_input_statistics(self, mean: np.ndarray, scale: np.ndarray) -> None:
+        """Standardize inputs as (x - mean) / scale, both (D,) from the training frames."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_scale.copy_(torch.as_tensor(np.maximum(scale, 1e-6), dtype=torch.float32))
 
     @classmethod
     def from_config(cls, cfg: RNNConfig, input_dim: int, num_classes: int) -> SequenceClassifier:
@@ -55,7 +64,7 @@ class SequenceClassifier(nn.Module):
         lengths = lengths.to("cpu", torch.int64)
         if int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]:
             raise ValueError(f"lengths must lie in [1, {x.shape[1]}], got {lengths.tolist()}")
-        x = self.input_dropout(x)
+        x = self.input_dropout((x - self.input_mean) / self.input_scale)
         if self.attention is not None:
             pad = torch.arange(x.shape[1]).unsqueeze(0) >= lengths.unsqueeze(1)
             attended, _ = self.attention(x, x, x, key_padding_mask=pad.to(x.device), need_weights=False)

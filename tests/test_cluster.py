@@ -53,7 +53,7 @@ def stop_processes_under(temp: Path) -> None:
         if str(temp) in " ".join(process.info["cmdline"] or []):
             processes.append(process)
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=15)
+    _, alive = psutil.wait_procs(processes, timeout=5)
     for process in alive:
         process.kill()
 

@@ -247,5 +247,5 @@ def summary_table(result: dict) -> str:
     auc = anomaly["roc_auc"]
     lines.append(f"anomaly: ROC AUC {'n/a' if auc is None else f'{auc:.3f}'} ({anomaly['n_test_normal']} test-normal vs "
                  f"{anomaly['n_anomaly']} anomalous videos), threshold {anomaly['threshold']:.4f} "
-                 f"(p{anomaly['threshold_percentile']:g} of train), flagged per split: {anomaly['flagged']}")
+                 f"(p{anomaly['threshold_percentile']:g} of held-out normal training videos), flagged per split: {anomaly['flagged']}")
     return "\n".join(lines)

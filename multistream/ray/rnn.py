@@ -174,8 +174,9 @@ def train_loop(config: dict) -> None:
     rnn: RNNConfig = config["rnn"]
     seed_everything(rnn.seed)
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(
-        SequenceClassifier.from_config(rnn, config["input_dim"], config["num_classes"]))
+    model = SequenceClassifier.from_config(rnn, config["input_dim"], config["num_classes"])
+    model.set_input_statistics(*config["input_statistics"])
+    model = ray.train.torch.prepare_model(model)
     optimizer, scheduler = rnn_optimizer(model, rnn)
     loop = EpochLoop(model, optimizer, scheduler, patience=rnn.patience)
     loop.resume()
@@ -204,6 +205,21 @@ def _drop_stale_checkpoints(cfg: Config, data: StreamData) -> None:
     storage.write_text(spec_uri, spec)
 
 
+def input_statistics(ds: ray.data.Dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (D,), of every timestep of the training sequences, streamed in one pass."""
+    total = total_sq = None
+    count = 0
+    for table in ds.iter_batches(batch_format="pyarrow", batch_size=256):
+        frames = np.concatenate([s.astype(np.float64) for s in sequences(table[column])])
+        if total is None:
+            total, total_sq = np.zeros(frames.shape[1]), np.zeros(frames.shape[1])
+        total += frames.sum(0)
+        total_sq += (frames ** 2).sum(0)
+        count += len(frames)
+    mean = total / max(count, 1)
+    return mean, np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
+
+
 def train_stream(cfg: Config, data: StreamData) -> dict:
     """Train on Ray Train (resuming from `checkpoints/rnn_<stream>`), save the best weights; returns model.json."""
     loop_config = {"rnn": cfg.rnn, "input_dim": data.input_dim, "num_classes": len(data.classes),
@@ -213,6 +229,7 @@ def train_stream(cfg: Config, data: StreamData) -> dict:
     # start-up per epoch, more than a whole epoch of a small dataset.
     datasets = {"train": read_dataset(data, data.train_ids).materialize(),
                 "val": read_dataset(data, data.test_ids).materialize()}
+    loop_config["input_statistics"] = input_statistics(datasets["train"], data.column)
     result = run_training(train_loop, loop_config, cfg, f"rnn_{data.stream}", datasets=datasets)
     state = load_final_state(result)
     meta = {"stream": data.stream, "input_dim": data.input_dim, "classes": data.classes,
