@@ -19,7 +19,8 @@ import torchaudio
 from torch import nn
 
 from multistream.config import AudioConfig
-from multistream.pretrained import load_state_dict, resolve_device
+from multistream.pretrained import load_state_dict
+from multistream.training import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from multistream.config import FlowConfig
-from multistream.pretrained import load_state_dict, resolve_device
+from multistream.pretrained import load_state_dict
+from multistream.training import resolve_device
 
 
 class FlowEstimator(Protocol):

@@ -23,15 +23,6 @@ _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model")
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when available, else cpu; 'cpu'/'cuda' as given (cuda without a GPU raises)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
     """A state dict from a `.safetensors` or `.pt`/`.pth`/`.bin` file at a local path or URI (s3://...).
 

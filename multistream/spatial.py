@@ -15,7 +15,8 @@ import timm
 import torch
 
 from multistream.config import SpatialConfig
-from multistream.pretrained import load_weights, resolve_device
+from multistream.pretrained import load_weights
+from multistream.training import resolve_device
 
 log = logging.getLogger(__name__)
 

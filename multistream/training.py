@@ -18,9 +18,11 @@ from multistream.config import MotionCNNConfig, RNNConfig
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" → cuda when available, else cpu; anything else as given."""
+    """"auto" → cuda when available, else cpu; anything else as given ("cuda" without a GPU raises)."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device")
     return torch.device(device)
 
 

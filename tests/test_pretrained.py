@@ -9,7 +9,6 @@ from multistream.pretrained import (
     efficientnet_lite0_state_dict,
     load_state_dict,
     load_weights,
-    resolve_device,
 )
 
 
@@ -60,14 +59,6 @@ def test_bad_files_raise_clearly(tmp_path):
         load_state_dict(str(tmp_path / "no_tensors.pt"))
     with pytest.raises(ValueError, match="unknown packaged weights"):
         load_weights("package:nothing")
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            resolve_device("cuda")
 
 
 @pytest.fixture(scope="module")

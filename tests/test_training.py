@@ -121,6 +121,9 @@ def test_seed_everything_and_devices():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
 
 
 @pytest.mark.gpu

@@ -27,7 +27,7 @@ from multistream.config import Config
 from multistream.extract import part_name, read_flow
 from multistream.motion_cnn import EMBEDDING_DIM, MotionCNN, flow_stacks
 from multistream.ray.session import init_ray, read_parquet, worker_setup
-from multistream.ray.train import EpochLoop, load_final_state, run_training
+from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.training import evaluate, motion_optimizer, seed_everything, train_epoch
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,6 @@ def _batches(shard, batch_size: int, shuffle: bool):
         yield batch["stack"], batch["label"]
 
 
-def _global_mean(metrics: dict) -> dict:
-    """Average metrics over Train workers, so that every rank takes the same early-stopping decision."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return metrics
-    values = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64)
-    torch.distributed.all_reduce(values)
-    values /= torch.distributed.get_world_size()
-    return dict(zip(sorted(metrics), values.tolist(), strict=True))
-
-
 def train_loop(config: dict) -> None:
     """Per Ray Train worker: Adam on random flow stacks, validation on the test split, per-epoch checkpoints."""
     cfg: Config = config["cfg"]
@@ -96,8 +86,8 @@ def train_loop(config: dict) -> None:
                             optimizer, loss_fn, device, amp=amp)
         val = evaluate(model, _batches(ray.train.get_dataset_shard("val"), mc.batch_size, False), loss_fn,
                        device, top_k=(1,))
-        loop.end_epoch(_global_mean({"loss": train["loss"], "accuracy": train["accuracy"],
-                                     "val_loss": val["loss"], "val_accuracy": val["accuracy"]}))
+        loop.end_epoch(mean_over_workers({"loss": train["loss"], "accuracy": train["accuracy"],
+                                          "val_loss": val["loss"], "val_accuracy": val["accuracy"]}, device))
 
 
 def _fits_in_object_store(flow_uri: str, video_ids: set[str], share: float = 0.25) -> bool:

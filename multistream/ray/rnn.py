@@ -40,7 +40,7 @@ from safetensors.torch import save as save_safetensors
 from multistream import runinfo, schema, storage
 from multistream.config import Config, RNNConfig
 from multistream.ray.session import init_ray, worker_setup
-from multistream.ray.train import EpochLoop, load_final_state, run_training
+from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.rnn import SequenceClassifier, pad_sequences
 from multistream.training import (
     evaluate,
@@ -158,16 +158,6 @@ def _batches(iterator, column: str, targets: dict[str, int], batch_size: int, sh
         yield (x, lengths), torch.tensor([targets[v] for v in table["video_id"].to_pylist()])
 
 
-def _mean_over_workers(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Every worker's shard is the same size, so the mean of the workers' means is the global mean."""
-    world = ray.train.get_context().get_world_size()
-    if world == 1:
-        return metrics
-    values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(values)
-    return dict(zip(metrics, (values / world).tolist(), strict=True))
-
-
 def train_loop(config: dict) -> None:
     """Ray Train worker: SGD Nesterov with a plateau schedule and early stopping on the validation loss."""
     worker_setup(config["torch_threads"])
@@ -186,7 +176,7 @@ def train_loop(config: dict) -> None:
     while loop.epoch < rnn.epochs and not loop.done:
         fit = train_epoch(model, _batches(train_shard, column, targets, batch, True), optimizer, loss_fn, device)
         val = evaluate(model, _batches(val_shard, column, targets, batch, False), loss_fn, device)
-        fit, val = _mean_over_workers(fit, device), _mean_over_workers(val, device)
+        fit, val = mean_over_workers(fit, device), mean_over_workers(val, device)
         scheduler.step(val["loss"])
         loop.end_epoch({"train_loss": fit["loss"], "train_accuracy": fit["accuracy"], "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "val_top5": val["top5"]})

@@ -132,3 +132,14 @@ def load_final_state(result: ray.train.Result) -> dict:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def mean_over_workers(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Metrics averaged over the Train workers (their shards are of equal size), so that every rank takes
+    the same early-stopping and learning-rate decisions."""
+    world = ray.train.get_context().get_world_size()
+    if world == 1:
+        return metrics
+    values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(metrics, (values / world).tolist(), strict=True))
