@@ -158,6 +158,7 @@ class RayConfig:
     spatial: StageResources = field(default_factory=StageResources)
     audio: StageResources = field(default_factory=StageResources)
     write: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1, batch_size=4))
+    embed: StageResources = field(default_factory=StageResources)  # the trained models' embedding passes
     train: TrainResources = field(default_factory=TrainResources)
 
 

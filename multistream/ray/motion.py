@@ -198,10 +198,10 @@ def embed_motion(cfg: Config) -> int:
     if not positions:
         return 0
     init_ray(cfg)
-    resources = cfg.ray.spatial
+    resources = cfg.ray.embed
     ds = read_parquet(storage.join(root, schema.FLOW), set(positions), columns=["video_id", "shape", "data"])
     ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"cfg": cfg, "positions": positions},
-                        batch_size=cfg.ray.write.batch_size, batch_format="numpy",
+                        batch_size=resources.batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors,
                                                            max_size=resources.max_actors),
                         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)

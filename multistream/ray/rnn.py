@@ -140,7 +140,7 @@ def read_dataset(data: StreamData, ids: list[str]) -> ray.data.Dataset:
 
     path, filesystem = arrow_location(data.table)
     paths = [posixpath.join(path, name + storage.PART_SUFFIX) for name in storage.list_parts(data.table)]
-    ds = ray.data.read_parquet(paths, columns=["video_id", data.column], filesystem=filesystem)
+    ds = ray.data.read_parquet(paths, columns=["video_id", data.column], filesystem=filesystem, num_cpus=0.25)
     return ds.filter(expr=col("video_id").is_in(sorted(ids)))
 
 
@@ -260,7 +260,7 @@ class EmbedStage:
 
 def embed_stream(cfg: Config, data: StreamData, directory: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Every ok video of the stream → (ids, embeddings (N, E) float32, logits (N, C) float32), id-sorted."""
-    resources = cfg.ray.spatial
+    resources = cfg.ray.embed
     ds = read_dataset(data, data.all_ids).map_batches(
         EmbedStage, fn_constructor_kwargs={"directory": directory, "column": data.column,
                                            "torch_threads": cfg.ray.torch_threads},
