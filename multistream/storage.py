@@ -188,3 +188,11 @@ def read_table(table_uri: str, columns: list[str] | None = None, schema: pa.Sche
     arrow_fs = pafs.LocalFileSystem() if _is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     dataset = ds.dataset(parts, schema=schema, format="parquet", filesystem=arrow_fs)
     return dataset.to_table(columns=columns, filter=filter)
+
+
+def arrow_location(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(path, pyarrow filesystem) for Ray's APIs: an absolute local path with None, or an fsspec-backed store."""
+    if "://" not in uri:
+        return os.path.abspath(uri), None
+    fs, path = filesystem(uri)
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -126,19 +125,11 @@ def stream_data(root: str, stream: str, videos: pa.Table) -> StreamData:
     return StreamData(stream, table, column, input_dim, classes, targets, train, test, [r["video_id"] for r in rows])
 
 
-def arrow_location(uri: str) -> tuple[str, pafs.FileSystem | None]:
-    """(path, pyarrow filesystem) for Ray APIs: an absolute local path with None, or an fsspec-backed store."""
-    if "://" not in uri:
-        return os.path.abspath(uri), None
-    fs, path = storage.filesystem(uri)
-    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
 def read_dataset(data: StreamData, ids: list[str]) -> ray.data.Dataset:
     """Ray Dataset of (video_id, <column>) rows of `ids`, read part by part from the Parquet table."""
     from ray.data.expressions import col
 
-    path, filesystem = arrow_location(data.table)
+    path, filesystem = storage.arrow_location(data.table)
     paths = [posixpath.join(path, name + storage.PART_SUFFIX) for name in storage.list_parts(data.table)]
     ds = ray.data.read_parquet(paths, columns=["video_id", data.column], filesystem=filesystem, num_cpus=0.25)
     return ds.filter(expr=col("video_id").is_in(sorted(ids)))

@@ -56,16 +56,12 @@ def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = Non
 
     Reading is I/O: its tasks ask for a fraction of a CPU, so that they never wait for the CPUs that
     training workers or model actors hold."""
-    import pyarrow.fs
     from ray.data.expressions import col
 
     from multistream import storage
 
-    kwargs = {}
-    if "://" in table_uri:
-        fs, table_uri = storage.filesystem(table_uri)
-        kwargs["filesystem"] = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-    ds = ray.data.read_parquet(table_uri, columns=columns, num_cpus=num_cpus, **kwargs)
+    path, filesystem = storage.arrow_location(table_uri)
+    ds = ray.data.read_parquet(path, columns=columns, num_cpus=num_cpus, filesystem=filesystem)
     if video_ids is not None:  # pushed down to the Parquet reader
         ds = ds.filter(expr=col("video_id").is_in(sorted(video_ids)))
     return ds

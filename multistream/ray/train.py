@@ -53,14 +53,10 @@ def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, n
 
 
 def _storage(uri: str):
-    if "://" not in uri:
-        path = os.path.abspath(uri)
+    path, filesystem = storage.arrow_location(uri)
+    if filesystem is None:
         os.makedirs(path, exist_ok=True)
-        return path, None
-    import pyarrow.fs
-
-    fs, path = storage.filesystem(uri)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+    return path, filesystem
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from multistream import storage
 from multistream.config import Config, RNNConfig
-from multistream.ray.rnn import StreamData, absolute_root, arrow_location, ok_videos, sequences, stream_data
+from multistream.ray.rnn import StreamData, absolute_root, ok_videos, sequences, stream_data
 from multistream.ray.session import init_ray, worker_setup
 from multistream.rnn import SequenceClassifier, pad_sequences
 from multistream.training import (
@@ -136,7 +136,7 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> pd.DataFrame:
     trainable = tune.with_resources(tune.with_parameters(
         trial, train=train, test=test, rnn=cfg.rnn, input_dim=data.input_dim, num_classes=len(data.classes),
         epochs=cfg.tune.epochs, torch_threads=cfg.ray.torch_threads), resources)
-    storage_path, filesystem = arrow_location(storage.join(root, "checkpoints"))
+    storage_path, filesystem = storage.arrow_location(storage.join(root, "checkpoints"))
     experiment = storage.join(root, "checkpoints", NAME)
     spec = json.dumps({"stream": stream, "tune": dataclasses.asdict(cfg.tune), "rnn": dataclasses.asdict(cfg.rnn),
                        "classes": data.classes, "n_train": len(train[0]), "n_test": len(test[0])}, sort_keys=True)
