@@ -9,13 +9,15 @@ The registry's torchvision and torchaudio wheels are CUDA builds. Beside a CPU t
   and torchaudio falls back to its pure-torch code (resample, MelSpectrogram and lfilter give results
   identical to the extension).
 
-On a machine where the real libraries load (a CUDA build of torch), nothing is changed. `apply()` runs
-from `multistream/__init__.py`, before anything imports timm, torchvision or torchaudio, so it holds in
-every Ray worker that imports the package as well.
+On a machine where the real libraries load (a CUDA build of torch), nothing is changed.
+`multistream/__init__.py` calls `apply_on_import()`: the preparation runs the first time torchvision or
+torchaudio (timm imports torchvision) is imported, in any process that imported the package, Ray workers
+included. Processes that never touch them (the decode and write actors) never import torch for it.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
@@ -34,6 +36,25 @@ def apply() -> None:
     _state["applied"] = True
     _prepare_torchvision()
     _prepare_torchaudio()
+
+
+class _PrepareBeforeImport(importlib.abc.MetaPathFinder):
+    """Runs `apply()` when torchvision or torchaudio is first imported, then lets the import go on."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in ("torchvision", "torchaudio") and not _state["applied"]:
+            apply()  # marks itself applied first, so its own look-ups of both packages pass straight by
+        return None
+
+
+def apply_on_import() -> None:
+    """Idempotent: arrange for `apply()` to run before torchvision or torchaudio is imported."""
+    if _state["applied"] or any(isinstance(finder, _PrepareBeforeImport) for finder in sys.meta_path):
+        return
+    if "torchvision" in sys.modules or "torchaudio" in sys.modules:
+        apply()
+        return
+    sys.meta_path.insert(0, _PrepareBeforeImport())
 
 
 def status() -> dict[str, bool]:

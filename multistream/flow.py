@@ -13,12 +13,8 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from multistream.config import FlowConfig
-from multistream.pretrained import load_state_dict
-from multistream.training import resolve_device
 
 
 class FlowEstimator(Protocol):
@@ -30,9 +26,9 @@ class FlowEstimator(Protocol):
 def make_flow_estimator(cfg: FlowConfig, threads: int | None = None) -> FlowEstimator:
     """The estimator named by `cfg.backend`.
 
-    `threads` sets OpenCV's worker threads for dis/farneback via `cv2.setNumThreads`, which is PROCESS-WIDE;
-    pass the CPUs the caller was given (e.g. an actor's num_cpus) so OpenCV does not oversubscribe a node.
-    None leaves OpenCV's default (all cores). RAFT runs on `cfg.device` and ignores it.
+    `threads` sets the process-wide CPU threads of the backend (OpenCV's for dis/farneback, torch's for RAFT
+    on CPU): pass the CPUs the caller was given (e.g. an actor's num_cpus) so it does not oversubscribe a
+    node. None leaves the library's default. Only RAFT imports torch.
     """
     if cfg.backend in ("dis", "farneback") and threads is not None:
         cv2.setNumThreads(threads)
@@ -41,11 +37,13 @@ def make_flow_estimator(cfg: FlowConfig, threads: int | None = None) -> FlowEsti
     if cfg.backend == "farneback":
         return FarnebackFlow()
     if cfg.backend in ("raft_small", "raft_large"):
-        return RAFTFlow(cfg)
+        from multistream.raft import RAFTFlow
+
+        return RAFTFlow(cfg, threads)
     raise ValueError(f"flow.backend: unknown backend {cfg.backend!r}")
 
 
-def _check_frames(frames: np.ndarray) -> None:
+def check_frames(frames: np.ndarray) -> None:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
         raise ValueError(f"expected (N>=2, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
 
@@ -66,7 +64,7 @@ class DISFlow:
         self._dis = cv2.DISOpticalFlow_create(preset)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        _check_frames(frames)
+        check_frames(frames)
         gray = _gray(frames)
         out = np.empty((len(frames) - 1, *gray[0].shape, 2), np.float32)
         for i in range(len(out)):
@@ -78,55 +76,12 @@ class FarnebackFlow:
     """OpenCV Farnebäck flow (CPU) with the usual parameters (3 levels, 15 px window, 3 iterations)."""
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        _check_frames(frames)
+        check_frames(frames)
         gray = _gray(frames)
         out = np.empty((len(frames) - 1, *gray[0].shape, 2), np.float32)
         for i in range(len(out)):
             out[i] = cv2.calcOpticalFlowFarneback(gray[i], gray[i + 1], None, pyr_scale=0.5, levels=3,
                                                   winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
-        return out
-
-
-# RAFT's 4-level correlation pyramid needs feature maps (1/8 of the input) of at least 16 px per side.
-_RAFT_MIN_SIDE = 128
-
-
-class RAFTFlow:
-    """torchvision RAFT (small or large) with weights from `cfg.weights`, for GPUs.
-
-    Frames go to the device as uint8, are padded (edge-replicated) to multiples of 8 and at least 128 px per
-    side, and scaled to [-1, 1] as torchvision's Raft transforms do. Pairs run in chunks of `cfg.batch_size`;
-    the last of the 12 refinement iterations is returned, cropped back. Kept in float32: the correlation
-    volume is sensitive to fp16.
-    """
-
-    def __init__(self, cfg: FlowConfig):
-        from torchvision.models.optical_flow import raft_large, raft_small
-
-        if not cfg.weights:
-            raise ValueError(f"flow.weights: backend {cfg.backend} needs a RAFT state dict (path or URI)")
-        try:
-            state = load_state_dict(cfg.weights)
-        except FileNotFoundError as error:
-            raise ValueError(f"flow.weights: {error}") from error
-        model = (raft_small if cfg.backend == "raft_small" else raft_large)(weights=None, progress=False)
-        model.load_state_dict(state)
-        self.device = resolve_device(cfg.device)
-        self.model = model.eval().to(self.device)
-        self.batch_size = cfg.batch_size
-
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        _check_frames(frames)
-        n, h, w, _ = frames.shape
-        pad_h, pad_w = max(-h % 8, _RAFT_MIN_SIDE - h), max(-w % 8, _RAFT_MIN_SIDE - w)
-        out = np.empty((n - 1, h, w, 2), np.float32)
-        for start in range(0, n - 1, self.batch_size):
-            stop = min(start + self.batch_size, n - 1)
-            x = torch.from_numpy(frames[start:stop + 1]).to(self.device).permute(0, 3, 1, 2).float()
-            x = F.pad(x / 127.5 - 1.0, (0, pad_w, 0, pad_h), mode="replicate")  # (B+1, 3, H', W') in [-1, 1]
-            flow = self.model(x[:-1], x[1:])[-1]  # (B, 2, H', W')
-            out[start:stop] = flow[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy()
         return out
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,3 +39,15 @@ def test_fresh_interpreter_imports_in_any_order():
     code = "import multistream, torchaudio, timm, torchvision; print(multistream.compat.status())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_decode_and_write_stages_never_import_torch():
+    # Their actors start faster without it; torchvision/torchaudio are prepared only when first imported.
+    demo_config = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    code = ("import sys; from multistream.config import load_config; from multistream.ray import extract; "
+            f"cfg = load_config({str(demo_config)!r}, []); extract.DecodeStage(cfg); extract.WriteStage(cfg); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "import timm, torchaudio; from multistream import compat; print(compat.status())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torchvision_stub" in result.stdout

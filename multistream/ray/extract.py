@@ -72,14 +72,10 @@ class DecodeStage:
     """Batch of manifest rows → decoded rows (frames, wave, sampling) and each video's `flow/` part."""
 
     def __init__(self, cfg: Config):
-        import cv2
-
         from multistream.flow import make_flow_estimator
 
-        worker_setup(cfg.ray.torch_threads)
-        cv2.setNumThreads(cfg.ray.torch_threads)
         self.cfg = cfg
-        self.estimator = make_flow_estimator(cfg.flow)
+        self.estimator = make_flow_estimator(cfg.flow, threads=cfg.ray.torch_threads)
         self.flow_root = storage.join(cfg.paths.output, schema.FLOW)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
