@@ -20,7 +20,8 @@ from multistream.manifest import build_manifest
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Benchmark the extraction pipeline against the sequential loop", __doc__)
-    parser.add_argument("--demo-sets", type=int, default=2, help="demo sets (54 clips each) when no --input")
+    parser.add_argument("--demo-sets", type=int, default=4,
+                        help="demo sets (54 clips each) when no --input: enough that start-up is not the story")
     parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
     cfg, args = parse_job_args(parser, argv)
     if cfg.paths.demo:

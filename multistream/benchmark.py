@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,27 +63,65 @@ def standalone(entries: list[VideoEntry], cfg: Config) -> dict:
     import cv2
     import torch
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    try:
-        estimator, spatial, audio = _models(cfg)
-        decoded, start = [], time.process_time()
-        for entry in entries:
-            try:
-                decoded.append(decode_video(entry.uri, cfg, estimator))
-            except Exception:  # noqa: BLE001
-                pass
-        core = {"decode": time.process_time() - start}
-        for name, run in (("spatial", lambda d: spatial(d.frames)), ("audio", lambda d: audio(d.wave))):
-            start = time.process_time()
-            for video in decoded:
-                run(video)
-            core[name] = time.process_time() - start
-    finally:
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(-1)
+    estimator, spatial, audio = _models(cfg)
+    decoded, start = [], time.process_time()
+    for entry in entries:
+        try:
+            decoded.append(decode_video(entry.uri, cfg, estimator))
+        except Exception:  # noqa: BLE001
+            pass
+    core = {"decode": time.process_time() - start}
+    for name, run in (("spatial", lambda d: spatial(d.frames)), ("audio", lambda d: audio(d.wave))):
+        start = time.process_time()
+        for video in decoded:
+            run(video)
+        core[name] = time.process_time() - start
     return {name: {"core_s": s, "videos_per_s": len(entries) / s} for name, s in core.items()}
+
+
+def decode_peak_rss(entries: list[VideoEntry], cfg: Config) -> dict:
+    """Decode+flow+sampling of the one video in `entries`: frames used and the process's peak RSS."""
+    from multistream.flow import make_flow_estimator
+
+    decoded = decode_video(entries[0].uri, cfg, make_flow_estimator(cfg.flow))
+    return {"n_frames": decoded.facts["n_frames"], "peak_rss_mb": peak_rss_mb()}
+
+
+MEASURES = {measure.__name__: measure for measure in (sequential, standalone, decode_peak_rss)}
+
+
+def in_fresh_process(measure: str, entries: list[VideoEntry], config_path: str | None, overrides: list[str],
+                     env: dict[str, str] | None = None) -> dict:
+    """Run MEASURES[measure] in a new interpreter (environment `env` added to this one's), return its dict.
+
+    A fresh process per baseline: no model, allocator or thread state leaks from one measure to the next, and
+    allocator settings (read by glibc only at process start) can be those of the pipeline's workers.
+    """
+    payload = json.dumps({"measure": measure, "config": config_path, "overrides": overrides,
+                          "entries": [asdict(entry) for entry in entries]})
+    result = subprocess.run([sys.executable, "-m", "multistream.benchmark"], input=payload, capture_output=True,
+                            text=True, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark measure {measure} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _measure_from_stdin() -> None:
+    from multistream.config import load_config
+
+    request = json.load(sys.stdin)
+    cfg = load_config(request["config"], request["overrides"])
+    entries = [VideoEntry(**entry) for entry in request["entries"]]
+    print(json.dumps(MEASURES[request["measure"]](entries, cfg)))
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """The environment of the pipeline's workers (allocator settings, threads), for the baselines beside it."""
+    from multistream.ray.session import WORKER_ENV
+
+    return {**WORKER_ENV, "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}
 
 
 class TreeMemory:
@@ -160,19 +198,6 @@ def pipeline_stage_rates(output: str) -> dict:
     return {name: len(videos) / s for name, s in seconds.items()}
 
 
-_MEMORY_PROBE = """
-import json, resource, sys
-from multistream.config import Config
-from multistream.extract import decode_video
-from multistream.flow import make_flow_estimator
-import multistream.config as c
-cfg = c.load_config(sys.argv[2], json.loads(sys.argv[3]))
-decoded = decode_video(sys.argv[1], cfg, make_flow_estimator(cfg.flow))
-print(json.dumps({"n_frames": decoded.facts["n_frames"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
 def write_long_video(path: Path, seconds: float, fps: int = 15, size: tuple[int, int] = (160, 120)) -> Path:
     """A low-resolution test video of `seconds` (moving texture + a tone), written fast with libx264."""
     import av
@@ -190,15 +215,16 @@ def write_long_video(path: Path, seconds: float, fps: int = 15, size: tuple[int,
     return path
 
 
-def memory_vs_length(config_path: str | None, overrides: list[str], lengths=(10, 60, 600)) -> list[dict]:
-    """Peak RSS of decode+flow+sampling (one fresh process each) on videos of `lengths` seconds."""
+def memory_vs_length(config_path: str | None, overrides: list[str], env: dict[str, str],
+                     lengths=(10, 60, 600)) -> list[dict]:
+    """Peak RSS of decode+flow+sampling (one fresh process each, environment `env`) on videos of `lengths` s."""
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for seconds in lengths:
             path = write_long_video(Path(folder) / f"long_{seconds}s.mp4", seconds)
-            result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(path), config_path or "",
-                                     json.dumps(overrides)], capture_output=True, text=True, check=True)
-            rows.append({"video_s": seconds, **json.loads(result.stdout.strip().splitlines()[-1])})
+            entry = VideoEntry(f"long_{seconds}s", str(path), None, None)
+            rows.append({"video_s": seconds,
+                         **in_fresh_process("decode_peak_rss", [entry], config_path, overrides, env)})
     return rows
 
 
@@ -252,46 +278,61 @@ def cores() -> int:
 
 def run_all(cfg: Config, entries: list[VideoEntry], config_path: str | None, overrides: list[str],
             lengths: list[int], scratch: str) -> dict:
-    """Every measurement of the module on `entries`, as the dict written to reports/benchmark.json."""
-    n = len(entries)
-    log.info("benchmark on %d videos, %d cores", n, cores())
-    seq = sequential(entries, cfg)
-    alone = standalone(entries, cfg)
+    """Every measurement of the module on `entries`, as the dict written to reports/benchmark.json.
+
+    Baselines run in fresh processes: the plain loop as anyone would run it, the same loop with the workers'
+    allocator settings (so that what the pipeline gains from them alone shows), and the stages standalone on
+    one thread with the workers' settings (the ceiling is what the pipeline's own workers could reach).
+    """
+    n, env = len(entries), worker_env(cfg)
+    log.info("benchmark on %d videos, %d cores: sequential loop", n, cores())
+    seq = in_fresh_process("sequential", entries, config_path, overrides)
+    log.info("sequential loop with the workers' allocator settings")
+    seq_tuned = in_fresh_process("sequential", entries, config_path, overrides, env)
+    log.info("each stage standalone")
+    alone = in_fresh_process("standalone", entries, config_path, overrides, env)
+    log.info("Ray pipeline")
     pipe = pipeline(entries, cfg, scratch)
     inside = pipeline_stage_rates(scratch)
     ceiling = n / (sum(stage["core_s"] for stage in alone.values()) / cores())
     return {
         "videos": n, "cores": cores(),
         "backends": {"flow": cfg.flow.backend, "spatial": cfg.spatial.model, "image_size": cfg.spatial.image_size},
-        "sequential": seq, "pipeline": pipe,
+        "sequential": seq, "sequential_worker_env": seq_tuned, "pipeline": pipe,
         "speedup_vs_sequential": pipe["videos_per_s"] / seq["videos_per_s"],
         "steady_speedup_vs_sequential": pipe["steady_videos_per_s"] / seq["videos_per_s"],
+        "speedup_vs_sequential_worker_env": pipe["videos_per_s"] / seq_tuned["videos_per_s"],
         "ceiling_videos_per_s": ceiling,
         "fraction_of_ceiling": pipe["steady_videos_per_s"] / ceiling,
         "startup_s": pipe["startup_s"],
+        "fixed_cost_s": pipe["seconds"] - n / pipe["steady_videos_per_s"],
         "stages": {name: {"pipeline_videos_per_s": inside[name], "standalone_videos_per_s": alone[name]["videos_per_s"],
                           "ratio": inside[name] / alone[name]["videos_per_s"], "standalone_core_s": alone[name]["core_s"]}
                    for name in STAGES},
         "peak_rss_mb": {"pipeline_tree_pss": pipe["peak_pss_mb"], "benchmark_driver": peak_rss_mb(),
-                        "per_video_length": memory_vs_length(config_path, overrides, lengths) if lengths else []},
+                        "per_video_length": memory_vs_length(config_path, overrides, env, lengths) if lengths else []},
         "gpu": gpu_figures(cfg),
     }
 
 
 def format_table(report: dict) -> str:
     """The printed summary of a benchmark report."""
-    seq, pipe = report["sequential"], report["pipeline"]
+    seq, tuned, pipe = report["sequential"], report["sequential_worker_env"], report["pipeline"]
     lines = [
         f"extraction benchmark: {report['videos']} videos, {report['cores']} cores, flow={report['backends']['flow']}, "
         f"spatial={report['backends']['spatial']}@{report['backends']['image_size']}",
         f"{'':28}{'videos/s':>10}{'frames/s':>10}{'seconds':>9}",
         f"{'sequential loop':28}{seq['videos_per_s']:>10.2f}{seq['frames_per_s']:>10.1f}{seq['seconds']:>9.1f}",
+        f"{'  with workers allocator':28}{tuned['videos_per_s']:>10.2f}{tuned['frames_per_s']:>10.1f}{tuned['seconds']:>9.1f}",
         f"{'ray pipeline (end to end)':28}{pipe['videos_per_s']:>10.2f}{'':>10}{pipe['seconds']:>9.1f}",
         f"{'ray pipeline (steady)':28}{pipe['steady_videos_per_s']:>10.2f}",
         f"{'ceiling (Σ stage core-s/cores)':28}{report['ceiling_videos_per_s']:>10.2f}",
         f"speedup vs sequential: {report['speedup_vs_sequential']:.2f}x end to end, "
         f"{report['steady_speedup_vs_sequential']:.2f}x steady; fraction of ceiling: {report['fraction_of_ceiling']:.0%}; "
-        f"start-up {report['startup_s']:.1f} s (+ ray.init {pipe['ray_init_s']:.1f} s)",
+        f"start-up {report['startup_s']:.1f} s to the first video (+ ray.init {pipe['ray_init_s']:.1f} s); "
+        f"fixed cost {report['fixed_cost_s']:.1f} s (wall - videos/steady rate)",
+        f"speedup vs the loop with the workers' allocator settings: {report['speedup_vs_sequential_worker_env']:.2f}x "
+        "end to end",
         f"{'stage':12}{'pipeline v/s':>14}{'standalone v/s':>16}{'ratio':>8}{'core-s':>9}",
     ]
     for name, stage in report["stages"].items():
@@ -305,3 +346,7 @@ def format_table(report: dict) -> str:
     if report.get("gpu"):
         lines.append(f"gpu: {json.dumps(report['gpu'])}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _measure_from_stdin()
