@@ -180,15 +180,18 @@ class VideoReader:
                 return
             yield packet
 
+    def _decode(self, stream: av.stream.Stream, packet: av.Packet) -> list:
+        """The frames of `packet`; an undecodable packet is skipped (logged) and gives none."""
+        try:
+            return stream.decode(packet)
+        except _DECODE_ERRORS as exc:
+            log.debug("%s: skipped an undecodable %s packet: %s", self.name, stream.type, exc)
+            return []
+
     def _decode_audio(self, packet: av.Packet) -> None:
         if self._audio_done:
             return
-        try:
-            decoded = self._audio_stream.decode(packet)
-        except _DECODE_ERRORS as exc:
-            log.debug("%s: skipped an undecodable audio packet: %s", self.name, exc)
-            return
-        for frame in decoded:
+        for frame in self._decode(self._audio_stream, packet):
             if self._audio_start is None and frame.time is not None:
                 self._audio_start = frame.time
             self._resample(frame)
@@ -232,12 +235,7 @@ class VideoReader:
             if packet.stream.type == "audio":
                 self._decode_audio(packet)
                 continue
-            try:
-                decoded = self._video_stream.decode(packet)
-            except _DECODE_ERRORS as exc:
-                log.debug("%s: skipped an undecodable video packet: %s", self.name, exc)
-                continue
-            for vframe in decoded:
+            for vframe in self._decode(self._video_stream, packet):
                 pts = best_effort(vframe.pts, vframe.dts)
                 if pts is None:  # no timestamp at all: continue the nominal cadence
                     time_s = 0.0 if self._last_time is None else self._last_time + step

@@ -25,7 +25,7 @@ import pyarrow as pa
 import ray
 
 from multistream import schema, storage
-from multistream.config import Config, StageResources
+from multistream.config import Config
 from multistream.extract import (
     decode_video,
     error_message,
@@ -34,7 +34,7 @@ from multistream.extract import (
     video_row,
 )
 from multistream.manifest import VideoEntry, build_manifest
-from multistream.ray.session import init_ray, worker_setup
+from multistream.ray.session import init_ray, map_stage, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,6 @@ def resume_state(root: str) -> set[str]:
     return set(videos["video_id"].to_pylist())
 
 
-def _map(ds: ray.data.Dataset, stage: type, resources: StageResources, **kwargs) -> ray.data.Dataset:
-    return ds.map_batches(
-        stage, fn_constructor_kwargs=kwargs, batch_size=resources.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
-
-
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
                 on_video: Callable[[dict], None] | None = None) -> ExtractSummary:
     """Extract every video of the manifest not yet committed under `cfg.paths.output`.
@@ -237,10 +230,10 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         ray.data.DataContext.get_current().enable_progress_bars = True
         items = [{name: getattr(entry, name) or "" for name in ENTRY_COLUMNS} for entry in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = _map(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
-        ds = _map(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
-        ds = _map(ds, AudioStage, cfg.ray.audio, cfg=cfg)
-        ds = _map(ds, WriteStage, cfg.ray.write, cfg=cfg)
+        ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
+        ds = map_stage(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
+        ds = map_stage(ds, AudioStage, cfg.ray.audio, cfg=cfg)
+        ds = map_stage(ds, WriteStage, cfg.ray.write, cfg=cfg)
         for row in ds.iter_rows():
             if on_video is not None:
                 on_video(row)

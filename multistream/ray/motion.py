@@ -26,7 +26,7 @@ from multistream import runinfo, schema, storage
 from multistream.config import Config
 from multistream.extract import part_name, read_flow
 from multistream.motion_cnn import EMBEDDING_DIM, MotionCNN, flow_stacks
-from multistream.ray.session import init_ray, read_parquet, worker_setup
+from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.training import evaluate, motion_optimizer, seed_everything, train_epoch
 
@@ -198,13 +198,8 @@ def embed_motion(cfg: Config) -> int:
     if not positions:
         return 0
     init_ray(cfg)
-    resources = cfg.ray.embed
     ds = read_parquet(storage.join(root, schema.FLOW), set(positions), columns=["video_id", "shape", "data"])
-    ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"cfg": cfg, "positions": positions},
-                        batch_size=resources.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors,
-                                                           max_size=resources.max_actors),
-                        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
+    ds = map_stage(ds, EmbedStage, cfg.ray.embed, cfg=cfg, positions=positions)
     return sum(1 for _ in ds.iter_rows())
 
 

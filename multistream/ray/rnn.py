@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from safetensors.torch import save as save_safetensors
 
 from multistream import runinfo, schema, storage
 from multistream.config import Config, RNNConfig
-from multistream.ray.session import init_ray, worker_setup
+from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.rnn import SequenceClassifier, pad_sequences
 from multistream.training import (
@@ -125,16 +124,6 @@ def stream_data(root: str, stream: str, videos: pa.Table) -> StreamData:
     return StreamData(stream, table, column, input_dim, classes, targets, train, test, [r["video_id"] for r in rows])
 
 
-def read_dataset(data: StreamData, ids: list[str]) -> ray.data.Dataset:
-    """Ray Dataset of (video_id, <column>) rows of `ids`, read part by part from the Parquet table."""
-    from ray.data.expressions import col
-
-    path, filesystem = storage.arrow_location(data.table)
-    paths = [posixpath.join(path, name + storage.PART_SUFFIX) for name in storage.list_parts(data.table)]
-    ds = ray.data.read_parquet(paths, columns=["video_id", data.column], filesystem=filesystem, num_cpus=0.25)
-    return ds.filter(expr=col("video_id").is_in(sorted(ids)))
-
-
 def sequences(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray]:
     """(T_i, D) float32 arrays of a `vectors()` column; a null cell is an empty sequence."""
     dim = column.type.value_type.list_size
@@ -208,8 +197,9 @@ def train_stream(cfg: Config, data: StreamData) -> dict:
     _drop_stale_checkpoints(cfg, data)
     # Materialized once in the object store: re-reading the Parquet parts every epoch costs seconds of task
     # start-up per epoch, more than a whole epoch of a small dataset.
-    datasets = {"train": read_dataset(data, data.train_ids).materialize(),
-                "val": read_dataset(data, data.test_ids).materialize()}
+    columns = ["video_id", data.column]
+    datasets = {"train": read_parquet(data.table, data.train_ids, columns).materialize(),
+                "val": read_parquet(data.table, data.test_ids, columns).materialize()}
     loop_config["input_statistics"] = input_statistics(datasets["train"], data.column)
     result = run_training(train_loop, loop_config, cfg, f"rnn_{data.stream}", datasets=datasets)
     state = load_final_state(result)
@@ -251,13 +241,9 @@ class EmbedStage:
 
 def embed_stream(cfg: Config, data: StreamData, directory: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Every ok video of the stream → (ids, embeddings (N, E) float32, logits (N, C) float32), id-sorted."""
-    resources = cfg.ray.embed
-    ds = read_dataset(data, data.all_ids).map_batches(
-        EmbedStage, fn_constructor_kwargs={"directory": directory, "column": data.column,
-                                           "torch_threads": cfg.ray.torch_threads},
-        batch_size=cfg.rnn.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None)
+    ds = map_stage(read_parquet(data.table, data.all_ids, ["video_id", data.column]), EmbedStage, cfg.ray.embed,
+                   batch_size=cfg.rnn.batch_size, batch_format="pyarrow", directory=directory, column=data.column,
+                   torch_threads=cfg.ray.torch_threads)
     ids, embeddings, logits = [], [], []
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         ids += list(batch["video_id"])
