@@ -159,6 +159,10 @@ class RayConfig:
     audio: StageResources = field(default_factory=StageResources)
     write: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1, batch_size=4))
     embed: StageResources = field(default_factory=StageResources)  # the trained models' embedding passes
+    # Extraction as ONE pool whose actors run decode → spatial → audio → write on each video in turn, instead
+    # of a pool per stage (the four entries above). For machines without GPUs: no frames cross the object
+    # store and there is one busy process per core. None keeps the stages apart (GPU clusters).
+    fused: StageResources | None = None
     train: TrainResources = field(default_factory=TrainResources)
 
 
@@ -204,7 +208,7 @@ _CHOICES = {
     "rnn.cell": ("gru", "lstm"),
     "tune.stream": ("spatial", "temporal", "audio"),
 }
-_POSITIVE = ("max_seconds", "audio_rate", "max_seq_len", "segments", "image_size", "batch_size", "epochs",
+_POSITIVE = ("num_cpus", "min_actors", "max_actors", "num_workers", "cpus_per_worker", "max_seconds", "audio_rate", "max_seq_len", "segments", "image_size", "batch_size", "epochs",
              "stack_length", "layers", "hidden", "bottleneck", "lr", "clip_px", "example_seconds")
 
 
@@ -253,8 +257,9 @@ def _build(cls: type, raw: object, prefix: str):
     for name in names & set(raw):
         key = prefix + name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, raw[name], key + ".")
+        section = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), hint)  # X | None
+        if dataclasses.is_dataclass(section):
+            values[name] = None if raw[name] is None and section is not hint else _build(section, raw[name], key + ".")
         else:
             values[name] = _coerce(hint, raw[name], key)
             _check_value(key, values[name])

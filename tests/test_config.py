@@ -22,6 +22,17 @@ def test_overrides_are_typed():
     assert cfg.rnn.bidirectional is False and cfg.spatial.weights is None and cfg.fusion.l2 == 0.5
 
 
+def test_optional_section_can_be_set_or_left_out():
+    assert load_config().ray.fused.min_actors == 2  # the demo fuses extraction stages (no GPU)
+    assert load_config(overrides=["ray.fused=null"]).ray.fused is None
+    assert load_config(overrides=["ray.fused.batch_size=4"]).ray.fused.batch_size == 4
+    assert Config().ray.fused is None and load_config(overrides=["ray.fused=null", "ray.fused={num_cpus: 3}"]).ray.fused.num_cpus == 3
+    with pytest.raises(ConfigError, match="^ray.fused.num_cpus"):
+        load_config(overrides=["ray.fused.num_cpus=-1"])
+    with pytest.raises(ConfigError, match="^ray.fused.speed"):
+        load_config(overrides=["ray.fused={speed: 3}"])
+
+
 @pytest.mark.parametrize("override, key", [
     ("flow.backend=flownet9", "flow.backend"),
     ("rnn.hidden=many", "rnn.hidden"),

@@ -1,5 +1,6 @@
 """jobs/extract.py end to end on Ray Data: tables, bad input as error rows, resume, kill -9, S3."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -49,9 +50,8 @@ def mixed_inputs(tmp_path_factory):
     return folder
 
 
-def test_extract_writes_every_table_and_error_rows(ray_session, mixed_inputs, tmp_path):
-    out = tmp_path / "run"
-    assert run_job("--input", str(mixed_inputs), "--output", str(out)) == 0
+def assert_mixed_run(out: Path) -> None:
+    """Every table of a run over `mixed_inputs`: complete rows for the good clips, error rows for the rest."""
     videos = table(out, "videos").set_index("video_id")
     assert len(videos) == 7 and videos.index.is_unique
     bad = {"run/empty.mp4", "walk/truncated.mp4", "run/notes.avi"}
@@ -74,10 +74,23 @@ def test_extract_writes_every_table_and_error_rows(ray_session, mixed_inputs, tm
     assert sorted(flow.index) == sorted(good.index)
     assert list(flow.loc["run/c.mkv", "shape"]) == [29, 48, 64, 2]
 
+
+def test_extract_writes_every_table_and_error_rows(ray_session, mixed_inputs, tmp_path):
+    out = tmp_path / "run"
+    assert run_job("--input", str(mixed_inputs), "--output", str(out)) == 0  # the demo config: fused stages
+    assert_mixed_run(out)
+
     # a second run is a no-op: nothing rewritten, nothing duplicated
     parts = {t: storage.list_parts(str(out / t)) for t in ("videos", "features", "flow")}
     assert run_job("--input", str(mixed_inputs), "--output", str(out)) == 0
     assert parts == {t: storage.list_parts(str(out / t)) for t in ("videos", "features", "flow")}
+
+
+def test_extract_with_a_pool_per_stage(ray_session, mixed_inputs, tmp_path):
+    # the GPU-cluster layout: decode, spatial, audio and write each in their own actors
+    out = tmp_path / "run"
+    assert run_job("--input", str(mixed_inputs), "--output", str(out), "--set", "ray.fused=null") == 0
+    assert_mixed_run(out)
 
 
 def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
@@ -88,15 +101,24 @@ def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
         write_test_video(inputs / f"class{i % 2}" / f"v{i}.mp4", frames=60, size=(96, 72), seed=i)
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--input", str(inputs), "--output", str(out),
-               "--set", "ray.write.batch_size=1", *SMALL]
+               "--set", "ray.fused.batch_size=1", *SMALL]
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, killed with it
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and len(storage.list_parts(str(out / "videos"))) < 2 and process.poll() is None:
         time.sleep(0.2)
+    # kill -9 the job and every process of its local Ray: a worker that outlived it could still commit the
+    # video it had in flight after the re-run has read what is committed
+    import psutil
+
+    started = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
+    for child in started:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
     process.wait()
+    psutil.wait_procs(started, timeout=30)
     committed = len(storage.list_parts(str(out / "videos")))
     assert committed >= 2, "the run should have committed some videos before it was killed"
 

@@ -173,6 +173,18 @@ class WriteStage:
                 "error": np.array([v["error"] or "" for v in videos], dtype=object)}
 
 
+class FusedStage:
+    """Every stage in one actor, on each batch in turn: decode → spatial → audio → write (`ray.fused`)."""
+
+    def __init__(self, cfg: Config):
+        self.stages = [DecodeStage(cfg), SpatialStage(cfg), AudioStage(cfg), WriteStage(cfg)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch
+
+
 def features_table(rows: list[dict]) -> pa.Table:
     spatial = [unpack(row["spatial"]) for row in rows]  # (K, D) float16 each
     spatial_dim = spatial[0].shape[1]
@@ -230,10 +242,13 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         ray.data.DataContext.get_current().enable_progress_bars = True
         items = [{name: getattr(entry, name) or "" for name in ENTRY_COLUMNS} for entry in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
-        ds = map_stage(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
-        ds = map_stage(ds, AudioStage, cfg.ray.audio, cfg=cfg)
-        ds = map_stage(ds, WriteStage, cfg.ray.write, cfg=cfg)
+        if cfg.ray.fused is not None:
+            ds = map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg)
+        else:
+            ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg)
+            ds = map_stage(ds, SpatialStage, cfg.ray.spatial, cfg=cfg)
+            ds = map_stage(ds, AudioStage, cfg.ray.audio, cfg=cfg)
+            ds = map_stage(ds, WriteStage, cfg.ray.write, cfg=cfg)
         for row in ds.iter_rows():
             if on_video is not None:
                 on_video(row)
