@@ -82,3 +82,22 @@ def write_test_video(
         if audio is not None:
             container.mux(audio.encode())
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# extraction shrunk for tiny test videos
+SMALL_EXTRACTION = ["--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8",
+                    "--set", "sampling.segments=4"]
+
+
+def run_job_main(job: str, *args: str) -> int:
+    """`main()` of jobs/<job>.py in this process (so it uses the test session's Ray), shrunk for tiny videos."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        module = importlib.import_module(job)
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    return module.main([*args, *SMALL_EXTRACTION])

@@ -2,23 +2,12 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
-from tests.helpers import write_test_video
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8",
-         "--set", "sampling.segments=4"]
+from tests.helpers import run_job_main, write_test_video
 
 
 def run_benchmark(*args: str) -> int:
-    sys.path.insert(0, str(ROOT / "jobs"))
-    try:
-        import benchmark as job
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
-    return job.main([*args, *SMALL])
+    return run_job_main("benchmark", *args)
 
 
 def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session, tmp_path, capsys):

@@ -13,20 +13,11 @@ import pyarrow.dataset as pds
 import pytest
 
 from multistream import schema, storage
-from tests.helpers import write_test_video
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "flow.size=[64, 48]", "--set", "spatial.image_size=32", "--set", "sampling.max_seq_len=8",
-         "--set", "sampling.segments=4"]
+from tests.helpers import ROOT, SMALL_EXTRACTION, run_job_main, write_test_video
 
 
 def run_job(*args: str) -> int:
-    sys.path.insert(0, str(ROOT / "jobs"))
-    try:
-        import extract as job
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
-    return job.main([*args, *SMALL])
+    return run_job_main("extract", *args)
 
 
 def table(root, name):
@@ -101,7 +92,7 @@ def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
         write_test_video(inputs / f"class{i % 2}" / f"v{i}.mp4", frames=60, size=(96, 72), seed=i)
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--input", str(inputs), "--output", str(out),
-               "--set", "ray.fused.batch_size=1", *SMALL]
+               "--set", "ray.fused.batch_size=1", *SMALL_EXTRACTION]
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, killed with it
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)
