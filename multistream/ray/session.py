@@ -24,6 +24,11 @@ WORKER_ENV = {
 }
 
 
+def worker_env(torch_threads: int) -> dict[str, str]:
+    """The environment of every worker of a local Ray (and of the benchmark's baselines beside it)."""
+    return {**WORKER_ENV, "OMP_NUM_THREADS": str(torch_threads)}
+
+
 def init_ray(cfg: Config) -> None:
     """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`, else start a local Ray.
 
@@ -44,7 +49,7 @@ def init_ray(cfg: Config) -> None:
         except ConnectionError:
             pass
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": str(cfg.ray.torch_threads)}})
+             runtime_env={"env_vars": worker_env(cfg.ray.torch_threads)})
     log.info("started a local Ray: %s", ray.cluster_resources())
 
 
