@@ -208,7 +208,8 @@ _CHOICES = {
     "rnn.cell": ("gru", "lstm"),
     "tune.stream": ("spatial", "temporal", "audio"),
 }
-_POSITIVE = ("num_cpus", "min_actors", "max_actors", "num_workers", "cpus_per_worker", "max_seconds", "audio_rate", "max_seq_len", "segments", "image_size", "batch_size", "epochs",
+_POSITIVE = ("num_cpus", "min_actors", "max_actors", "num_workers", "cpus_per_worker",
+             "max_seconds", "audio_rate", "max_seq_len", "segments", "image_size", "batch_size", "epochs",
              "stack_length", "layers", "hidden", "bottleneck", "lr", "clip_px", "example_seconds")
 
 
@@ -258,8 +259,10 @@ def _build(cls: type, raw: object, prefix: str):
         key = prefix + name
         hint = hints[name]
         section = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), hint)  # X | None
-        if dataclasses.is_dataclass(section):
-            values[name] = None if raw[name] is None and section is not hint else _build(section, raw[name], key + ".")
+        if raw[name] is None and section is not hint:
+            values[name] = None
+        elif dataclasses.is_dataclass(section):
+            values[name] = _build(section, raw[name], key + ".")
         else:
             values[name] = _coerce(hint, raw[name], key)
             _check_value(key, values[name])
