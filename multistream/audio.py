@@ -123,6 +123,7 @@ class AudioEmbedder:
             model = VGGish()
             model.load_state_dict(load_state_dict(cfg.weights))
         self.model = model.eval().to(self.device)
+        log.info("audio: VGGish on %s", self.device)
 
     @torch.inference_mode()
     def __call__(self, wave: np.ndarray) -> np.ndarray:

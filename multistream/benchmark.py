@@ -5,20 +5,18 @@
   on this machine could reach;
 - pipeline: the Ray Data job itself (`run_extract`), its start-up, steady-state rate and process-tree memory;
 - memory vs length: peak RSS of the per-video core on low-resolution videos of growing length;
-- GPU (where CUDA is at hand): spatial img/s with AMP vs fp32, RAFT pairs/s.
+- GPU (where CUDA is at hand, `multistream.gpu_figures`): the spatial core vs the timm forward, RAFT, VGGish.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import replace
 
-import numpy as np
-
+from multistream import gpu_figures
 from multistream.baselines import in_fresh_process, memory_vs_length, peak_rss_mb
 from multistream.config import Config
 from multistream.manifest import VideoEntry
@@ -106,46 +104,6 @@ def pipeline_stage_rates(output: str) -> dict:
     return {name: len(videos) / s for name, s in seconds.items()}
 
 
-def gpu_figures(cfg: Config, frames: int = 512, pairs: int = 64) -> dict | None:
-    """Spatial img/s with AMP vs the same timm model in fp32, and RAFT pairs/s; None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    import timm
-
-    size = cfg.spatial.image_size
-    model = timm.create_model(cfg.spatial.model, pretrained=False, num_classes=0).cuda().eval()
-    model = model.to(memory_format=torch.channels_last)
-    batch = torch.randn(cfg.spatial.batch_size, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
-
-    def rate(amp: bool) -> float:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            model(batch)
-            torch.cuda.synchronize()
-            start, done = time.perf_counter(), 0
-            while done < frames:
-                model(batch)
-                done += len(batch)
-            torch.cuda.synchronize()
-        return done / (time.perf_counter() - start)
-
-    figures = {"device": torch.cuda.get_device_name(), "spatial_fp32_img_s": rate(False),
-               "spatial_amp_img_s": rate(True)}
-    figures["spatial_amp_speedup"] = figures["spatial_amp_img_s"] / figures["spatial_fp32_img_s"]
-    if cfg.flow.backend.startswith("raft") and cfg.flow.weights:
-        from multistream.flow import make_flow_estimator
-
-        estimator = make_flow_estimator(cfg.flow)
-        width, height = cfg.flow.size
-        video = np.random.default_rng(0).integers(0, 256, (pairs + 1, height, width, 3), dtype=np.uint8)
-        estimator(video[:2])
-        start = time.perf_counter()
-        estimator(video)
-        figures["raft_pairs_s"] = pairs / (time.perf_counter() - start)
-    return figures
-
-
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -185,7 +143,7 @@ def run_all(cfg: Config, entries: list[VideoEntry], config_path: str | None, ove
                    for name in STAGES},
         "peak_rss_mb": {"pipeline_tree_pss": pipe["peak_pss_mb"], "benchmark_driver": peak_rss_mb(),
                         "per_video_length": memory_vs_length(config_path, overrides, env, lengths) if lengths else []},
-        "gpu": gpu_figures(cfg),
+        "gpu": gpu_figures.measure(cfg),
     }
 
 
@@ -218,6 +176,7 @@ def format_table(report: dict) -> str:
         lines.append(f"  decode+flow of a {row['video_s']:>4} s video ({row['n_frames']} frames used): "
                      f"peak RSS {row['peak_rss_mb']:.0f} MB")
     if report.get("gpu"):
-        lines.append(f"gpu: {json.dumps(report['gpu'])}")
+        lines += gpu_figures.format_lines(report["gpu"])
     return "\n".join(lines)
+
 

@@ -5,6 +5,8 @@ Kept apart from `flow` so that the CPU backends never import torch.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,8 @@ from multistream.config import FlowConfig
 from multistream.flow import check_frames
 from multistream.pretrained import load_state_dict
 from multistream.training import resolve_device
+
+log = logging.getLogger(__name__)
 
 # RAFT's 4-level correlation pyramid needs feature maps (1/8 of the input) of at least 16 px per side.
 _RAFT_MIN_SIDE = 128
@@ -42,6 +46,7 @@ class RAFTFlow:
             torch.set_num_threads(max(1, threads))
         self.model = model.eval().to(self.device)
         self.batch_size = cfg.batch_size
+        log.info("flow: %s on %s", cfg.backend, self.device)
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:

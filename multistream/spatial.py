@@ -44,6 +44,8 @@ class SpatialEmbedder:
         self.amp_dtype = None
         if on_cuda and cfg.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        log.info("spatial: %s (%d-d) on %s%s", cfg.model, self.dim, self.device,
+                 f" under {self.amp_dtype} autocast" if self.amp_dtype else "")
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(model.pretrained_cfg["mean"], device=self.device).view(shape) * 255.0
         self.std = torch.tensor(model.pretrained_cfg["std"], device=self.device).view(shape) * 255.0

@@ -18,14 +18,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import ray
 
 from multistream import schema, storage
-from multistream.config import Config
+from multistream.config import Config, ConfigError
 from multistream.extract import (
     decode_video,
     error_message,
@@ -34,7 +34,7 @@ from multistream.extract import (
     video_row,
 )
 from multistream.manifest import VideoEntry, build_manifest
-from multistream.ray.session import init_ray, map_stage, worker_setup
+from multistream.ray.session import actor_device, init_ray, map_stage, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class DecodeStage:
         from multistream.flow import make_flow_estimator
 
         self.cfg = cfg
-        self.estimator = make_flow_estimator(cfg.flow, threads=cfg.ray.torch_threads)
+        flow = replace(cfg.flow, device=actor_device(cfg.flow.device))
+        self.estimator = make_flow_estimator(flow, threads=cfg.ray.torch_threads)
         self.flow_root = storage.join(cfg.paths.output, schema.FLOW)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,7 +138,7 @@ class SpatialStage(_ModelStage):
         from multistream.spatial import SpatialEmbedder
 
         worker_setup(cfg.ray.torch_threads)
-        self.embed = SpatialEmbedder(cfg.spatial)
+        self.embed = SpatialEmbedder(replace(cfg.spatial, device=actor_device(cfg.spatial.device)))
 
 
 class AudioStage(_ModelStage):
@@ -149,7 +150,8 @@ class AudioStage(_ModelStage):
         from multistream.audio import AudioEmbedder
 
         worker_setup(cfg.ray.torch_threads)
-        self.embed = AudioEmbedder(cfg.audio, sample_rate=cfg.video.audio_rate)
+        audio = replace(cfg.audio, device=actor_device(cfg.audio.device))
+        self.embed = AudioEmbedder(audio, sample_rate=cfg.video.audio_rate)
 
 
 class WriteStage:
@@ -198,6 +200,22 @@ def features_table(rows: list[dict]) -> pa.Table:
     }, schema=schema.features_schema(spatial_dim))
 
 
+def check_gpu_placement(cfg: Config) -> None:
+    """Raise where a model must run on CUDA but its actors ask for no GPU; warn where RAFT runs on the CPU
+    for that reason ("auto" is the GPU only in actors that Ray gave one: `session.actor_device`)."""
+    raft = cfg.flow.backend.startswith("raft")
+    for name, device, pool in (("flow", cfg.flow.device if raft else "cpu", "decode"),
+                               ("spatial", cfg.spatial.device, "spatial"), ("audio", cfg.audio.device, "audio")):
+        pool = pool if cfg.ray.fused is None else "fused"
+        if getattr(cfg.ray, pool).num_gpus:
+            continue
+        if device == "cuda":
+            raise ConfigError(f"{name}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
+        if name == "flow" and device == "auto":
+            log.warning("flow.backend=%s runs on the CPU: ray.%s.num_gpus is 0, so its actors are given no GPU",
+                        cfg.flow.backend, pool)
+
+
 @dataclass
 class ExtractSummary:
     total: int
@@ -231,6 +249,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     `on_video` is called with {video_id, status, error} as each video is committed.
     """
     started = time.perf_counter()
+    check_gpu_placement(cfg)
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
     done = resume_state(cfg.paths.output)

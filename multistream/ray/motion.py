@@ -26,7 +26,7 @@ from multistream import runinfo, schema, storage
 from multistream.config import Config
 from multistream.extract import part_name, read_flow
 from multistream.motion_cnn import EMBEDDING_DIM, MotionCNN, flow_stacks
-from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
+from multistream.ray.session import actor_device, init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.training import evaluate, motion_optimizer, seed_everything, train_epoch
 
@@ -159,7 +159,7 @@ class EmbedStage:
 
         worker_setup(cfg.ray.torch_threads)
         self.cfg, self.positions = cfg, positions
-        self.device = resolve_device(cfg.spatial.device)
+        self.device = resolve_device(actor_device(cfg.spatial.device))
         self.model, self.meta = load_motion_cnn(cfg.paths.output)
         self.model.to(self.device)
 

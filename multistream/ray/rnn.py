@@ -37,7 +37,7 @@ from safetensors.torch import save as save_safetensors
 
 from multistream import runinfo, schema, storage
 from multistream.config import Config, RNNConfig
-from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
+from multistream.ray.session import actor_device, init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import EpochLoop, load_final_state, mean_over_workers, run_training
 from multistream.rnn import SequenceClassifier, pad_sequences
 from multistream.training import (
@@ -226,7 +226,7 @@ class EmbedStage:
 
     def __init__(self, directory: str, column: str, torch_threads: int):
         worker_setup(torch_threads)
-        self.device = resolve_device("auto")
+        self.device = resolve_device(actor_device("auto"))
         model, _ = load_model(directory)
         self.model, self.column = model.to(self.device), column
 

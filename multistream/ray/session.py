@@ -23,6 +23,9 @@ WORKER_ENV = {
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
 }
 
+# Every worker logs like the driver (INFO, same format); Ray forwards it to the driver's output.
+WORKER_RUNTIME_ENV = {"env_vars": WORKER_ENV, "worker_process_setup_hook": "multistream.cli.setup_logging"}
+
 
 def worker_env(torch_threads: int) -> dict[str, str]:
     """The environment of every worker of a local Ray (and of the benchmark's baselines beside it)."""
@@ -49,7 +52,7 @@ def init_ray(cfg: Config) -> None:
         except ConnectionError:
             pass
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": worker_env(cfg.ray.torch_threads)})
+             runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
     log.info("started a local Ray: %s", ray.cluster_resources())
 
 
@@ -62,7 +65,16 @@ def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, b
         stage, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size or resources.batch_size,
         batch_format=batch_format, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
-        runtime_env={"env_vars": WORKER_ENV})
+        runtime_env=WORKER_RUNTIME_ENV)
+
+
+def actor_device(device: str) -> str:
+    """`device` for a model inside a Ray actor, task or trial: "auto" is the GPU only where Ray gave this
+    process one, so that no model lands on a GPU that Ray did not count (whether Ray hides the GPUs from a
+    process that asked for none depends on its version and RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO)."""
+    if device != "auto":
+        return device
+    return "cuda" if ray.get_gpu_ids() else "cpu"
 
 
 def worker_setup(torch_threads: int) -> None:

@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 from multistream import storage
 from multistream.config import Config, RNNConfig
 from multistream.ray.rnn import StreamData, absolute_root, ok_videos, sequences, stream_data
-from multistream.ray.session import init_ray, worker_setup
+from multistream.ray.session import actor_device, init_ray, worker_setup
 from multistream.rnn import SequenceClassifier, pad_sequences
 from multistream.training import (
     EarlyStopping,
@@ -74,7 +74,7 @@ def trial(config: dict, train: tuple, test: tuple, rnn: RNNConfig, input_dim: in
     rnn = dataclasses.replace(rnn, **{name: config[name] for name in (*GRID, "seed")})
     seed_everything(rnn.seed)
     rng = np.random.default_rng(rnn.seed)
-    device = resolve_device("auto")
+    device = resolve_device(actor_device("auto"))
     model = SequenceClassifier.from_config(rnn, input_dim, num_classes).to(device)
     optimizer, scheduler = rnn_optimizer(model, rnn)
     stopping, best, loss_fn = EarlyStopping(rnn.patience), {}, torch.nn.CrossEntropyLoss()
