@@ -110,12 +110,17 @@ class VideoReader:
     (from timestamps) and `duration_s`.
     """
 
-    def __init__(self, source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000):
+    def __init__(self, source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
+                 threads: int = 1):
         if max_seconds <= 0 or audio_rate <= 0:
             raise ValueError(f"max_seconds and audio_rate must be positive, got {max_seconds}, {audio_rate}")
         self.name = _source_name(source)
         self.max_seconds = float(max_seconds)
         self.audio_rate = int(audio_rate)
+        self.threads = threads
+        # one reformatter per output size keeps its scaler from frame to frame (a new one per frame set up
+        # swscale, and its thread pool, again for every frame: half of decode's CPU time)
+        self._reformatters: dict[tuple[int, int] | None, av.video.reformatter.VideoReformatter] = {}
         if _size_of(source) == 0:
             raise VideoError(f"{self.name}: empty file")
         try:
@@ -149,6 +154,7 @@ class VideoReader:
         self._audio_stream = self._container.streams.audio[0] if self._container.streams.audio else None
         self._resampler = self._new_resampler()
         ctx = video.codec_context
+        ctx.thread_count = self.threads
         if not ctx.width or not ctx.height:
             raise VideoError(f"{self.name}: video stream without a frame size")
         rate = video.average_rate or video.base_rate or video.guessed_rate
@@ -254,8 +260,7 @@ class VideoReader:
         if self.n_frames == 0:
             raise VideoError(f"{self.name}: no decodable video frames (truncated or damaged file)")
 
-    @staticmethod
-    def _convert(vframe: av.VideoFrame, sizes: dict[str, tuple[int, int] | None]) -> dict[str, np.ndarray]:
+    def _convert(self, vframe: av.VideoFrame, sizes: dict[str, tuple[int, int] | None]) -> dict[str, np.ndarray]:
         by_size: dict[tuple[int, int] | None, np.ndarray] = {}
         for size in sizes.values():
             if size not in by_size:
@@ -263,8 +268,10 @@ class VideoReader:
                 # swscale converts and resizes in one pass from the decoder's pixel format; area averaging
                 # when shrinking (bilinear would alias fine texture, e.g. 4K down to 320x240)
                 shrink = width <= vframe.width and height <= vframe.height and size is not None
-                by_size[size] = vframe.to_ndarray(width=width, height=height, format="rgb24",
-                                                  interpolation="AREA" if shrink else "BILINEAR")
+                reformatter = self._reformatters.setdefault(size, av.video.reformatter.VideoReformatter())
+                by_size[size] = reformatter.reformat(
+                    vframe, width=width, height=height, format="rgb24", interpolation="AREA" if shrink else "BILINEAR",
+                    threads=self.threads).to_ndarray()
         return {name: by_size[size] for name, size in sizes.items()}
 
     def audio(self) -> np.ndarray:
@@ -318,7 +325,9 @@ class VideoReader:
         self.close()
 
 
-def open_video(source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0,
-               audio_rate: int = 16000) -> VideoReader:
-    """Open a local path or a binary file object (e.g. `storage.open_input(uri)`) for streaming decode."""
-    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate)
+def open_video(source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
+               threads: int = 1) -> VideoReader:
+    """Open a local path or a binary file object (e.g. `storage.open_input(uri)`) for streaming decode.
+
+    `threads` is the video decoder's (0: FFmpeg's choice, one per core); one suits a worker per core."""
+    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads)

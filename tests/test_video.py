@@ -76,6 +76,23 @@ def test_frames_are_rgb_at_each_requested_size(tmp_path):
         assert np.abs(frame.images["small"] @ LUMA - small).mean() < 2  # an area downscale of the same image
 
 
+@pytest.mark.parametrize("threads", [1, 0])
+def test_frames_match_a_fresh_conversion_of_each_frame(tmp_path, threads):
+    """The reader keeps one scaler per size across frames and sets decoder/scaler threads; neither may change
+    a pixel against PyAV converting every decoded frame on its own."""
+    path = write_test_video(tmp_path / "clip.mp4", frames=12, size=(96, 72))
+    sizes = {"flow": (48, 36), "spatial": (80, 80)}
+    with open_video(path, threads=threads) as reader:
+        frames = list(reader.frames(sizes))
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert len(frames) == len(decoded) == 12
+    for frame, vframe in zip(frames, decoded, strict=True):
+        flow = vframe.to_ndarray(width=48, height=36, format="rgb24", interpolation="AREA")
+        spatial = vframe.to_ndarray(width=80, height=80, format="rgb24", interpolation="BILINEAR")
+        assert np.array_equal(frame.images["flow"], flow) and np.array_equal(frame.images["spatial"], spatial)
+
+
 def test_max_seconds_stops_frames_and_audio(tmp_path):
     path = write_test_video(tmp_path / "clip.mkv", frames=30, fps=15, audio_tone_hz=440)
     with open_video(path, max_seconds=1.0) as reader:
