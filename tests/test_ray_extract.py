@@ -99,8 +99,8 @@ def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and len(storage.list_parts(str(out / "videos"))) < 2 and process.poll() is None:
         time.sleep(0.2)
-    # kill -9 the job and every process of its local Ray: a worker that outlived it could still commit the
-    # video it had in flight after the re-run has read what is committed
+    # kill -9 the job and every process of its local Ray, so that no worker outlives it (the late commit of
+    # one that does is test_late_commits_of_an_interrupted_run_are_dropped)
     import psutil
 
     started = psutil.Process(process.pid).children(recursive=True)
@@ -120,6 +120,33 @@ def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
     for name in ("features", "flow"):
         ids = table(out, name).video_id
         assert ids.is_unique and sorted(ids) == sorted(videos.video_id)
+
+
+def test_late_commits_of_an_interrupted_run_are_dropped(ray_session, mixed_inputs, tmp_path):
+    """A worker of a killed run can commit its in-flight video after a re-run has read what is committed. The
+    re-run extracts that video again, so it drops the late part: no video has two rows."""
+    import shutil
+
+    from multistream.config import load_config
+    from multistream.ray.extract import run_extract
+
+    out = tmp_path / "run"
+    overrides = [f"paths.input={mixed_inputs}", f"paths.output={out}", "paths.demo=false", *SMALL_EXTRACTION[1::2]]
+    late = []
+
+    def commit_late_copy(row):  # as the killed run's worker would: the same video under its own part name
+        if not late:
+            first = storage.list_parts(str(out / "videos"))[0]
+            for name in ("videos", "features"):
+                if (out / name / f"{first}.parquet").exists():
+                    shutil.copy(out / name / f"{first}.parquet", out / name / "part-late.parquet")
+            late.append(first)
+
+    summary = run_extract(load_config(overrides=overrides), on_video=commit_late_copy)
+    assert late and summary.ok + len(summary.errors) == 7
+    assert "part-late" not in storage.list_parts(str(out / "videos")) + storage.list_parts(str(out / "features"))
+    assert_mixed_run(out)
+    assert table(out, "videos").video_id.is_unique and table(out, "features").video_id.is_unique
 
 
 def test_extract_from_and_to_s3(ray_session, s3_bucket, tmp_path):

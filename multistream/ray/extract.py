@@ -8,7 +8,8 @@ Commit protocol (resume after a crash or kill -9 loses at most the videos in fli
   1. the decode stage writes `flow/<part>` for its video (part name derived from the video id);
   2. the write stage writes `features/<part>` then `videos/<part>` for a batch of videos (same part name).
 A `videos/` part is the commit: on start, `features/` parts without a `videos/` twin and `flow/` parts of
-videos that are not committed ok are deleted, and committed videos are skipped.
+videos that are not committed ok are deleted, and committed videos are skipped. At the end of a run, `videos/`
+parts it neither found nor wrote (late commits of a killed run's surviving workers) are deleted.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class WriteStage:
                            storage.join(self.root, schema.VIDEOS), name)
         return {"video_id": np.array([v["video_id"] for v in videos], dtype=object),
                 "status": np.array([v["status"] for v in videos], dtype=object),
-                "error": np.array([v["error"] or "" for v in videos], dtype=object)}
+                "error": np.array([v["error"] or "" for v in videos], dtype=object),
+                "part": np.array([name] * len(videos), dtype=object)}
 
 
 class FusedStage:
@@ -242,6 +244,20 @@ def resume_state(root: str) -> set[str]:
     return set(videos["video_id"].to_pylist())
 
 
+def drop_stray_commits(root: str, known_parts: set[str]) -> None:
+    """Delete `videos/` parts (and their `features/`) that neither were there when this run started nor were
+    written by it: the late commits of an interrupted run's workers (a kill -9 of a local run can leave them
+    running for a moment), whose videos this run extracted again."""
+    videos_root, features_root = storage.join(root, schema.VIDEOS), storage.join(root, schema.FEATURES)
+    stray = set(storage.list_parts(videos_root)) - known_parts
+    for name in stray:
+        storage.delete_part(videos_root, name)
+        storage.delete_part(features_root, name)
+    if stray:
+        log.warning("dropped %d part(s) committed late by an interrupted run's workers; their videos were "
+                    "extracted again by this run", len(stray))
+
+
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
                 on_video: Callable[[dict], None] | None = None) -> ExtractSummary:
     """Extract every video of the manifest not yet committed under `cfg.paths.output`.
@@ -253,6 +269,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
     done = resume_state(cfg.paths.output)
+    known_parts = set(storage.list_parts(storage.join(cfg.paths.output, schema.VIDEOS)))
     todo = [entry for entry in entries if entry.video_id not in done]
     log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
     summary = ExtractSummary(len(entries), len(entries) - len(todo), 0, {}, 0.0)
@@ -269,11 +286,13 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
             ds = map_stage(ds, AudioStage, cfg.ray.audio, cfg=cfg)
             ds = map_stage(ds, WriteStage, cfg.ray.write, cfg=cfg)
         for row in ds.iter_rows():
+            known_parts.add(row.pop("part"))
             if on_video is not None:
                 on_video(row)
             if row["status"] == "ok":
                 summary.ok += 1
             else:
                 summary.errors[row["video_id"]] = row["error"]
+        drop_stray_commits(cfg.paths.output, known_parts)
     summary.seconds = time.perf_counter() - started
     return summary
