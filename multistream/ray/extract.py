@@ -227,8 +227,9 @@ class ExtractSummary:
     seconds: float
 
 
-def resume_state(root: str) -> set[str]:
-    """Drop uncommitted parts of an interrupted run; return the ids of videos already committed."""
+def resume_state(root: str) -> tuple[set[str], set[str]]:
+    """Drop uncommitted parts of an interrupted run; return (ids of the videos already committed, the names of
+    the `videos/` parts that commit them)."""
     videos_root, features_root, flow_root = (storage.join(root, t) for t in
                                              (schema.VIDEOS, schema.FEATURES, schema.FLOW))
     committed = set(storage.list_parts(videos_root))
@@ -241,7 +242,7 @@ def resume_state(root: str) -> set[str]:
                 if status == "ok"}
     for name in set(storage.list_parts(flow_root)) - ok_parts:
         storage.delete_part(flow_root, name)
-    return set(videos["video_id"].to_pylist())
+    return set(videos["video_id"].to_pylist()), committed
 
 
 def drop_stray_commits(root: str, known_parts: set[str]) -> None:
@@ -268,8 +269,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     check_gpu_placement(cfg)
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
-    done = resume_state(cfg.paths.output)
-    known_parts = set(storage.list_parts(storage.join(cfg.paths.output, schema.VIDEOS)))
+    done, known_parts = resume_state(cfg.paths.output)
     todo = [entry for entry in entries if entry.video_id not in done]
     log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
     summary = ExtractSummary(len(entries), len(entries) - len(todo), 0, {}, 0.0)
