@@ -1,0 +1,50 @@
+"""One device and precision policy for every model that runs (flow, spatial, audio, motion CNN, RNN, autoencoder).
+
+Each model's config section has a `device` key: "auto" | "cpu" | "cuda". "auto" is CUDA where torch sees a
+GPU; inside a Ray actor, task or trial it is CUDA only where Ray gave that process a GPU (`actor_device`),
+so that no model lands on a GPU that Ray did not count. Mixed precision is bfloat16 autocast on CUDA
+(float16 where bf16 is unsupported) and nothing on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" → cuda when available, else cpu; anything else as given ("cuda" without a GPU raises)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def actor_device(device: str) -> str:
+    """`device` for a model inside a Ray actor, task or trial: "auto" is the GPU only where Ray gave this
+    process one (whether Ray hides the GPUs from a process that asked for none depends on its version and
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO). Outside Ray, "auto" is left to `resolve_device`."""
+    if device != "auto":
+        return device
+    import ray
+
+    if not ray.is_initialized():
+        return device
+    return "cuda" if ray.get_gpu_ids() else "cpu"
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype on `device` (bf16, or fp16 where bf16 is unsupported), None where AMP is off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """The one mixed-precision context: autocast at `amp_dtype(device)`, a no-op on the CPU or when off."""
+    dtype = amp_dtype(device, enabled)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

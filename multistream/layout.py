@@ -1,0 +1,104 @@
+"""The run root: every table, model, checkpoint and report a job reads or writes is a name on `RunRoot`.
+
+    run = RunRoot("s3://bucket/runs/ucf101")
+    run.table("features")        # s3://bucket/runs/ucf101/features
+    run.model("rnn_spatial")     # .../models/rnn_spatial
+    run.metrics                  # .../reports/metrics.json
+
+Table names (and their schemas) live in `multistream.schema`; this module owns where everything sits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from multistream import schema, storage
+
+MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
+MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
+
+
+def rnn_name(stream: str) -> str:
+    """The name of a stream's recurrent head: its model folder and Ray Train run."""
+    return f"rnn_{stream}"
+
+
+def absolute(uri: str) -> str:
+    """Local run roots become absolute: Ray workers and Ray Train storage must not depend on the cwd."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+@dataclass(frozen=True)
+class RunRoot:
+    uri: str
+
+    def join(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    # tables
+    def table(self, name: str) -> str:
+        """A Parquet dataset directory (`schema.VIDEOS`, `schema.FEATURES`, ...)."""
+        return self.join(name)
+
+    @property
+    def videos(self) -> str:
+        return self.table(schema.VIDEOS)
+
+    @property
+    def features(self) -> str:
+        return self.table(schema.FEATURES)
+
+    @property
+    def flow(self) -> str:
+        return self.table(schema.FLOW)
+
+    @property
+    def motion(self) -> str:
+        return self.table(schema.MOTION)
+
+    @property
+    def embeddings(self) -> str:
+        return self.table(schema.EMBEDDINGS)
+
+    @property
+    def predictions(self) -> str:
+        return self.table(schema.PREDICTIONS)
+
+    @property
+    def anomaly(self) -> str:
+        return self.table(schema.ANOMALY)
+
+    # models: one folder each, written by `multistream.modelio`
+    @property
+    def models(self) -> str:
+        return self.join(MODELS)
+
+    def model(self, name: str) -> str:
+        """`models/<name>`: `motion_cnn`, `rnn_<stream>`, `svm`, `autoencoder`."""
+        return self.join(MODELS, name)
+
+    # Ray Train / Tune runs
+    @property
+    def checkpoints(self) -> str:
+        return self.join(CHECKPOINTS)
+
+    def checkpoint(self, name: str) -> str:
+        return self.join(CHECKPOINTS, name)
+
+    # reports
+    def report(self, name: str) -> str:
+        """`reports/<name>`: metrics.json, sweep.csv, sweep.md, report.html, benchmark.json, figures/ ..."""
+        return self.join(REPORTS, name)
+
+    @property
+    def metrics(self) -> str:
+        return self.report("metrics.json")
+
+    @property
+    def report_html(self) -> str:
+        return self.report("report.html")
+
+    @property
+    def figures(self) -> str:
+        return self.report("figures")
