@@ -42,6 +42,10 @@ def test_optional_section_can_be_set_or_left_out():
     ("flow.size=[320]", "flow.size"),
     ("rnn.bidirectional=1", "rnn.bidirectional"),
     ("anomaly.threshold_percentile=100", "anomaly.threshold_percentile"),
+    ("tune.cells=[gru, rnn]", "tune.cells"),
+    ("ray.decode.num_gpus=-0.5", "ray.decode.num_gpus"),
+    ("ray.decode={min_actors: 2, max_actors: 1}", "ray.decode.max_actors"),
+    ("rnn.dropout=1.5", "rnn.dropout"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"^{key}"):
