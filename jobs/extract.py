@@ -10,7 +10,8 @@ Re-running with the same --output resumes: committed videos are skipped.
 
 import _path  # noqa: F401
 
-from multistream.cli import job_parser, parse_job_args, prepare_input
+from multistream.cli import job_parser, parse_job_args
+from multistream.inputs import prepare_input
 from multistream.ray.extract import run_extract
 
 

@@ -45,14 +45,3 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = Non
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
-def prepare_input(cfg: Config) -> None:
-    """Generate the demo dataset at `paths.input` when the demo is asked for and it is not there yet."""
-    from multistream import storage
-
-    if cfg.paths.demo and not storage.exists(storage.join(cfg.paths.input, "labels.csv")):
-        from multistream.demo import generate_demo
-
-        logging.getLogger(__name__).info("generating the demo dataset at %s", cfg.paths.input)
-        generate_demo(cfg.paths.input)

@@ -25,7 +25,7 @@ RNN_STREAMS = ["spatial", "temporal", "audio"]
 
 
 def _extract(cfg: Config) -> dict:
-    from multistream.cli import prepare_input
+    from multistream.inputs import prepare_input
     from multistream.ray.extract import run_extract
 
     prepare_input(cfg)
