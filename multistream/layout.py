@@ -17,6 +17,7 @@ from multistream import schema, storage
 
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
+BUNDLE_FILE = "bundle.json"
 
 
 def rnn_name(stream: str) -> str:
@@ -77,6 +78,11 @@ class RunRoot:
     def model(self, name: str) -> str:
         """`models/<name>`: `motion_cnn`, `rnn_<stream>`, `svm`, `autoencoder`."""
         return self.join(MODELS, name)
+
+    @property
+    def bundle(self) -> str:
+        """`models/bundle.json`: what inference needs and every model file's sha256 (`multistream.bundle`)."""
+        return self.join(MODELS, BUNDLE_FILE)
 
     # Ray Train / Tune runs
     @property
