@@ -83,6 +83,9 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("predicted", pa.string()),
     ("scores", pa.list_(pa.float32())),  # decision score per class, in the order of models/svm classes
 ])
+# predictions/ of jobs/predict.py: also each video's best classes (at most 5), best first, and their scores
+TOP_K_PREDICTIONS_SCHEMA = PREDICTIONS_SCHEMA.append(pa.field("top_labels", pa.list_(pa.string()))).append(
+    pa.field("top_scores", pa.list_(pa.float32())))
 
 ANOMALY_SCHEMA = pa.schema([
     ("video_id", pa.string()),
