@@ -1,13 +1,40 @@
-"""jobs/benchmark.py on a few tiny videos: every figure of reports/benchmark.json, measured in one run."""
+"""The benchmark: its pure pieces without Ray, and jobs/benchmark.py on a few tiny videos in one run."""
 
 import json
 import math
+import subprocess
+import sys
 
+import pytest
+
+from multistream.bench.extraction import steady_rate
+from multistream.bench.fresh import in_fresh_process
 from tests.helpers import run_job_main, write_test_video
 
 
 def run_benchmark(*args: str) -> int:
     return run_job_main("benchmark", *args)
+
+
+def test_steady_rate_is_taken_between_the_10th_and_90th_percentile():
+    # a slow start (actors starting) and a slow drain around 18 commits one second apart
+    times = [10.0, 10.5, *[11.0 + i for i in range(16)], 40.0, 60.0]
+    assert steady_rate(times) == pytest.approx((18 - 2) / (times[18] - times[2]))
+    assert math.isnan(steady_rate(times[:9]))  # too few commits for percentiles
+
+
+def test_fresh_process_measures_import_no_ray():
+    code = ("import sys, multistream.bench.fresh, multistream.bench.baselines, multistream.bench.memory; "
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
+def test_fresh_process_measure_errors_name_the_measure():
+    with pytest.raises(ValueError, match="multistream.bench"):
+        in_fresh_process("os:system", None, [], {})
+    with pytest.raises(RuntimeError, match="baselines:sequential failed"):
+        in_fresh_process("multistream.bench.baselines:sequential", "/nonexistent/config.yaml", [], {"entries": []})
 
 
 def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session, tmp_path, capsys):

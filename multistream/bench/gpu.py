@@ -50,8 +50,10 @@ def spatial(cfg: Config, images: int) -> dict:
     import timm
     import torch
 
+    from multistream.device import amp_dtype, autocast
     from multistream.spatial import SpatialEmbedder
 
+    cuda = torch.device("cuda")
     batch, size = cfg.spatial.batch_size, cfg.spatial.image_size
     embed = SpatialEmbedder(replace(cfg.spatial, weights=None, device="cuda", amp=True))
     model = timm.create_model(cfg.spatial.model, pretrained=False, num_classes=0).cuda().eval()
@@ -63,7 +65,7 @@ def spatial(cfg: Config, images: int) -> dict:
 
     @torch.inference_mode()
     def forward_amp() -> int:
-        with torch.autocast("cuda", dtype=embed.amp_dtype):
+        with autocast(cuda):
             return len(model(x))
 
     timm_fp32 = items_per_s(forward, images)
@@ -73,7 +75,7 @@ def spatial(cfg: Config, images: int) -> dict:
     frames = np.random.default_rng(0).integers(0, 256, (4 * batch, size, size, 3), dtype=np.uint8)
     embedder = items_per_s(lambda: len(embed(frames)), images)
     return {"model": cfg.spatial.model, "image_size": size, "batch_size": batch,
-            "amp_dtype": str(embed.amp_dtype).removeprefix("torch."),
+            "amp_dtype": str(amp_dtype(cuda)).removeprefix("torch."),
             "timm_fp32_img_s": timm_fp32, "timm_amp_channels_last_img_s": timm_amp, "embedder_img_s": embedder,
             "embedder_vs_timm_fp32": embedder / timm_fp32}
 
