@@ -186,6 +186,22 @@ class PathsConfig:
     labels: str | None = None  # CSV manifest (uri,label[,split]) or a UCF101 split folder
     split: int = 1  # which UCF101 split (trainlist0N/testlist0N)
     demo: bool = True  # generate the demo dataset at `input` when it is missing
+    # local input/output paths that every node of a multi-node cluster sees (NFS, EFS); without it a job on
+    # such a cluster refuses local paths, which each node would resolve on its own disk
+    shared_filesystem: bool = False
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    # S3 clients (botocore + s3fs), in the driver and every worker: attempts per request and back-off mode
+    retries: PosInt = 10
+    retry_mode: Literal["legacy", "standard", "adaptive"] = "adaptive"
+    connect_timeout: PosFloat = 10.0  # seconds
+    read_timeout: PosFloat = 60.0
+    # the run root's lease (one job at a time per --output): a holder silent for `lease_ttl_s` is dead;
+    # a second job waits up to `lease_wait_s` for it (0: refuses at once, naming the holder)
+    lease_ttl_s: PosFloat = 60.0
+    lease_wait_s: NonNegFloat = 0.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +218,7 @@ class Config:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def replace(self, **dotted: object) -> Config:
         """A copy with dotted keys replaced: `cfg.replace(**{"paths.output": "runs/x"})`."""

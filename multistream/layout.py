@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from multistream import schema, storage
 
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
+LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 BUNDLE_FILE = "bundle.json"
 
@@ -91,6 +92,11 @@ class RunRoot:
 
     def checkpoint(self, name: str) -> str:
         return self.join(CHECKPOINTS, name)
+
+    # the lease of the job writing under this run root (`multistream.lease`): one generation file per holder
+    @property
+    def lease(self) -> str:
+        return self.join(LEASE)
 
     # reports
     def report(self, name: str) -> str:

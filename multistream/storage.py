@@ -18,6 +18,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from multistream import s3config
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 PART_SUFFIX = ".parquet"
 
@@ -36,10 +38,13 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     options = {}
     if uri.startswith(("s3://", "s3a://")):
         options["use_listings_cache"] = False
+        options.update(s3config.client_options())  # retries, back-off, timeouts: multistream.s3config
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:  # explicit, so that the cached instance changes with the environment
             options["client_kwargs"] = {"endpoint_url": endpoint}
     fs, path = fsspec.core.url_to_fs(os.fspath(uri), **options)
+    if "s3" in fs.protocol:
+        fs.retries = s3config.current().retries  # s3fs's own retry loop around botocore's
     return fs, path
 
 

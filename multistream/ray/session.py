@@ -7,6 +7,7 @@ import os
 
 import ray
 
+from multistream import s3config
 from multistream.config import Config, StageResources
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,15 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # a cluster's workers do not inherit the driver's environment: the S3 settings travel with the job
+    joined_env = {"env_vars": s3config.env(s3config.current())}
     if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=joined_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return
     if not address:
         try:
-            ray.init(address="auto", log_to_driver=True)
+            ray.init(address="auto", log_to_driver=True, runtime_env=joined_env)
             log.info("joined the running Ray cluster: %s", ray.cluster_resources())
             return
         except ConnectionError:
