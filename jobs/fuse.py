@@ -2,7 +2,8 @@
 
 Reads embeddings/ under --output; writes models/svm/, models/autoencoder/, predictions/, anomaly/ and the
 "fusion" and "anomaly" sections of reports/metrics.json, then prints the accuracy of every stream alone,
-of each pair and of all three (the paper's Table II) and the anomaly ROC AUC. Always refits.
+of each pair and of all three (the paper's Table II) and the anomaly detector's calibration, false-positive and detection rates
+and ROC AUC. Fits on the train split, calibrates the anomaly threshold on val, scores test. Always refits.
 
   python jobs/fuse.py                        # the embedded demo's run root, runs/demo
   python jobs/fuse.py --output runs/mine
@@ -12,7 +13,8 @@ of each pair and of all three (the paper's Table II) and the anomaly ROC AUC. Al
 import _path  # noqa: F401
 
 from multistream.cli import job_parser, parse_job_args
-from multistream.ray.fuse import run_fuse, summary_table
+from multistream.fuse import run_fuse
+from multistream.fuse_results import summary_table
 
 
 def main(argv: list[str] | None = None) -> int:

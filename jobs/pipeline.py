@@ -14,8 +14,8 @@ import _path  # noqa: F401
 
 from multistream import runinfo
 from multistream.cli import job_parser, parse_job_args
+from multistream.fuse_results import FuseResult, summary_table
 from multistream.pipeline import run_pipeline
-from multistream.ray.fuse import summary_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{step['step']:<14} {step['status']:<8} {step['seconds']:>9.1f}")
     print(f"{'total':<23} {result['total_s']:>9.1f}")
     metrics = runinfo.read_json(cfg.paths.output, runinfo.METRICS)
-    print(summary_table({"fusion": metrics["fusion"], "anomaly": metrics["anomaly"]}))
+    print(summary_table(FuseResult.from_metrics(metrics)))
     print(f"report: {result['report']}")
     return 0
 

@@ -1,30 +1,27 @@
 """Anomaly detection on video embeddings (paper §VII): an autoencoder's reconstruction error is the score.
 
 The autoencoder learns to reconstruct the (standardized) embeddings of a mostly normal archive through a
-narrow bottleneck; videos unlike the majority reconstruct worse. A video is flagged when its score exceeds
-the `threshold_percentile`-th percentile of the scores of held-out normal videos (`calibration` of them are
-kept out of fitting: an autoencoder reconstructs the videos it was fitted on far better than new normal
-ones, so a threshold from its own training scores would flag most new videos). NaN entries (a missing stream) are imputed
-with the training mean, i.e. 0 after standardization. Saved as safetensors (weights + scaler) and JSON.
+narrow bottleneck; videos unlike the majority reconstruct worse. Fitting and calibrating are two steps:
+`fit` trains on one set of normal videos, `calibrate` sets the threshold on ANOTHER set of normal videos
+at a target false-positive rate. The threshold must come from videos the models upstream were not fitted
+on either: an autoencoder (and an RNN before it) reproduces the videos it was fitted on far better than
+new normal ones, so a threshold from those would flag most new videos. NaN entries (a missing stream) are
+imputed with the training mean, i.e. 0 after standardization. Saved through `multistream.modelio`: the
+weights and the scaler as tensors, the architecture, the threshold and how it was calibrated as metadata.
 """
 
 from __future__ import annotations
 
-import json
-
-import fsspec
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from multistream import modelio
 from multistream.config import AnomalyConfig
-from multistream.training import resolve_device
+from multistream.device import resolve_device
 
-_WEIGHTS = "autoencoder.safetensors"
-_META = "autoencoder.json"
+KIND, FORMAT = "autoencoder", 2
 
 
 class Autoencoder(nn.Module):
@@ -42,32 +39,45 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+def calibrate_threshold(scores: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold that flags at most `target_fpr` of `scores` (N,) (normal videos): the
+    (N - floor(target_fpr * N))-th smallest score. With N < 1 / target_fpr that is the largest one."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    if scores.ndim != 1 or not len(scores):
+        raise ValueError(f"calibration needs normal videos' scores (N >= 1,), got shape {scores.shape}")
+    if not 0 <= target_fpr < 1:
+        raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    return float(scores[len(scores) - 1 - int(np.floor(target_fpr * len(scores) + 1e-9))])
+
+
 class AnomalyDetector:
-    """A trained autoencoder with its scaler and threshold; `score` → per-video reconstruction error."""
+    """A trained autoencoder with its scaler and threshold; `score` → per-video reconstruction error.
+
+    `calibration` records how the threshold was set: {"split", "n", "target_fpr"} (empty until calibrated).
+    """
 
     def __init__(self, model: Autoencoder, mean: np.ndarray, scale: np.ndarray, threshold: float,
-                 history: list[float], device: str | torch.device = "cpu"):
+                 history: list[float], device: str | torch.device = "cpu", calibration: dict | None = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.mean, self.scale = mean.astype(np.float32), scale.astype(np.float32)  # (D,)
         self.threshold = float(threshold)
         self.history = list(history)
+        self.calibration = dict(calibration or {})
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device = "cpu"
+    def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
             ) -> AnomalyDetector:
-        """embeddings (N, D) float (NaN allowed) → a detector trained with Adam, MSE, seeded by cfg.seed."""
+        """embeddings (N, D) float (NaN allowed) → a detector trained with Adam, MSE, seeded by cfg.seed, on
+        `device` (default cfg.device); its threshold is NaN until `calibrate`."""
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"embeddings must be (N >= 2, D), got {x.shape}")
-        order = np.random.default_rng(cfg.seed).permutation(len(x))
-        held = order[:int(round(cfg.calibration * len(x)))] if len(x) >= 5 else order[:0]
-        calibration, x = x[held], np.delete(x, held, axis=0)
         mean = np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0)
         x = np.where(np.isnan(x), mean, x)
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0
-        device = resolve_device(device)
+        device = resolve_device(cfg.device if device is None else device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = Autoencoder(x.shape[1], cfg.hidden, cfg.bottleneck).to(device)
@@ -87,10 +97,14 @@ class AnomalyDetector:
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
             history.append(total / len(data))
-        detector = cls(model, mean, scale, 0.0, history, device)
-        reference = calibration if len(calibration) else x
-        detector.threshold = float(np.percentile(detector.score(reference), cfg.threshold_percentile))
-        return detector
+        return cls(model, mean, scale, float("nan"), history, device)
+
+    def calibrate(self, normal: np.ndarray, target_fpr: float, split: str) -> float:
+        """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on
+        (`split` names where they come from), flagging at most `target_fpr` of them; → the threshold."""
+        self.threshold = calibrate_threshold(self.score(normal), target_fpr)
+        self.calibration = {"split": split, "n": int(len(normal)), "target_fpr": float(target_fpr)}
+        return self.threshold
 
     @torch.no_grad()
     def score(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -108,35 +122,30 @@ class AnomalyDetector:
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         """(N,) scores → (N,) bool, True above the threshold."""
+        if np.isnan(self.threshold):
+            raise RuntimeError("the detector has no threshold yet: calibrate it on held-out normal videos")
         return np.asarray(scores) > self.threshold
 
     def save(self, directory: str) -> None:
-        """Writes autoencoder.safetensors (weights, scaler) and autoencoder.json under a path or URI."""
-        fs, path = fsspec.core.url_to_fs(str(directory))
-        fs.makedirs(path, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        tensors["scaler.mean"] = torch.from_numpy(self.mean.copy())
-        tensors["scaler.scale"] = torch.from_numpy(self.scale.copy())
+        """One model folder (`multistream.modelio`) under a local path or URI."""
+        tensors = dict(self.model.state_dict())
+        tensors["scaler.mean"], tensors["scaler.scale"] = self.mean, self.scale
         first, last = self.model.encoder[0], self.model.encoder[-1]
-        meta = {"format": 1, "input_dim": first.in_features, "hidden": first.out_features,
-                "bottleneck": last.out_features, "threshold": self.threshold, "history": self.history}
-        base = str(directory).rstrip("/")
-        with fsspec.open(f"{base}/{_WEIGHTS}", "wb") as f:
-            f.write(save_tensors(tensors))
-        with fsspec.open(f"{base}/{_META}", "w") as f:
-            json.dump(meta, f, indent=2)
+        modelio.save_model(str(directory), tensors, {
+            "kind": KIND, "format": FORMAT, "input_dim": first.in_features, "hidden": first.out_features,
+            "bottleneck": last.out_features, "threshold": self.threshold, "calibration": self.calibration,
+            "history": self.history})
 
     @classmethod
     def load(cls, directory: str, device: str | torch.device = "cpu") -> AnomalyDetector:
-        base = str(directory).rstrip("/")
-        with fsspec.open(f"{base}/{_META}", "r") as f:
-            meta = json.load(f)
-        with fsspec.open(f"{base}/{_WEIGHTS}", "rb") as f:
-            tensors = load_tensors(f.read())
+        tensors, meta = modelio.load_model(str(directory))
+        if meta.get("kind") != KIND or meta.get("format") != FORMAT:
+            raise ValueError(f"{directory} holds no {KIND} model of format {FORMAT} "
+                             f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
         mean, scale = tensors.pop("scaler.mean").numpy(), tensors.pop("scaler.scale").numpy()
         model = Autoencoder(meta["input_dim"], meta["hidden"], meta["bottleneck"])
         model.load_state_dict(tensors)
-        return cls(model, mean, scale, meta["threshold"], meta["history"], device)
+        return cls(model, mean, scale, meta["threshold"], meta["history"], device, meta["calibration"])
 
 
 def roc_auc(scores: np.ndarray, is_anomalous: np.ndarray) -> float:

@@ -24,7 +24,6 @@ from multistream.config_loader import (
     PosInt,
     apply,
     build,
-    in_range,
     min_side,
 )
 
@@ -134,8 +133,8 @@ class AnomalyConfig:
     epochs: PosInt = 200
     lr: PosFloat = 1e-3
     batch_size: PosInt = 64
-    threshold_percentile: Annotated[float, in_range(0, 100, low_open=True)] = 95.0  # of the reconstruction errors of held-out normal videos
-    calibration: Fraction = 0.25  # share of the normal training videos held out to set the threshold
+    target_fpr: Fraction = 0.05  # false-positive rate the threshold is calibrated to, on the normal val videos
+    calibration: Fraction = 0.25  # without a val split only: share of the train videos held out to calibrate on
     seed: int = 0
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
 

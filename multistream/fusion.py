@@ -5,24 +5,25 @@ LinearSVC minimises 0.5 ||w||^2 + C * sum(hinge); dividing by N * C shows the tw
 C = 1 / (2 * N * l2), N the number of training videos. Classes are fitted one-vs-rest.
 
 Missing streams (a video without audio, say) arrive as NaN rows and are imputed with the training mean,
-which is 0 after standardization: the stream then does not move the scores. The saved model is an .npz of
-plain arrays (`np.load(allow_pickle=False)`) plus JSON metadata; scoring is plain NumPy.
+which is 0 after standardization: the stream then does not move the scores. The model is saved through
+`multistream.modelio`: coef/intercept/mean/scale as tensors, streams, dims, classes and l2 as metadata;
+scoring is plain NumPy.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 from sklearn.svm import LinearSVC
 
+from multistream import modelio
 from multistream.config import FusionConfig
 
 STREAMS = ("spatial", "temporal", "audio")
-_ARRAYS = "svm.npz"
-_META = "svm.json"
+KIND, FORMAT = "linear_svm", 2
+TOP5_MIN_CLASSES = 6  # top-5 is reported only where it can miss: with 5 classes or fewer it is always 1
 
 
 def _stack(features: dict[str, np.ndarray], streams: tuple[str, ...]) -> np.ndarray:
@@ -33,10 +34,6 @@ def _stack(features: dict[str, np.ndarray], streams: tuple[str, ...]) -> np.ndar
     if any(b.ndim != 2 or len(b) != len(blocks[0]) for b in blocks):
         raise ValueError(f"each stream must be (N, D_s) with one N, got {[b.shape for b in blocks]}")
     return np.concatenate(blocks, axis=1)
-
-
-def _open(directory: str, name: str, mode: str):
-    return fsspec.open(f"{str(directory).rstrip('/')}/{name}", mode)
 
 
 class FusionModel:
@@ -85,61 +82,78 @@ class FusionModel:
         return [self.classes[i] for i in self.decision_scores(features).argmax(axis=1)]
 
     def save(self, directory: str) -> None:
-        """Writes svm.npz (arrays) and svm.json (metadata) under a local path or fsspec URI."""
-        fs, path = fsspec.core.url_to_fs(str(directory))
-        fs.makedirs(path, exist_ok=True)
-        with _open(directory, _ARRAYS, "wb") as f:
-            np.savez(f, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept,
-                     classes=np.asarray(self.classes, dtype=str), dims=np.asarray(self.dims, dtype=np.int64))
-        meta = {"format": 1, "kind": "linear_svm", "streams": list(self.streams), "dims": self.dims,
-                "classes": self.classes, "l2": self.l2}
-        with _open(directory, _META, "w") as f:
-            json.dump(meta, f, indent=2)
+        """One model folder (`multistream.modelio`) under a local path or URI."""
+        modelio.save_model(str(directory), {"mean": self.mean, "scale": self.scale, "coef": self.coef,
+                                            "intercept": self.intercept},
+                           {"kind": KIND, "format": FORMAT, "streams": list(self.streams), "dims": self.dims,
+                            "classes": self.classes, "l2": self.l2})
 
     @classmethod
     def load(cls, directory: str) -> FusionModel:
-        with _open(directory, _META, "r") as f:
-            meta = json.load(f)
-        with _open(directory, _ARRAYS, "rb") as f, np.load(f, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
-        return cls(tuple(meta["streams"]), meta["classes"], meta["dims"], data["mean"], data["scale"],
-                   data["coef"], data["intercept"], meta["l2"])
+        tensors, meta = modelio.load_model(str(directory))
+        if meta.get("kind") != KIND or meta.get("format") != FORMAT:
+            raise ValueError(f"{directory} holds no {KIND} model of format {FORMAT} "
+                             f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
+        arrays = {name: tensors[name].numpy() for name in ("mean", "scale", "coef", "intercept")}
+        return cls(tuple(meta["streams"]), meta["classes"], meta["dims"], arrays["mean"], arrays["scale"],
+                   arrays["coef"], arrays["intercept"], meta["l2"])
 
 
-def evaluate_predictions(scores: np.ndarray, labels: list[str], classes: list[str]) -> dict:
-    """scores (N, C) over `classes` and N true labels → top1, top5, per-class top-1 and confusion matrix.
+@dataclass
+class Accuracy:
+    """Top-1 (and top-5, None with fewer than `TOP5_MIN_CLASSES` classes) of N scored videos.
 
-    `confusion[i][j]` counts videos of classes[i] predicted as classes[j]. Labels outside `classes` count
-    as errors in top1/top5 and are left out of per_class and confusion (`n_unknown` counts them).
+    `confusion[i][j]` counts videos of classes[i] predicted as classes[j]; labels outside `classes` count as
+    errors in top1/top5 and are left out of per_class and confusion (`n_unknown` counts them).
     """
+
+    n: int
+    top1: float
+    top5: float | None
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+    classes: list[str]
+    n_unknown: int
+
+
+def evaluate_predictions(scores: np.ndarray, labels: list[str], classes: list[str]) -> Accuracy:
+    """scores (N, C) over `classes` and N true labels → their `Accuracy`."""
     scores = np.asarray(scores)
     index = {c: i for i, c in enumerate(classes)}
     y = np.asarray([index.get(str(v), -1) for v in labels], dtype=np.int64)
     pred = scores.argmax(axis=1)
-    k = min(5, len(classes))
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top5 = None
+    if len(classes) >= TOP5_MIN_CLASSES and len(y):
+        top = np.argpartition(-scores, 4, axis=1)[:, :5]
+        top5 = float((top == y[:, None]).any(axis=1).mean())
     known = y >= 0
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (y[known], pred[known]), 1)
     per_class = {c: float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(classes)
                  if confusion[i].sum()}
-    return {"n": int(len(y)), "top1": float((pred == y).mean()) if len(y) else float("nan"),
-            "top5": float((top == y[:, None]).any(axis=1).mean()) if len(y) else float("nan"),
-            "per_class": per_class, "confusion": confusion.tolist(), "classes": list(classes),
-            "n_unknown": int((~known).sum())}
+    return Accuracy(int(len(y)), float((pred == y).mean()) if len(y) else float("nan"), top5, per_class,
+                    confusion.tolist(), list(classes), int((~known).sum()))
+
+
+@dataclass
+class AblationRow:
+    """The SVM on one subset of streams ("spatial+audio"), fitted and scored on its own."""
+
+    streams: str
+    top1: float
+    top5: float | None
+    ceiling: float | None = None  # the best top-1 the subset's cues allow, where the dataset documents it
 
 
 def stream_ablation(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: list[str],
-                    y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS) -> list[dict]:
-    """Fits and scores the SVM on every non-empty subset of `streams` present in `train`.
-
-    → rows {"streams": "spatial+audio", "top1", "top5"}: each stream alone, then pairs, then all three.
-    """
+                    y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS) -> list[AblationRow]:
+    """Fits and scores the SVM on every non-empty subset of `streams` present in `train`: each stream alone,
+    then pairs, then all three."""
     streams = tuple(s for s in streams if s in train)
     rows = []
     for size in range(1, len(streams) + 1):
         for subset in itertools.combinations(streams, size):
             model = FusionModel.fit(train, y_train, cfg, streams=subset)
-            metrics = evaluate_predictions(model.decision_scores(test), y_test, model.classes)
-            rows.append({"streams": "+".join(subset), "top1": metrics["top1"], "top5": metrics["top5"]})
+            accuracy = evaluate_predictions(model.decision_scores(test), y_test, model.classes)
+            rows.append(AblationRow("+".join(subset), accuracy.top1, accuracy.top5))
     return rows

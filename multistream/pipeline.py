@@ -52,14 +52,16 @@ def _train_rnn(cfg: Config) -> dict:
 
 
 def _fuse(cfg: Config) -> dict:
-    from multistream.ray.fuse import is_current, run_fuse
+    from multistream.fuse import is_current, run_fuse
+    from multistream.fuse_results import FuseResult
 
     if is_current(cfg.paths.output):
         log.info("fusion and anomaly models are up to date with embeddings/: skipping")
-        metrics = runinfo.read_json(cfg.paths.output, runinfo.METRICS)
-        return {"status": "skipped", "top1": metrics["fusion"]["top1"], "roc_auc": metrics["anomaly"]["roc_auc"]}
-    result = run_fuse(cfg)
-    return {"status": "ran", "top1": result["fusion"]["top1"], "roc_auc": result["anomaly"]["roc_auc"]}
+        result, status = FuseResult.from_metrics(runinfo.read_json(cfg.paths.output, runinfo.METRICS)), "skipped"
+    else:
+        result, status = run_fuse(cfg), "ran"
+    return {"status": status, "top1": result.fusion.top1, "roc_auc": result.anomaly.roc_auc,
+            "false_positive_rate": result.anomaly.false_positive_rate}
 
 
 def _report(cfg: Config) -> dict:

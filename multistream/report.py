@@ -2,16 +2,18 @@
 
     python -m multistream.report RUN_ROOT       # → RUN_ROOT/reports/report.html (+ reports/figures/*.png)
 
-Sections: pipeline timings, dataset (`videos/`), classification in the style of the paper's Table II
-(`reports/metrics.json` "fusion"), confusion matrix, training curves (motion CNN, RNNs, autoencoder), the
-RNN sweep (`reports/sweep.csv`/`.md`), anomaly scores and ROC (`anomaly/`), benchmark (`reports/benchmark.json`).
-A section whose inputs are missing says "not run yet". Works on local and s3:// run roots.
+Sections: pipeline timings, dataset (`videos/`), which split did what, classification in the style of the
+paper's Table II (`reports/metrics.json` "fusion", with each stream's cue ceiling where the dataset documents
+one), confusion matrix, training curves (motion CNN, RNNs, autoencoder: their `history` in metrics.json),
+the RNN sweep (`reports/sweep.csv`/`.md`), anomaly detection (calibration, false-positive and detection
+rates, scores and ROC from `anomaly/`), benchmark (`reports/benchmark.json`). A section whose inputs are
+missing says "not run yet". Works on local and s3:// run roots. The figures are drawn in
+`multistream.report_figures`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import html
 import io
@@ -20,17 +22,22 @@ import time
 from collections import Counter
 
 import numpy as np
-from matplotlib.figure import Figure
 
-from multistream import runinfo, schema, storage
+from multistream import layout, modelio, runinfo, schema, storage
+from multistream.layout import RunRoot
+from multistream.report_figures import (
+    Figures,
+    anomaly_figure,
+    confusion_figure,
+    curves_figure,
+    loss_figure,
+    split_key,
+)
 
-REPORT = "reports/report.html"
-FIGURES = "reports/figures"
 STREAM_NAMES = {"spatial": "Spatial", "temporal": "Temporal", "audio": "Audio"}
 MODEL_TITLES = {"motion_cnn": "Motion CNN (temporal)", "rnn_spatial": "Spatial RNN", "rnn_temporal": "Temporal RNN",
                 "rnn_audio": "Audio RNN"}
-SPLIT_ORDER = ["train", "test", "anomaly"]
-SPLIT_COLOURS = {"train": "#8c9bab", "test": "#2f6fdf", "anomaly": "#e0452b"}
+SPLIT_ROLES = {"fit": "fitted on", "select": "selected on", "calibrate": "calibrated on", "score": "scored on"}
 PAPER_NOTE = ("The paper reports 93.1 % top-1 on UCF101 split 1 with all three streams (spatial S.BiGRU512 "
               "alone 78.34 %, with the SVM 79.40 %).")
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}
@@ -54,6 +61,10 @@ def _num(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
 def table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
     """An HTML table; numbers are right-aligned; `classes` gives each row's CSS class."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
@@ -70,19 +81,8 @@ def missing(what: str, job: str) -> str:
     return f'<p class="missing">{_e(what)}: not run yet (<code>{_e(job)}</code>).</p>'
 
 
-class Figures:
-    """Renders matplotlib figures to PNG, saved under reports/figures/ and embedded in the page."""
-
-    def __init__(self, root: str):
-        self.root = root
-
-    def __call__(self, name: str, fig: Figure, alt: str) -> str:
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=110)
-        data = buffer.getvalue()
-        storage.write_bytes(storage.join(self.root, FIGURES, f"{name}.png"), data)
-        return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+def _read_json(uri: str) -> dict:
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
 
 
 def rnn_notation(meta: dict) -> str:
@@ -120,10 +120,10 @@ def _brief(value) -> str:
 
 
 def dataset_section(root: str) -> str:
-    videos = storage.read_table(storage.join(root, schema.VIDEOS), schema=schema.VIDEOS_SCHEMA).to_pylist()
+    videos = storage.read_table(RunRoot(root).videos, schema=schema.VIDEOS_SCHEMA).to_pylist()
     if not videos:
         return missing("Dataset summary", "python jobs/extract.py")
-    splits = sorted({str(v["split"]) for v in videos}, key=lambda s: (SPLIT_ORDER + [s]).index(s))
+    splits = sorted({str(v["split"]) for v in videos}, key=lambda s: (split_key(s), s))
     rows = []
     for split in [*splits, None]:
         group = [v for v in videos if split is None or str(v["split"]) == split]
@@ -145,40 +145,48 @@ def dataset_section(root: str) -> str:
     return "".join(out)
 
 
+def splits_section(metrics: dict) -> str:
+    """Which split each model was fitted, selected, calibrated and scored on: every metrics section's `splits`."""
+    rows = [[MODEL_TITLES.get(name, name), *(section["splits"].get(role) for role in SPLIT_ROLES)]
+            for name, section in metrics.items() if isinstance(section, dict) and isinstance(section.get("splits"), dict)]
+    if not rows:
+        return missing("Splits", "python jobs/pipeline.py")
+    return (table(["model", *SPLIT_ROLES.values()], rows)
+            + '<p class="note">The test split is scored once, at the end; no choice reads it.</p>')
+
+
 def classification_section(root: str, metrics: dict, figures: Figures) -> str:
     fusion = metrics.get("fusion")
     if not fusion:
         return missing("Classification", "python jobs/fuse.py")
+    run = RunRoot(root)
     notation = {}
     for stream in schema.STREAMS:
-        meta = runinfo.read_json(root, f"models/rnn_{stream}/model.json")
-        notation[stream] = rnn_notation(meta.get("rnn", {}))
+        try:
+            meta = modelio.read_meta(run.model(layout.rnn_name(stream)))
+        except modelio.ModelNotFoundError:
+            meta = {}
+        notation[stream] = rnn_notation(meta.get("rnn", meta))
+    top5 = fusion.get("top5") is not None
+    ceilings = any(row.get("ceiling") is not None for row in fusion["ablation"])
+    header = ["streams", "top-1, %", *(["top-5, %"] if top5 else []), *(["cue ceiling, %"] if ceilings else []),
+              "RNN softmax top-1, %"]
     rows, css = [], []
     for row in fusion["ablation"]:
-        rnn = metrics.get(f"rnn_{row['streams']}", {}).get("top1")
-        rows.append([_title(row["streams"], notation), 100 * row["top1"], 100 * row["top5"],
-                     None if rnn is None else 100 * rnn])
+        rnn = metrics.get(layout.rnn_name(row["streams"]), {}).get("top1")
+        rows.append([_title(row["streams"], notation), _pct(row["top1"]), *([_pct(row["top5"])] if top5 else []),
+                     *([_pct(row.get("ceiling"))] if ceilings else []), _pct(rnn)])
         css.append("best" if row["streams"].count("+") == 2 else "")
-    out = [f"<p>Linear SVM on the concatenated video embeddings; trained on {fusion['n_train']} videos of the "
-           f"train split, scored on {fusion['n_test']} of the test split ({len(fusion['classes'])} classes).</p>",
-           table(["streams", "top-1, %", "top-5, %", "RNN softmax top-1, %"], rows, css),
-           f'<p class="note">{_e(PAPER_NOTE)}</p>']
-    classes, confusion = fusion["classes"], np.asarray(fusion["confusion"])
-    size = min(14.0, 2.5 + 0.35 * len(classes))
-    fig = Figure(figsize=(size + 1.5, size))
-    ax = fig.add_subplot()
-    image = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-           title="Confusion matrix (test split, all streams)")
-    font = 9 if len(classes) <= 20 else 5
-    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=font)
-    ax.set_yticklabels(classes, fontsize=font)
-    if len(classes) <= 20:
-        for (i, j), count in np.ndenumerate(confusion):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
-                    color="white" if count > confusion.max() / 2 else "black")
-    out.append(figures("confusion", fig, "confusion matrix"))
+    out = [f"<p>Linear SVM on the concatenated video embeddings; fitted on {fusion['n_train']} videos of the "
+           f"train split, scored once on {fusion['n_test']} of the test split ({len(fusion['classes'])} classes"
+           f"{'' if top5 else '; top-5 is left out with 5 classes or fewer'}).</p>", table(header, rows, css)]
+    if ceilings:
+        out.append('<p class="note">Cue ceiling: the top-1 the streams\' cues allow on this test split (the demo\'s '
+                   "<code>multistream.demo.CUES</code>: one cue tells 2 of the 4 classes apart, any two all four; a "
+                   "clip without a stream gets nothing from it).</p>")
+    out.append(f'<p class="note">{_e(PAPER_NOTE)}</p>')
+    classes = fusion["classes"]
+    out.append(figures("confusion", confusion_figure(classes, np.asarray(fusion["confusion"])), "confusion matrix"))
     per_class = [[c, fusion["per_class"][c] * 100] for c in classes if c in fusion["per_class"]]
     out.append("<details><summary>per-class top-1</summary>" + table(["class", "top-1, %"], per_class) + "</details>")
     return "".join(out)
@@ -192,42 +200,26 @@ def _series(history) -> dict[str, list[float]]:
     return {k: [h.get(k, np.nan) for h in history] for k in keys}
 
 
-def curves_section(root: str, metrics: dict, figures: Figures) -> str:
-    models = {name: metrics.get(name, {}).get("history") for name in
-              ("motion_cnn", *(f"rnn_{s}" for s in schema.STREAMS))}
-    if not models["motion_cnn"]:
-        models["motion_cnn"] = runinfo.read_json(root, "reports/motion_cnn.json").get("history")
+def curves_section(metrics: dict, figures: Figures) -> str:
+    """Every model's `history` as recorded in metrics.json (the motion CNN's and RNNs' per-epoch dicts, the
+    autoencoder's loss per epoch)."""
+    models = {name: _series(metrics.get(name, {}).get("history") or []) for name in
+              (layout.MOTION_CNN, *(layout.rnn_name(s) for s in schema.STREAMS))}
+    models = {name: series for name, series in models.items() if series}
     ae = metrics.get("anomaly", {}).get("history")
-    models = {name: _series(h) for name, h in models.items() if h}
     if not models and not ae:
         return missing("Training curves", "python jobs/train_motion.py, jobs/train_rnn.py")
-    out = []
-    for name, series in models.items():
-        fig = Figure(figsize=(10, 3.2))
-        loss, acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-        for key, values in series.items():
-            target = loss if "loss" in key else acc if ("acc" in key or "top" in key) else None
-            if target is not None:
-                target.plot(range(1, len(values) + 1), values, marker=".", label=key)
-        loss.set(title=f"{MODEL_TITLES[name]}: loss", xlabel="epoch")
-        acc.set(title=f"{MODEL_TITLES[name]}: accuracy", xlabel="epoch", ylim=(0, 1.02))
-        for ax in (loss, acc):
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=8)
-        out.append(figures(f"curves_{name}", fig, f"{MODEL_TITLES[name]} training curves"))
+    out = [figures(f"curves_{name}", curves_figure(MODEL_TITLES[name], series), f"{MODEL_TITLES[name]} training curves")
+           for name, series in models.items()]
     if ae:
-        fig = Figure(figsize=(5, 3))
-        ax = fig.add_subplot()
-        ax.plot(range(1, len(ae) + 1), ae)
-        ax.set(title="autoencoder: training loss (MSE)", xlabel="epoch")
-        ax.grid(alpha=0.3)
-        out.append(figures("curves_autoencoder", fig, "autoencoder training loss"))
+        out.append(figures("curves_autoencoder", loss_figure("autoencoder: training loss (MSE)", ae),
+                           "autoencoder training loss"))
     return "".join(out)
 
 
 def sweep_section(root: str) -> str:
-    csv_uri, md_uri = storage.join(root, "reports/sweep.csv"), storage.join(root, "reports/sweep.md")
+    run = RunRoot(root)
+    csv_uri, md_uri = run.report("sweep.csv"), run.report("sweep.md")
     if storage.exists(csv_uri):
         rows = list(csv.reader(io.StringIO(storage.read_text(csv_uri))))
         if rows:
@@ -245,53 +237,33 @@ def _maybe_float(value: str):
 
 
 def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
-    from sklearn.metrics import roc_curve
-
     info = metrics.get("anomaly")
-    scored = storage.read_table(storage.join(root, schema.ANOMALY), schema=schema.ANOMALY_SCHEMA).to_pylist()
+    scored = storage.read_table(RunRoot(root).anomaly, schema=schema.ANOMALY_SCHEMA).to_pylist()
     if not info or not scored:
         return missing("Anomaly detection", "python jobs/fuse.py")
-    flagged = info.get("flagged", {})
-    out = [table(["ROC AUC (test normal vs anomaly)", "threshold", "detection rate", "false-positive rate",
-                  "train videos"],
-                 [[info.get("roc_auc"), info["threshold"], info.get("detection_rate"),
-                   info.get("false_positive_rate"), info.get("n_train")]]),
-           f'<p class="note">Flagged per split: {_e(", ".join(f"{k}: {v}" for k, v in flagged.items()))}; '
-           f"threshold = the {info.get('threshold_percentile', 0):g}th percentile of the training errors.</p>"]
-    by_split = {}
+    splits = info["splits"]
+    out = [table(["", "videos", "flagged, %", "target, %"], [
+        [f"calibration ({splits['calibrate']}, normal)", info["n_calibration"], _pct(info["calibration_fpr"]),
+         _pct(info["target_fpr"])],
+        ["test, normal: false-positive rate", info["n_test_normal"], _pct(info["false_positive_rate"]),
+         _pct(info["target_fpr"])],
+        ["anomaly: detection rate", info["n_anomaly"], _pct(info["detection_rate"]), None]]),
+        table(["ROC AUC (test normal vs anomaly)", "threshold", "autoencoder fitted on"],
+              [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
+        f'<p class="note">The threshold is the lowest score that flags at most {100 * info["target_fpr"]:g} % of '
+        f"the {info['n_calibration']} normal {_e(splits['calibrate'])} videos, which no model was fitted on; the "
+        f"test and anomalous videos are scored once with it. Flagged per split: "
+        f"{_e(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
+    by_split: dict[str, list[float]] = {}
     for row in scored:
         by_split.setdefault(str(row["split"]), []).append(row["score"])
-    fig = Figure(figsize=(10, 3.4))
-    hist = fig.add_subplot(1, 2, 1)
-    every = np.concatenate([np.asarray(v, np.float64) for v in by_split.values()])
-    low, high = max(every.min(), 1e-9), max(every.max(), 2e-9)
-    logarithmic = high / low > 30  # anomalies often score orders of magnitude above the normal videos
-    edges = np.geomspace(low, high, 40) if logarithmic else np.linspace(low, high, 40)
-    for split, values in sorted(by_split.items(), key=lambda item: SPLIT_ORDER.index(item[0])
-                                if item[0] in SPLIT_ORDER else len(SPLIT_ORDER)):
-        hist.hist(np.clip(values, low, high), bins=edges, alpha=0.55, label=f"{split} ({len(values)})",
-                  color=SPLIT_COLOURS.get(split))
-    if logarithmic:
-        hist.set_xscale("log")
-    hist.axvline(info["threshold"], color="black", linestyle="--", label="threshold")
-    hist.set(title="reconstruction error per video", xlabel="score", ylabel="videos")
-    hist.legend(fontsize=8)
-    roc = fig.add_subplot(1, 2, 2)
-    normal, anomalous = by_split.get("test", []), by_split.get("anomaly", [])
-    if normal and anomalous:
-        fpr, tpr, _ = roc_curve([0] * len(normal) + [1] * len(anomalous), normal + anomalous)
-        roc.plot(fpr, tpr, label=f"AUC {info['roc_auc']:.3f}")
-        roc.legend(loc="lower right", fontsize=8)
-    else:
-        roc.text(0.5, 0.5, "needs test and anomaly videos", ha="center")
-    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    roc.set(title="ROC: test (normal) vs anomaly", xlabel="false-positive rate", ylabel="true-positive rate")
-    out.append(figures("anomaly", fig, "anomaly score histogram and ROC curve"))
+    out.append(figures("anomaly", anomaly_figure(by_split, info["threshold"], info.get("roc_auc")),
+                       "anomaly score histogram and ROC curve"))
     return "".join(out)
 
 
 def benchmark_section(root: str) -> str:
-    bench = runinfo.read_json(root, "reports/benchmark.json")
+    bench = _read_json(RunRoot(root).report("benchmark.json"))
     if not bench:
         return missing("Benchmark", "python jobs/benchmark.py")
     scalars = [[k, v] for k, v in bench.items() if isinstance(v, int | float | str | bool)]
@@ -313,8 +285,9 @@ def write_report(root: str) -> str:
     sections = [
         ("pipeline", "Pipeline", pipeline_section(metrics)),
         ("dataset", "Dataset", dataset_section(root)),
+        ("splits", "Splits: what each model was fitted, selected and scored on", splits_section(metrics)),
         ("classification", "Classification (Table II style)", classification_section(root, metrics, figures)),
-        ("curves", "Training curves", curves_section(root, metrics, figures)),
+        ("curves", "Training curves", curves_section(metrics, figures)),
         ("sweep", "RNN sweep (Table I style)", sweep_section(root)),
         ("anomaly", "Anomaly detection", anomaly_section(root, metrics, figures)),
         ("benchmark", "Benchmark", benchmark_section(root)),
@@ -325,7 +298,7 @@ def write_report(root: str) -> str:
             f"<style>{CSS}</style></head><body><main><h1>multistream run report</h1>"
             f'<p class="meta">run root <code>{_e(root)}</code> · generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>'
             f"<nav>{nav}</nav>{body}</main></body></html>\n")
-    uri = storage.join(root, REPORT)
+    uri = RunRoot(root).report_html
     storage.write_text(uri, page)
     return uri
 

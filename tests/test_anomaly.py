@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from multistream.anomaly import AnomalyDetector, Autoencoder, roc_auc
+from multistream.anomaly import AnomalyDetector, Autoencoder, calibrate_threshold, roc_auc
 from multistream.config import AnomalyConfig
 
-CFG = AnomalyConfig(hidden=32, bottleneck=4, epochs=60, lr=3e-3, batch_size=32, threshold_percentile=90.0)
+CFG = AnomalyConfig(hidden=32, bottleneck=4, epochs=60, lr=3e-3, batch_size=32, device="cpu")
 D = 24
 
 
@@ -25,7 +25,9 @@ def _embeddings(n_normal, n_outliers, seed):
 @pytest.fixture(scope="module")
 def detector():
     train, _ = _embeddings(300, 6, seed=0)  # a few anomalies hide in the training archive
-    return AnomalyDetector.fit(train, CFG)
+    detector = AnomalyDetector.fit(train, CFG)
+    detector.calibrate(_embeddings(200, 0, seed=8)[0], target_fpr=0.1, split="val")
+    return detector
 
 
 def test_outliers_score_higher(detector):
@@ -40,7 +42,8 @@ def test_outliers_score_higher(detector):
 def test_threshold_and_history(detector):
     # the threshold comes from held-out normal videos, so new normal videos are flagged at about its rate
     fresh, _ = _embeddings(2000, 0, seed=9)
-    assert 0.03 < np.mean(detector.is_anomaly(detector.score(fresh))) < 0.2
+    assert 0.05 < np.mean(detector.is_anomaly(detector.score(fresh))) < 0.15
+    assert detector.calibration == {"split": "val", "n": 200, "target_fpr": 0.1}
     assert len(detector.history) == CFG.epochs
     assert detector.history[-1] < 0.5 * detector.history[0]
 
@@ -49,9 +52,32 @@ def test_threshold_holds_for_new_normal_videos_when_the_autoencoder_memorizes():
     # few, high-dimensional training videos: the autoencoder reconstructs them almost perfectly
     rng = np.random.default_rng(0)
     train, fresh = rng.normal(size=(40, 64)), rng.normal(size=(400, 64))
-    cfg = AnomalyConfig(hidden=256, bottleneck=32, epochs=300, lr=3e-3, batch_size=16, threshold_percentile=90.0)
-    detector = AnomalyDetector.fit(train, cfg)
-    assert np.mean(detector.is_anomaly(detector.score(fresh))) < 0.5
+    cfg = AnomalyConfig(hidden=256, bottleneck=32, epochs=300, lr=3e-3, batch_size=16)
+    detector = AnomalyDetector.fit(train, cfg, device="cpu")
+    own = calibrate_threshold(detector.score(train), 0.1)
+    assert np.mean(detector.score(fresh[200:]) > own) > 0.5  # a threshold from its own videos fails
+    detector.calibrate(fresh[:200], target_fpr=0.1, split="val")
+    assert np.mean(detector.is_anomaly(detector.score(fresh[200:]))) < 0.2
+
+
+def test_calibrated_threshold_flags_at_most_the_target_share():
+    scores = np.random.default_rng(0).permutation(100).astype(float)  # 0 .. 99
+    assert calibrate_threshold(scores, 0.05) == 94.0  # 95 .. 99 above it: 5 of 100
+    assert calibrate_threshold(scores, 0.0) == 99.0
+    assert calibrate_threshold(scores[:8], 0.05) == scores[:8].max()  # 8 videos: none may be flagged
+    for fpr in (0.01, 0.1, 0.37):
+        assert np.mean(scores > calibrate_threshold(scores, fpr)) <= fpr
+    with pytest.raises(ValueError, match="normal videos"):
+        calibrate_threshold(np.zeros(0), 0.05)
+    with pytest.raises(ValueError, match="target_fpr"):
+        calibrate_threshold(scores, 1.0)
+
+
+def test_an_uncalibrated_detector_flags_nothing_silently():
+    train, _ = _embeddings(32, 0, seed=6)
+    detector = AnomalyDetector.fit(train, AnomalyConfig(hidden=8, bottleneck=2, epochs=1), device="cpu")
+    with pytest.raises(RuntimeError, match="calibrate"):
+        detector.is_anomaly(detector.score(train))
 
 
 def test_fit_is_seeded():
@@ -68,19 +94,22 @@ def test_missing_values_are_imputed(detector):
     assert np.isfinite(detector.score(test)).all()
     train, _ = _embeddings(64, 0, seed=4)
     train[::4, -5:] = np.nan
-    assert np.isfinite(AnomalyDetector.fit(train, AnomalyConfig(hidden=8, bottleneck=2, epochs=2)).threshold)
+    detector = AnomalyDetector.fit(train, AnomalyConfig(hidden=8, bottleneck=2, epochs=2))
+    assert np.isfinite(detector.calibrate(test, 0.05, "val"))
 
 
 def test_save_load_roundtrip(detector, tmp_path):
     test, _ = _embeddings(30, 5, seed=5)
     detector.save(tmp_path / "ae")
-    assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == ["autoencoder.json", "autoencoder.safetensors"]
-    tensors = load_file(tmp_path / "ae" / "autoencoder.safetensors")
+    assert sorted(p.name for p in (tmp_path / "ae").iterdir()) == ["model.json", "model.safetensors"]
+    tensors = load_file(tmp_path / "ae" / "model.safetensors")
     assert tensors["scaler.mean"].shape == (D,) and "encoder.0.weight" in tensors
-    meta = json.loads((tmp_path / "ae" / "autoencoder.json").read_text())
+    meta = json.loads((tmp_path / "ae" / "model.json").read_text())
     assert (meta["input_dim"], meta["hidden"], meta["bottleneck"]) == (D, 32, 4)
+    assert meta["threshold"] == detector.threshold and meta["calibration"]["split"] == "val"
     loaded = AnomalyDetector.load(tmp_path / "ae")
     assert loaded.threshold == detector.threshold and loaded.history == detector.history
+    assert loaded.calibration == detector.calibration
     np.testing.assert_array_equal(loaded.score(test), detector.score(test))
 
 

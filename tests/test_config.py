@@ -41,7 +41,7 @@ def test_optional_section_can_be_set_or_left_out():
     ("rnn.layers=0", "rnn.layers"),
     ("flow.size=[320]", "flow.size"),
     ("rnn.bidirectional=1", "rnn.bidirectional"),
-    ("anomaly.threshold_percentile=100", "anomaly.threshold_percentile"),
+    ("anomaly.target_fpr=1", "anomaly.target_fpr"),
     ("tune.cells=[gru, rnn]", "tune.cells"),
     ("ray.decode.num_gpus=-0.5", "ray.decode.num_gpus"),
     ("ray.decode={min_actors: 2, max_actors: 1}", "ray.decode.max_actors"),

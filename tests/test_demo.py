@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from multistream.demo import ANOMALY, CUES, DEMO_CLASSES, describe, generate_demo, plan_demo
+from multistream.demo import ANOMALY, CUES, DEMO_CLASSES, cue_ceiling, describe, generate_demo, plan_demo
 
 CONTAINERS = {"mp4": "mp4", "avi": "avi", "mkv": "matroska"}  # extension -> part of av's format name
 
@@ -163,3 +163,16 @@ def test_cli_writes_the_set_and_prints_the_cue_table(tmp_path):
     assert describe() in result.stdout
     for name, cues in CUES.items():
         assert all(cue in describe().split(name)[1].split("\n")[0] for cue in cues)
+
+
+def test_cue_ceilings_follow_the_cue_table():
+    labels = [*DEMO_CLASSES, *DEMO_CLASSES]
+    everything = {s: np.ones(8, bool) for s in ("spatial", "temporal", "audio")}
+    for stream in everything:
+        assert cue_ceiling((stream,), labels, everything) == 0.5  # each cue tells 2 of the 4 classes apart
+    for pair in (("spatial", "temporal"), ("spatial", "audio"), ("temporal", "audio")):
+        assert cue_ceiling(pair, labels, everything) == 1.0  # any two name the class
+    silent = dict(everything, audio=np.r_[np.zeros(2, bool), np.ones(6, bool)])  # two clips without audio
+    assert cue_ceiling(("audio",), labels, silent) == (2 * 0.25 + 6 * 0.5) / 8
+    assert cue_ceiling(("spatial", "audio"), labels, silent) == (2 * 0.5 + 6 * 1.0) / 8
+    assert cue_ceiling(("spatial",), ["Archery", "WarmBob"], everything) is None  # not the demo's classes

@@ -1,10 +1,11 @@
 import json
-import zipfile
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 from sklearn.svm import LinearSVC
 
+from multistream import modelio
 from multistream.config import FusionConfig
 from multistream.fusion import FusionModel, evaluate_predictions, stream_ablation
 
@@ -35,8 +36,8 @@ def test_separable_embeddings_are_classified():
     assert scores.shape == (40, 4)
     assert model.predict(test) == y_test
     metrics = evaluate_predictions(scores, y_test, model.classes)
-    assert metrics["top1"] == 1.0 and metrics["top5"] == 1.0
-    assert metrics["confusion"] == (10 * np.eye(4, dtype=int)).tolist()
+    assert metrics.top1 == 1.0 and metrics.top5 is None  # top-5 cannot miss with 4 classes
+    assert metrics.confusion == (10 * np.eye(4, dtype=int)).tolist()
 
 
 def test_l2_maps_to_linear_svc_c():
@@ -67,16 +68,22 @@ def test_save_load_roundtrip_without_pickle(tmp_path):
     test, _ = _toy(5, seed=6)
     model = FusionModel.fit(train, y_train, CFG, streams=("spatial", "audio"))
     model.save(tmp_path / "svm")
-    assert sorted(p.name for p in (tmp_path / "svm").iterdir()) == ["svm.json", "svm.npz"]
-    with zipfile.ZipFile(tmp_path / "svm" / "svm.npz") as archive:
-        assert all(name.endswith(".npy") for name in archive.namelist())
-    with np.load(tmp_path / "svm" / "svm.npz", allow_pickle=False) as arrays:
-        assert all(arrays[k].dtype != object for k in arrays.files)
-    meta = json.loads((tmp_path / "svm" / "svm.json").read_text())
-    assert meta["streams"] == ["spatial", "audio"] and meta["classes"] == CLASSES
+    assert sorted(p.name for p in (tmp_path / "svm").iterdir()) == ["model.json", "model.safetensors"]
+    tensors = load_file(tmp_path / "svm" / "model.safetensors")
+    assert tensors["coef"].shape == (4, 16 + 8) and tensors["mean"].shape == tensors["scale"].shape == (24,)
+    meta = json.loads((tmp_path / "svm" / "model.json").read_text())
+    assert meta["streams"] == ["spatial", "audio"] and meta["classes"] == CLASSES and meta["kind"] == "linear_svm"
     loaded = FusionModel.load(tmp_path / "svm")
     assert loaded.streams == ("spatial", "audio") and loaded.classes == CLASSES
     np.testing.assert_array_equal(loaded.decision_scores(test), model.decision_scores(test))
+
+
+def test_load_refuses_other_models_and_unfinished_folders(tmp_path):
+    modelio.save_model(str(tmp_path / "ae"), {"w": np.zeros(2)}, {"kind": "autoencoder", "format": 2})
+    with pytest.raises(ValueError, match="linear_svm"):
+        FusionModel.load(tmp_path / "ae")
+    with pytest.raises(modelio.ModelNotFoundError, match="nothing"):
+        FusionModel.load(tmp_path / "nothing")
 
 
 def test_save_load_fsspec_uri():
@@ -103,23 +110,30 @@ def test_evaluate_predictions_by_hand():
     scores = np.array([[3.0, 1, 0], [0, 2, 1], [0, 1, 2], [2, 0, 1], [0, 0, 1]])
     labels = ["a", "b", "b", "c", "zzz"]
     metrics = evaluate_predictions(scores, labels, ["a", "b", "c"])
-    assert metrics["top1"] == pytest.approx(2 / 5) and metrics["top5"] == pytest.approx(4 / 5)
-    assert metrics["per_class"] == {"a": 1.0, "b": 0.5, "c": 0.0}
-    assert metrics["confusion"] == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
-    assert metrics["n"] == 5 and metrics["n_unknown"] == 1
+    assert metrics.top1 == pytest.approx(2 / 5) and metrics.top5 is None
+    assert metrics.per_class == {"a": 1.0, "b": 0.5, "c": 0.0}
+    assert metrics.confusion == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
+    assert metrics.n == 5 and metrics.n_unknown == 1
+
+
+def test_top5_where_there_are_more_than_five_classes():
+    classes = list("abcdefg")
+    scores = np.tile(np.arange(7.0)[::-1], (3, 1))  # every video ranks a > b > ... > g
+    metrics = evaluate_predictions(scores, ["a", "e", "f"], classes)
+    assert metrics.top1 == pytest.approx(1 / 3) and metrics.top5 == pytest.approx(2 / 3)
 
 
 def test_stream_ablation_rows():
     train, y_train = _toy(15, seed=9, informative=("spatial",))
     test, y_test = _toy(10, seed=10, informative=("spatial",))
     rows = stream_ablation(train, test, y_train, y_test, CFG)
-    assert [r["streams"] for r in rows] == ["spatial", "temporal", "audio", "spatial+temporal",
+    assert [r.streams for r in rows] == ["spatial", "temporal", "audio", "spatial+temporal",
                                             "spatial+audio", "temporal+audio", "spatial+temporal+audio"]
-    by_name = {r["streams"]: r for r in rows}
+    by_name = {r.streams: r for r in rows}
     for name in ("spatial", "spatial+temporal", "spatial+audio", "spatial+temporal+audio"):
-        assert by_name[name]["top1"] >= 0.9
+        assert by_name[name].top1 >= 0.9
     for name in ("temporal", "audio", "temporal+audio"):
-        assert by_name[name]["top1"] <= 0.6  # chance is 0.25
-    assert all(r["top5"] == 1.0 for r in rows)  # 4 classes
+        assert by_name[name].top1 <= 0.6  # chance is 0.25
+    assert all(r.top5 is None and r.ceiling is None for r in rows)  # 4 classes, nothing documented
     two = stream_ablation({"spatial": train["spatial"], "audio": train["audio"]}, test, y_train, y_test, CFG)
-    assert [r["streams"] for r in two] == ["spatial", "audio", "spatial+audio"]
+    assert [r.streams for r in two] == ["spatial", "audio", "spatial+audio"]

@@ -17,8 +17,8 @@ SMALL = ["flow.size=[64, 60]", "spatial.image_size=32", "sampling.max_seq_len=8"
          "rnn.layers=1", "rnn.epochs=3", "rnn.batch_size=4", "anomaly.hidden=16", "anomaly.bottleneck=4",
          "anomaly.epochs=20", "ray.spatial.num_cpus=0.5"]
 OUTPUTS = ["models/motion_cnn/model.safetensors", "models/rnn_spatial/model.safetensors",
-           "models/rnn_temporal/model.safetensors", "models/rnn_audio/model.safetensors", "models/svm/svm.npz",
-           "models/autoencoder/autoencoder.safetensors", "predictions/fuse.parquet", "anomaly/fuse.parquet"]
+           "models/rnn_temporal/model.safetensors", "models/rnn_audio/model.safetensors", "models/svm/model.safetensors",
+           "models/autoencoder/model.safetensors", "predictions/fuse.parquet", "anomaly/fuse.parquet"]
 
 
 def run_job(argv: list[str]) -> int:

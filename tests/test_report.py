@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from test_ray_fuse import fuse_config, write_synthetic_embeddings
+from test_fuse import fuse_config, write_synthetic_embeddings
 
 from multistream import runinfo, schema, storage
-from multistream.ray.fuse import run_fuse
+from multistream.fuse import run_fuse
 from multistream.report import main, rnn_notation, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -43,8 +43,8 @@ def _history(epochs: int, start: float) -> list[dict]:
 
 
 def make_run_root(root: str) -> None:
-    """A run with extraction, the spatial RNN, the motion CNN (curves in reports/motion_cnn.json), a sweep
-    and fusion done; no pipeline timings and no benchmark."""
+    """A run with extraction, the spatial RNN, the motion CNN, a sweep and fusion done (every model's curves
+    in its metrics.json section); no pipeline timings and no benchmark."""
     rows = write_synthetic_embeddings(root)
     run_fuse(fuse_config(root))
     videos = [{"video_id": r["video_id"], "uri": f"/data/{r['video_id']}.mp4", "label": r["label"],
@@ -53,10 +53,11 @@ def make_run_root(root: str) -> None:
     videos.append({"video_id": "Biking/broken", "uri": "/data/Biking/broken.avi", "label": "Biking",
                    "split": "train", "status": "error", "error": "decode: <moov atom not found> & more"})
     storage.write_part(pa.Table.from_pylist(videos, schema=schema.VIDEOS_SCHEMA), f"{root}/videos", "part-0")
-    runinfo.update_metrics(root, "rnn_spatial", {"top1": 0.6, "top5": 1.0, "history": _history(12, 1.2)})
+    runinfo.update_metrics(root, "rnn_spatial", {"top1": 0.6, "history": _history(12, 1.2),
+                                                 "splits": {"fit": "train", "select": "val", "score": "test"}})
     runinfo.write_json(root, "models/rnn_spatial/model.json",
                        {"rnn": {"cell": "gru", "bidirectional": True, "layers": 2, "hidden": 128}})
-    runinfo.write_json(root, "reports/motion_cnn.json", {"history": _history(8, 2.0)})
+    runinfo.update_metrics(root, "motion_cnn", {"history": _history(8, 2.0)})
     storage.write_text(f"{root}/reports/sweep.csv", "model,hidden,val_accuracy\nS.BiGRU,64,0.71\nLSTM,128,0.65\n")
 
 
@@ -78,6 +79,11 @@ def test_report_renders_every_available_section_self_contained(tmp_path):
     assert "S.BiGRU" in text and "0.71" in text  # the sweep table
     assert "&lt;moov atom not found&gt; &amp; more" in text and "<moov" not in text
     assert "Pipeline timings: not run yet" in text and "Benchmark: not run yet" in text
+    assert "top-5, %" not in text and "top-5 is left out" in text  # 3 classes
+    assert "calibration (val, normal)" in text and "false-positive rate" in text and "detection rate" in text
+    assert "training errors" not in text and "normal val videos, which no model was fitted on" in text
+    splits = text.split('id="splits"')[1].split("</section>")[0]
+    assert "Spatial RNN" in splits and "selected on" in splits and "calibrated on" in splits
     assert "Dataset summary: not run yet" not in text
     figures = sorted(p.name for p in Path(root, "reports/figures").iterdir())
     assert figures == ["anomaly.png", "confusion.png", "curves_autoencoder.png", "curves_motion_cnn.png",
@@ -89,7 +95,7 @@ def test_report_of_an_empty_run_says_what_is_missing(tmp_path, capsys):
     main([str(tmp_path / "nothing")])
     assert capsys.readouterr().out.strip().endswith("reports/report.html")
     text = (tmp_path / "nothing/reports/report.html").read_text()
-    assert text.count("not run yet") == 7 and not Page(text).images
+    assert text.count("not run yet") == 8 and not Page(text).images
 
 
 def test_report_on_s3_with_pipeline_and_benchmark(s3_bucket):
@@ -105,7 +111,7 @@ def test_report_on_s3_with_pipeline_and_benchmark(s3_bucket):
     text = storage.read_text(uri)
     assert "speedup_vs_sequential" in text and "1.21" in text and "standalone" in text and "0.91" in text
     assert "skipped" in text and "12.50" in text
-    assert text.count("not run yet") == 5
+    assert text.count("not run yet") == 6
 
 
 @pytest.mark.parametrize("meta, expected", [

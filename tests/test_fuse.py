@@ -8,11 +8,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from multistream import runinfo, schema, storage
+from multistream import modelio, runinfo, schema, storage
 from multistream.anomaly import AnomalyDetector
 from multistream.config import load_config
+from multistream.fuse import is_current, run_fuse
+from multistream.fuse_data import embeddings_fingerprint, load_embeddings
+from multistream.fuse_results import FuseResult, summary_table
 from multistream.fusion import FusionModel
-from multistream.ray.fuse import embeddings_fingerprint, is_current, load_embeddings, run_fuse
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Archery", "Biking", "Diving"]
@@ -21,13 +23,13 @@ SETTINGS = ["anomaly.hidden=32", "anomaly.bottleneck=4", "anomaly.epochs=80", "a
             "anomaly.device=cpu"]
 
 
-def synthetic_videos(seed: int = 0, train: int = 20, test: int = 10, anomalies: int = 8) -> list[dict]:
+def synthetic_videos(seed: int = 0, train: int = 20, val: int = 10, test: int = 10, anomalies: int = 8) -> list[dict]:
     """Rows with a (DIM,) vector per stream: stream k tells class k apart from the other two (which it
     confuses), so a single stream reaches about 2/3 top-1 and the three together nearly 1; the anomalies
     sit far off in the directions the normal videos only fill with noise."""
     rng = np.random.default_rng(seed)
     rows = []
-    for split, n in (("train", train), ("test", test)):
+    for split, n in (("train", train), ("val", val), ("test", test)):
         for c, label in enumerate(CLASSES):
             for i in range(n):
                 vectors = {}
@@ -55,7 +57,7 @@ def write_synthetic_embeddings(root: str, seed: int = 0) -> list[dict]:
     """embeddings/ in two parts (spatial+temporal, then audio), one test video without audio and one
     video with no embedding at all; returns the rows."""
     rows = synthetic_videos(seed)
-    rows[len(CLASSES) * 20]["audio"] = None  # the first test video has no audio track
+    rows[len(CLASSES) * 30]["audio"] = None  # the first test video has no audio track
     table = storage.join(root, schema.EMBEDDINGS)
     empty = {"video_id": "Biking/empty", "label": "Biking", "split": "test"}
     storage.write_part(_table(rows + [empty], ("spatial", "temporal")), table, "part-a")
@@ -79,32 +81,39 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
 
     result = run_fuse(fuse_config(root))
 
-    fusion, anomaly = result["fusion"], result["anomaly"]
-    ablation = {row["streams"]: row for row in fusion["ablation"]}
+    fusion, anomaly = result.fusion, result.anomaly
+    ablation = {row.streams: row for row in fusion.ablation}
     assert list(ablation) == ["spatial", "temporal", "audio", "spatial+temporal", "spatial+audio",
                               "temporal+audio", "spatial+temporal+audio"]
-    fused = ablation["spatial+temporal+audio"]["top1"]
-    assert fused == pytest.approx(fusion["top1"])
+    fused = ablation["spatial+temporal+audio"].top1
+    assert fused == pytest.approx(fusion.top1)
     assert fused >= 0.9
     for stream in schema.STREAMS:
-        assert fused > ablation[stream]["top1"] + 0.1
-    assert fusion["classes"] == CLASSES and fusion["n_train"] == 60 and fusion["n_test"] == 30
-    assert np.sum(fusion["confusion"]) == 30 and set(fusion["per_class"]) == set(CLASSES)
-    assert anomaly["roc_auc"] > 0.8 and anomaly["n_anomaly"] == 8 and anomaly["n_test_normal"] == 30
-    assert anomaly["detection_rate"] >= 0.75
+        assert fused > ablation[stream].top1 + 0.1
+    assert fusion.top5 is None and all(row.top5 is None for row in fusion.ablation)  # 3 classes
+    assert all(row.ceiling is None for row in fusion.ablation)  # not the demo's classes: no documented ceiling
+    assert fusion.classes == CLASSES and (fusion.n_train, fusion.n_val, fusion.n_test) == (60, 30, 30)
+    assert np.sum(fusion.confusion) == 30 and set(fusion.per_class) == set(CLASSES)
+    assert fusion.splits == {"fit": "train", "score": "test"}
+    assert anomaly.roc_auc > 0.8 and anomaly.n_anomaly == 8 and anomaly.n_test_normal == 30
+    assert (anomaly.n_fit, anomaly.n_calibration) == (60, 30)
+    assert anomaly.splits == {"fit": "train", "calibrate": "val", "score": "test + anomaly"}
+    assert anomaly.target_fpr == 0.05 and anomaly.calibration_fpr <= 0.05
+    assert anomaly.detection_rate >= 0.75
+    assert anomaly.false_positive_rate <= 0.2  # val and test are drawn alike: the calibrated rate carries over
 
     metrics = runinfo.read_json(root, runinfo.METRICS)
     assert metrics["rnn_spatial"] == {"top1": 0.5}
-    assert metrics["fusion"]["top1"] == fusion["top1"] and metrics["anomaly"]["roc_auc"] == anomaly["roc_auc"]
+    assert FuseResult.from_metrics(metrics) == result
 
     predictions = ds.dataset(f"{root}/predictions").to_table()
     assert predictions.schema.equals(schema.PREDICTIONS_SCHEMA)
     assert predictions.num_rows == len(rows)  # the video without any embedding is left out
-    assert set(predictions["split"].to_pylist()) == {"train", "test", "anomaly"}
+    assert set(predictions["split"].to_pylist()) == {"train", "val", "test", "anomaly"}
     assert {len(s) for s in predictions["scores"].to_pylist()} == {3}
     model = FusionModel.load(f"{root}/models/svm")
     test = predictions.filter(ds.field("split") == "test").to_pylist()
-    assert np.mean([r["predicted"] == r["label"] for r in test]) == pytest.approx(fusion["top1"])
+    assert np.mean([r["predicted"] == r["label"] for r in test]) == pytest.approx(fusion.top1)
     by_id = {r["video_id"]: r for r in rows}
     features = {s: np.stack([by_id[r["video_id"]][s] if by_id[r["video_id"]][s] is not None
                              else np.full(DIM, np.nan) for r in test]) for s in schema.STREAMS}
@@ -112,13 +121,20 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
 
     scored = ds.dataset(f"{root}/anomaly").to_table()
     assert scored.schema.equals(schema.ANOMALY_SCHEMA) and scored.num_rows == len(rows)
-    flagged = {split: [] for split in ("train", "test", "anomaly")}
+    flagged = {split: [] for split in ("train", "val", "test", "anomaly")}
     for row in scored.to_pylist():
         flagged[row["split"]].append(row["is_anomaly"])
     assert np.mean(flagged["anomaly"]) > np.mean(flagged["test"])
+    assert np.mean(flagged["val"]) == pytest.approx(anomaly.calibration_fpr)
     detector = AnomalyDetector.load(f"{root}/models/autoencoder")
-    assert detector.threshold == pytest.approx(anomaly["threshold"])
-    assert list(Path(root, "models/svm").iterdir()) and not list(Path(root).rglob("*.pkl"))
+    assert detector.threshold == pytest.approx(anomaly.threshold)
+    assert detector.calibration == {"split": "val", "n": 30, "target_fpr": 0.05}
+    for name in ("svm", "autoencoder"):
+        assert sorted(p.name for p in Path(root, "models", name).iterdir()) == ["model.json", "model.safetensors"]
+        assert modelio.read_meta(f"{root}/models/{name}")["kind"] in ("linear_svm", "autoencoder")
+    assert not list(Path(root).rglob("*.pkl"))
+    text = summary_table(result)
+    assert "top-5" not in text and "calibrated on 30 val videos" in text and "false-positive rate" in text
 
 
 def test_fuse_job_refits_in_place_and_reports_table_ii(tmp_path):
@@ -134,7 +150,7 @@ def test_fuse_job_refits_in_place_and_reports_table_ii(tmp_path):
     done = subprocess.run([sys.executable, "jobs/fuse.py", "--output", root, *(f"--set={s}" for s in SETTINGS)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "Spatial+Temporal+Audio" in done.stdout and "ROC AUC" in done.stdout
+    assert "Spatial+Temporal+Audio" in done.stdout and "ROC AUC" in done.stdout and "val videos" in done.stdout
     assert storage.list_parts(f"{root}/predictions") == ["fuse"]
     assert storage.list_parts(f"{root}/anomaly") == ["fuse"]
     assert ds.dataset(f"{root}/predictions").count_rows() == len(synthetic_videos())
@@ -151,7 +167,7 @@ def test_fuse_on_an_object_store_run_root(s3_bucket):
 
     result = run_fuse(fuse_config(root))
 
-    assert result["fusion"]["top1"] >= 0.9 and result["anomaly"]["roc_auc"] > 0.8
+    assert result.fusion.top1 >= 0.9 and result.anomaly.roc_auc > 0.8
     assert storage.read_table(f"{root}/predictions").num_rows == len(rows)
     assert storage.list_parts(f"{root}/anomaly") == ["fuse"]
     assert FusionModel.load(f"{root}/models/svm").classes == CLASSES
