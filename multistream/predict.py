@@ -1,0 +1,200 @@
+"""A trained run applied to new videos: the work list, rows and tables of `jobs/predict.py`, and one-file mode.
+
+    python -m multistream.predict clip.mp4 --models runs/demo     # top classes, anomaly score and verdict
+
+Both paths run the same cores (`multistream.inference`) on the same extracted arrays, so a clip gets the same
+class and scores from one-file mode as from the batch job. The batch job commits a group of videos (one
+`videos/` part of its extraction) as `embeddings/<part>`, then `predictions/<part>`, then `anomaly/<part>`:
+the last one is the commit (`embeddings/` alone with `--embed-only`). On start, parts without it are deleted
+and committed videos are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import posixpath
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+from multistream import schema, storage
+from multistream.anomaly import roc_auc
+from multistream.bundle import Bundle, BundleError, open_bundle
+from multistream.config import Config, ConfigError, load_config
+from multistream.extract import part_name
+from multistream.inference import Classifier, Detector, TemporalEmbedder, VideoEmbedder
+from multistream.layout import RunRoot
+from multistream.manifest import VideoEntry
+
+log = logging.getLogger(__name__)
+
+FEATURE_COLUMNS = ["video_id", "frame_index", "spatial", "audio"]
+
+
+def _read_parts(table_uri: str, names: list[str], columns: list[str]) -> list[pa.Table]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda name: storage.read_part(table_uri, name, columns), names))
+
+
+def committed_ids(run: RunRoot, embed_only: bool) -> set[str]:
+    """Videos whose results are committed; in full mode, first drop the parts of an interrupted commit."""
+    marker = run.embeddings if embed_only else run.anomaly
+    if not embed_only:
+        done = set(storage.list_parts(marker))
+        for table in (run.embeddings, run.predictions):
+            for name in set(storage.list_parts(table)) - done:
+                log.info("removing uncommitted part %s", storage.join(table, name))
+                storage.delete_part(table, name)
+    return set(storage.read_table(marker, columns=["video_id"])["video_id"].to_pylist()) if storage.list_parts(
+        marker) else set()
+
+
+def pending(run: RunRoot, embed_only: bool = False) -> list[dict]:
+    """One work item per extraction commit that holds ok videos without results:
+    {"part": name, "video_id": [...], "label": [...], "split": [...]}."""
+    done = committed_ids(run, embed_only)
+    names = storage.list_parts(run.videos)
+    items = []
+    for name, videos in zip(names, _read_parts(run.videos, names, ["video_id", "label", "split", "status"]),
+                            strict=True):
+        rows = [v for v in videos.to_pylist() if v["status"] == "ok" and v["video_id"] not in done]
+        if rows:
+            items.append({"part": name, **{key: [v[key] for v in rows] for key in ("video_id", "label", "split")}})
+    return items
+
+
+def read_inputs(run: RunRoot, item: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """The item's `features/` rows (in item order) and {video_id: (P, H, W, 2) uint8 flow}. Flow sits in the
+    part named like the commit, or (runs extracted before grouped commits) in one part per video."""
+    from multistream.extract_rows import read_flow
+
+    ids = item["video_id"]
+    features = storage.read_part(run.features, item["part"], FEATURE_COLUMNS)
+    index = {v: i for i, v in enumerate(features["video_id"].to_pylist())}
+    features = features.take([index[v] for v in ids])
+    if storage.exists(storage.join(run.flow, item["part"] + storage.PART_SUFFIX)):
+        tables = [storage.read_part(run.flow, item["part"])]
+    else:
+        tables = _read_parts(run.flow, [part_name([v]) for v in ids], ["video_id", "shape", "data"])
+    flows = {row["video_id"]: read_flow(row) for table in tables for row in table.to_pylist() if row["video_id"] in index}
+    return features, flows
+
+
+def stream_inputs(features: pa.Table, temporal: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """{stream: N sequences (T_i, D) float32} from `features/` rows and their temporal sequences."""
+    sequences = {}
+    for stream in ("spatial", "audio"):
+        dim = features.schema.field(stream).type.value_type.list_size
+        sequences[stream] = [np.zeros((0, dim), np.float32) if x is None else x
+                             for x in schema.column_to_sequences(features[stream])]
+    return sequences | {"temporal": [np.asarray(t, np.float32) for t in temporal]}
+
+
+def embeddings_table(ids: list[str], labels: list, splits: list, vectors: dict[str, np.ndarray]) -> pa.Table:
+    """`embeddings/` rows: one (E,) float32 vector per stream of the bundle, null for the others."""
+    dim = next(iter(vectors.values())).shape[1]
+    columns = {}
+    for stream in schema.STREAMS:
+        rows = vectors.get(stream)
+        mask = pa.array(np.full(len(ids), rows is None))
+        flat = np.zeros((len(ids), dim), np.float32) if rows is None else np.ascontiguousarray(rows, np.float32)
+        columns[stream] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=mask)
+    return pa.table({"video_id": ids, "label": labels, "split": splits, **columns},
+                    schema=schema.embeddings_schema(dim))
+
+
+def predictions_table(ids: list[str], labels: list, splits: list, scores: np.ndarray,
+                      classifier: Classifier) -> pa.Table:
+    top_labels, top_scores = classifier.top_k(scores)
+    return pa.table({"video_id": ids, "label": labels, "split": splits, "predicted": [t[0] for t in top_labels],
+                     "scores": list(scores.astype(np.float32)), "top_labels": top_labels,
+                     "top_scores": list(top_scores.astype(np.float32))}, schema=schema.TOP_K_PREDICTIONS_SCHEMA)
+
+
+def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray) -> pa.Table:
+    return pa.table({"video_id": ids, "split": splits, "score": scores.astype(np.float32), "is_anomaly": flagged},
+                    schema=schema.ANOMALY_SCHEMA)
+
+
+def evaluate(root: str, classes: list[str]) -> dict:
+    """What the labels of the input say about the results under `root`: top-1 over the labelled videos of a
+    known class (split 'anomaly' excluded); false-positive rate over those, detection rate and ROC AUC
+    against the 'anomaly' split."""
+    run = RunRoot(root)
+    predictions = storage.read_table(run.predictions, columns=["video_id", "label", "split", "predicted"])
+    out: dict = {"n_predicted": predictions.num_rows}
+    if predictions.num_rows:
+        rows = [r for r in predictions.to_pylist() if r["label"] in classes and r["split"] != "anomaly"]
+        out |= {"n_labelled": len(rows), "top1": float(np.mean([r["label"] == r["predicted"] for r in rows]))
+                if rows else None}
+    anomaly = storage.read_table(run.anomaly, columns=["split", "score", "is_anomaly"])
+    if anomaly.num_rows:
+        is_anomalous = np.array([s == "anomaly" for s in anomaly["split"].to_pylist()])
+        flagged = np.array(anomaly["is_anomaly"].to_pylist())
+        auc = roc_auc(np.array(anomaly["score"].to_pylist()), is_anomalous)
+        out |= {"n_anomalous": int(is_anomalous.sum()), "n_normal": int((~is_anomalous).sum()),
+                "flagged": int(flagged.sum()), "roc_auc": None if np.isnan(auc) else auc,
+                "false_positive_rate": float(flagged[~is_anomalous].mean()) if (~is_anomalous).any() else None,
+                "detection_rate": float(flagged[is_anomalous].mean()) if is_anomalous.any() else None}
+    return out
+
+
+def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
+    """One video through extraction and every model, in this process → {"video_id", "classes": [(label,
+    score), ...] best first, "scores" (C,), "anomaly_score", "is_anomaly", "threshold"}; raises ValueError
+    for an unreadable video."""
+    from multistream.extract import VideoProcessor
+
+    entry = VideoEntry(posixpath.basename(uri.rstrip("/")), uri, None, None)
+    row = VideoProcessor(cfg)(entry)
+    if row["video"]["status"] != "ok":
+        raise ValueError(f"{uri}: {row['video']['error']}")
+    temporal = TemporalEmbedder(bundle, batch_size=cfg.motion_cnn.embed_batch_size)(row["flow"], row["positions"])
+    vectors = VideoEmbedder(bundle)({"spatial": [row["spatial"]], "temporal": [temporal], "audio": [row["audio"]]})
+    classifier, detector = Classifier(bundle), Detector(bundle)
+    scores = classifier(vectors)
+    top_labels, top_scores = classifier.top_k(scores)
+    anomaly, flagged = detector(vectors)
+    return {"video_id": entry.video_id, "classes": list(zip(top_labels[0], top_scores[0].tolist(), strict=True)),
+            "scores": scores[0], "anomaly_score": float(anomaly[0]), "is_anomaly": bool(flagged[0]),
+            "threshold": detector.threshold}
+
+
+def format_result(result: dict, bundle: Bundle) -> str:
+    lines = [f"{result['video_id']}: top {len(result['classes'])} of {len(bundle.classes)} classes "
+             f"(linear SVM margins over {'+'.join(bundle.streams)})"]
+    lines += [f"  {rank}. {label:<24} {score:+.4f}" for rank, (label, score) in enumerate(result["classes"], 1)]
+    verdict = "ANOMALY" if result["is_anomaly"] else "normal"
+    lines.append(f"anomaly score {result['anomaly_score']:.4f} (threshold {result['threshold']:.4f}): {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m multistream.predict", description="Classify one video and "
+                                     "screen it for anomalies with a trained run, in this process (no Ray).")
+    parser.add_argument("video", help="a video file: local path or URI (s3://...)")
+    parser.add_argument("--models", required=True, metavar="RUN_ROOT_OR_BUNDLE",
+                        help="a trained run root, its models/ folder or models/bundle.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a resource setting, e.g. spatial.device=cpu (extraction settings come from the bundle)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        bundle = open_bundle(args.models)
+        cfg = bundle.config(load_config(None, args.overrides), args.overrides)
+        bundle.check_weights(cfg)
+        result = predict_video(args.video, bundle, cfg)
+    except (BundleError, ConfigError, ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
+    print(format_result(result, bundle))
+    print(f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
