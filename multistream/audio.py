@@ -3,9 +3,10 @@
     embed = AudioEmbedder(cfg.audio)          # VGGish, AudioSet weights from cfg.audio.weights
     vectors = embed(wave)                     # (N,) float32 mono 16 kHz → (E, 128) float32
 
-The frontend follows VGGish: 16 kHz mono, 25 ms periodic-Hann windows every 10 ms, 512-point FFT magnitude,
-64 HTK mel bands over 125-7500 Hz, log(mel + 0.01), 96 frames x 64 bands per example. (torchaudio's mel
-triangles are linear in Hz where VGGish's are linear in mel: the filter weights differ by < 0.5%.)
+The frontend is VGGish's (mel_features.py / vggish_input.py): 16 kHz mono, 25 ms periodic-Hann frames every
+10 ms, |512-point FFT|, 64 mel bands over 125-7500 Hz whose triangles are linear in mel (HTK's mel scale) with
+the DC bin's row zeroed, log(mel + 0.01), 96 frames x 64 bands per example. `cfg.postprocess` applies
+AudioSet's PCA (and 8-bit quantization) to the network's output, as AudioSet's released features have it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torchaudio
 from torch import nn
 
 from multistream.config import AudioConfig
-from multistream.pretrained import load_state_dict
-from multistream.training import resolve_device
+from multistream.device import resolve_device
+from multistream.weights import load_pca_params, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,27 @@ WINDOW = 400  # 25 ms
 HOP = 160  # 10 ms
 N_FFT = 512
 N_MELS = 64
+MEL_LOW_HZ, MEL_HIGH_HZ = 125.0, 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96
+QUANTIZE_RANGE = (-2.0, 2.0)  # vggish_params.QUANTIZE_MIN_VAL / MAX_VAL
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(hz, np.float64) / 700.0)
 
 
 @functools.lru_cache(maxsize=1)
-def _mel_spectrogram() -> torchaudio.transforms.MelSpectrogram:
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=VGGISH_RATE, n_fft=N_FFT, win_length=WINDOW, hop_length=HOP, f_min=125.0, f_max=7500.0,
-        n_mels=N_MELS, power=1.0, center=False, mel_scale="htk", norm=None)
+def mel_matrix() -> np.ndarray:
+    """(257, 64) float64: VGGish's spectrogram_to_mel_matrix for 16 kHz, 512-point FFT, 125-7500 Hz."""
+    bins_mel = hz_to_mel(np.linspace(0.0, VGGISH_RATE / 2, N_FFT // 2 + 1))
+    edges = np.linspace(hz_to_mel(MEL_LOW_HZ), hz_to_mel(MEL_HIGH_HZ), N_MELS + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bins_mel[:, None] - lower) / (centre - lower)
+    falling = (upper - bins_mel[:, None]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights[0, :] = 0.0  # VGGish zeroes the DC bin's row
+    return weights
 
 
 def log_mel_examples(wave: np.ndarray, sample_rate: int = VGGISH_RATE,
@@ -47,20 +60,34 @@ def log_mel_examples(wave: np.ndarray, sample_rate: int = VGGISH_RATE,
     E = max(1, floor(duration / example_seconds)); example e covers [e, e+1) * example_seconds and a clip
     shorter than one example is zero-padded to one. Other sample rates are resampled to 16 kHz first.
     """
-    x = torch.as_tensor(np.asarray(wave, dtype=np.float32).reshape(-1))
+    x = np.asarray(wave, dtype=np.float32).reshape(-1)
     if sample_rate != VGGISH_RATE:
-        x = torchaudio.functional.resample(x, sample_rate, VGGISH_RATE)
+        x = torchaudio.functional.resample(torch.from_numpy(x), sample_rate, VGGISH_RATE).numpy()
     frames_per_example = round(example_seconds * VGGISH_RATE / HOP)
     n_examples = max(1, len(x) // (frames_per_example * HOP))
     n_frames = n_examples * frames_per_example
-    # torch.stft centres the 400-sample window inside each 512-sample frame: shifting the signal by that
-    # offset makes frame i cover exactly samples [160 i, 160 i + 400), as VGGish frames it.
-    offset = (N_FFT - WINDOW) // 2
-    padded = torch.zeros((n_frames - 1) * HOP + N_FFT)
-    used = min(len(x), len(padded) - offset)
-    padded[offset:offset + used] = x[:used]
-    mel = _mel_spectrogram()(padded)  # (64, n_frames)
-    return torch.log(mel + LOG_OFFSET).T.reshape(n_examples, frames_per_example, N_MELS).numpy()
+    padded = np.zeros((n_frames - 1) * HOP + WINDOW, np.float64)  # frame i: samples [160 i, 160 i + 400)
+    used = min(len(x), len(padded))
+    padded[:used] = x[:used]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, WINDOW)[::HOP]  # (n_frames, 400)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW) / WINDOW)  # periodic Hann
+    magnitude = np.abs(np.fft.rfft(frames * window, N_FFT))  # (n_frames, 257)
+    log_mel = np.log(magnitude @ mel_matrix() + LOG_OFFSET)
+    return log_mel.astype(np.float32).reshape(n_examples, frames_per_example, N_MELS)
+
+
+def postprocess(embeddings: torch.Tensor, pca: tuple[torch.Tensor, torch.Tensor], quantize: bool) -> torch.Tensor:
+    """(B, 128) raw VGGish → (B, 128) float32 after AudioSet's PCA (vggish_postprocess.py), 0..255 if `quantize`.
+
+    `pca` is (eigen vectors (128, 128), means (128,)). Quantization truncates to uint8 as the TensorFlow
+    original does (torchvggish rounds instead).
+    """
+    matrix, means = pca
+    out = (embeddings.float() - means) @ matrix.T
+    if quantize:
+        low, high = QUANTIZE_RANGE
+        out = ((out.clamp(low, high) - low) * (255.0 / (high - low))).to(torch.uint8).float()
+    return out
 
 
 class VGGish(nn.Module):
@@ -121,16 +148,26 @@ class AudioEmbedder:
                 model = VGGish()
         else:
             model = VGGish()
-            model.load_state_dict(load_state_dict(cfg.weights))
+            model.load_state_dict(load_state_dict(cfg.weights, "audio.weights", cfg))
         self.model = model.eval().to(self.device)
-        log.info("audio: VGGish on %s", self.device)
+        self.pca = None
+        if cfg.postprocess != "raw":
+            if not cfg.pca_params:
+                raise ValueError(f"audio.postprocess={cfg.postprocess} needs audio.pca_params (e.g. torchvggish)")
+            self.pca = tuple(t.to(self.device) for t in load_pca_params(cfg.pca_params))
+        log.info("audio: VGGish on %s, %s output", self.device, cfg.postprocess)
 
     @torch.inference_mode()
     def __call__(self, wave: np.ndarray) -> np.ndarray:
-        """(N,) float32 mono waveform at `sample_rate` → (E, 128) float32, E = max(1, floor(N/rate/0.96))."""
+        """(N,) float32 mono waveform at `sample_rate` → (E, 128) float32, E = max(1, floor(N/rate/0.96)).
+
+        Values are 0..255 integers with `postprocess: pca_quantized`."""
         examples = torch.from_numpy(log_mel_examples(wave, self.sample_rate, self.cfg.example_seconds))
         out = np.empty((len(examples), self.dim), np.float32)
         for start in range(0, len(examples), self.cfg.batch_size):
             batch = examples[start:start + self.cfg.batch_size].unsqueeze(1).to(self.device)  # (B, 1, 96, 64)
-            out[start:start + len(batch)] = self.model(batch).float().cpu().numpy()
+            embeddings = self.model(batch)
+            if self.pca is not None:
+                embeddings = postprocess(embeddings, self.pca, quantize=self.cfg.postprocess == "pca_quantized")
+            out[start:start + len(batch)] = embeddings.float().cpu().numpy()
         return out

@@ -42,7 +42,7 @@ class FlowConfig:
     backend: Literal["dis", "farneback", "raft_small", "raft_large"] = "dis"
     size: Annotated[tuple[int, int], min_side(16)] = (320, 240)  # (width, height) flow is computed at; larger videos are resized down
     clip_px: PosFloat = 20.0  # stored flow is quantized to uint8 over [-clip_px, +clip_px]
-    weights: str | None = None  # RAFT weights file (local path or URI); required for raft_*
+    weights: str | None = None  # RAFT weights (multistream.weights spec, e.g. torchvision); required for raft_*
     batch_size: PosInt = 16  # frame pairs per RAFT forward pass
     device: Device = "auto"
 
@@ -57,7 +57,7 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class SpatialConfig:
     model: str = "inception_resnet_v2"  # any timm model name
-    weights: str | None = None  # file/URI (.safetensors / .pth state dict) or "package:efficientnet_lite0"
+    weights: str | None = None  # multistream.weights spec: timm, hf-hub:..., URL, file/URI or package:...
     image_size: PosInt = 299
     batch_size: PosInt = 64
     device: Device = "auto"
@@ -66,11 +66,15 @@ class SpatialConfig:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    weights: str | None = None  # VGGish AudioSet weights (state dict); random init is announced
+    weights: str | None = None  # VGGish weights (multistream.weights spec, e.g. torchvggish); None: random init
     example_seconds: PosFloat = 0.96  # non-overlapping examples, each one 96x64 log-mel patch
     batch_size: PosInt = 64
     device: Device = "auto"
     seed: int = 0  # seeds the random init when no weights are given, so runs are reproducible
+    # raw: the network's output; pca: AudioSet's PCA (with whitening); pca_quantized: then clipped to [-2, 2]
+    # and quantized to 0..255 as AudioSet's released features are. pca*: need pca_params.
+    postprocess: Literal["raw", "pca", "pca_quantized"] = "raw"
+    pca_params: str | None = None  # weights spec of the PCA (torchvggish: the release's), see multistream.weights
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torchvision.models.optical_flow import raft_large, raft_small
 
 from multistream.config import FlowConfig
+from multistream.device import resolve_device
 from multistream.flow import check_frames
-from multistream.pretrained import load_state_dict
-from multistream.training import resolve_device
+from multistream.weights import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _RAFT_MIN_SIDE = 128
 
 
 class RAFTFlow:
-    """torchvision RAFT (small or large) with weights from `cfg.weights`, for GPUs.
+    """torchvision RAFT (small or large) with weights from `cfg.weights` (e.g. torchvision: its DEFAULT), for GPUs.
 
     Frames go to the device as uint8, are padded (edge-replicated) to multiples of 8 and at least 128 px per
     side, and scaled to [-1, 1] as torchvision's Raft transforms do. Pairs run in chunks of `cfg.batch_size`;
@@ -34,9 +34,9 @@ class RAFTFlow:
 
     def __init__(self, cfg: FlowConfig, threads: int | None = None):
         if not cfg.weights:
-            raise ValueError(f"flow.weights: backend {cfg.backend} needs a RAFT state dict (path or URI)")
+            raise ValueError(f"flow.weights: backend {cfg.backend} needs RAFT weights (e.g. torchvision, a path or URI)")
         try:
-            state = load_state_dict(cfg.weights)
+            state = load_state_dict(cfg.weights, "flow.weights", cfg)
         except FileNotFoundError as error:
             raise ValueError(f"flow.weights: {error}") from error
         model = (raft_small if cfg.backend == "raft_small" else raft_large)(weights=None, progress=False)

@@ -1,6 +1,6 @@
 """Spatial stream: one ImageNet CNN embedding per sampled frame (paper §IV.A: InceptionResNetV2, 1536-d).
 
-    embed = SpatialEmbedder(cfg.spatial)      # any timm model, weights from a file/URI or a package
+    embed = SpatialEmbedder(cfg.spatial)      # any timm model, weights from any multistream.weights spec
     vectors = embed(images)                   # (N, S, S, 3) uint8 RGB → (N, embed.dim) float32
 
 The embedding is the output of the global average pool, the layer before the classifier.
@@ -15,8 +15,8 @@ import timm
 import torch
 
 from multistream.config import SpatialConfig
-from multistream.pretrained import load_weights
-from multistream.training import resolve_device
+from multistream.device import amp_dtype, autocast, resolve_device
+from multistream.weights import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,12 @@ class SpatialEmbedder:
             log.warning("spatial.weights is not set: %s is randomly initialised, so spatial embeddings are "
                         "NOT ImageNet features", cfg.model)
         else:
-            _load_backbone(model, load_weights(cfg.weights), cfg)
+            _load_backbone(model, load_state_dict(cfg.weights, "spatial.weights", cfg), cfg)
         self.dim: int = model.num_features
         on_cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if on_cuda else torch.contiguous_format
         self.model = model.eval().to(self.device, memory_format=self.memory_format)
-        self.amp_dtype = None
-        if on_cuda and cfg.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
         log.info("spatial: %s (%d-d) on %s%s", cfg.model, self.dim, self.device,
                  f" under {self.amp_dtype} autocast" if self.amp_dtype else "")
         shape = (1, 3, 1, 1)
@@ -63,7 +61,7 @@ class SpatialEmbedder:
             batch = images[start:start + self.cfg.batch_size]
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
             x = ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.cfg.amp):
                 features = self.model(x)
             out[start:start + len(x)] = features.float().cpu().numpy()
         return out

@@ -15,22 +15,48 @@ def _tone(freq: float, seconds: float, rate: int = RATE) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def _hz_to_mel(f):
-    return 1127.0 * np.log1p(np.asarray(f) / 700.0)
+# VGGish's published frontend (tensorflow/models research/audioset/vggish mel_features.py, vggish_input.py),
+# written out here in numpy float64 as the reference the frontend must match.
+def _hz_to_mel(frequencies_hertz):
+    return 1127.0 * np.log(1.0 + np.asarray(frequencies_hertz) / 700.0)
+
+
+def _spectrogram_to_mel_matrix(num_mel_bins=64, num_spectrogram_bins=257, audio_sample_rate=RATE,
+                               lower_edge_hertz=125.0, upper_edge_hertz=7500.0):
+    nyquist_hertz = audio_sample_rate / 2.0
+    spectrogram_bins_mel = _hz_to_mel(np.linspace(0.0, nyquist_hertz, num_spectrogram_bins))
+    band_edges_mel = np.linspace(_hz_to_mel(lower_edge_hertz), _hz_to_mel(upper_edge_hertz), num_mel_bins + 2)
+    mel_weights_matrix = np.empty((num_spectrogram_bins, num_mel_bins))
+    for i in range(num_mel_bins):
+        lower_edge_mel, center_mel, upper_edge_mel = band_edges_mel[i:i + 3]
+        lower_slope = (spectrogram_bins_mel - lower_edge_mel) / (center_mel - lower_edge_mel)
+        upper_slope = (upper_edge_mel - spectrogram_bins_mel) / (upper_edge_mel - center_mel)
+        mel_weights_matrix[:, i] = np.maximum(0.0, np.minimum(lower_slope, upper_slope))
+    mel_weights_matrix[0, :] = 0.0
+    return mel_weights_matrix
+
+
+def _frame(data, window_length, hop_length):
+    num_samples = data.shape[0]
+    num_frames = 1 + int(np.floor((num_samples - window_length) / hop_length))
+    shape = (num_frames, window_length) + data.shape[1:]
+    strides = (data.strides[0] * hop_length,) + data.strides
+    return np.lib.stride_tricks.as_strided(data, shape=shape, strides=strides)
+
+
+def _periodic_hann(window_length):
+    return 0.5 - (0.5 * np.cos(2 * np.pi / window_length * np.arange(window_length)))
 
 
 def _vggish_reference(wave: np.ndarray) -> np.ndarray:
-    """VGGish's numpy frontend (frames of 400 every 160, periodic Hann, |rfft 512|, mel-linear triangles)."""
-    n_frames = 1 + (len(wave) - 400) // 160
-    frames = np.stack([wave[i * 160:i * 160 + 400] for i in range(n_frames)]).astype(np.float64)
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
-    spectrum = np.abs(np.fft.rfft(frames * window, 512))
-    bins_mel = _hz_to_mel(np.linspace(0, RATE / 2, 257))
-    edges = np.linspace(_hz_to_mel(125.0), _hz_to_mel(7500.0), 66)
-    weights = np.stack([np.maximum(0, np.minimum((bins_mel - lo) / (mid - lo), (hi - bins_mel) / (hi - mid)))
-                        for lo, mid, hi in zip(edges[:-2], edges[1:-1], edges[2:], strict=True)], axis=1)
-    weights[0] = 0.0
-    return np.log(spectrum @ weights + 0.01)
+    """log_mel_spectrogram(wave, 16000, log_offset=0.01, 25 ms, 10 ms, 64 bins, 125-7500 Hz) of VGGish."""
+    data = wave.astype(np.float64)
+    window_length_samples, hop_length_samples = 400, 160
+    fft_length = 2 ** int(np.ceil(np.log(window_length_samples) / np.log(2.0)))
+    frames = _frame(data, window_length_samples, hop_length_samples)
+    spectrogram = np.abs(np.fft.rfft(frames * _periodic_hann(window_length_samples), int(fft_length)))
+    mel_spectrogram = np.dot(spectrogram, _spectrogram_to_mel_matrix(num_spectrogram_bins=spectrogram.shape[1]))
+    return np.log(mel_spectrogram + 0.01)
 
 
 @pytest.mark.parametrize("samples,examples", [(0, 1), (100, 1), (15359, 1), (15360, 1), (30719, 1),
@@ -47,14 +73,22 @@ def test_tone_peaks_in_its_mel_band():
     assert out.mean(axis=(0, 1)).argmax() == np.abs(centres_hz - 1000.0).argmin()
 
 
-def test_frontend_matches_vggish_framing():
-    wave = np.random.default_rng(0).normal(0, 0.1, 2 * 15360 + 240).astype(np.float32)
-    ours = log_mel_examples(wave).reshape(-1, 64)
-    reference = _vggish_reference(wave)
-    assert reference.shape == ours.shape  # E * 96 frames, exactly the examples' span
-    # only the filter shapes differ (linear in Hz vs in mel); a frame shift would cost far more than this
-    assert np.abs(ours - reference).mean() < 0.01
-    assert np.abs(ours - reference).max() < 0.1
+def test_frontend_matches_the_published_vggish_maths():
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * 15360 + 240) / RATE  # two examples: 192 frames of 400 samples every 160
+    tones = sum(a * np.sin(2 * np.pi * f * t) for f, a in ((220.0, 0.5), (1800.0, 0.3), (6100.0, 0.2)))
+    for wave in (rng.normal(0, 0.1, len(t)).astype(np.float32), tones.astype(np.float32)):
+        ours = log_mel_examples(wave).reshape(-1, 64)
+        reference = _vggish_reference(wave)
+        assert reference.shape == ours.shape  # E * 96 frames, exactly the examples' span
+        assert np.abs(ours - reference).max() <= 1e-4
+
+
+def test_mel_matrix_is_vggish_s():
+    from multistream.audio import mel_matrix
+
+    np.testing.assert_allclose(mel_matrix(), _spectrogram_to_mel_matrix(), rtol=0, atol=1e-12)
+    assert not mel_matrix()[0].any()  # the DC row
 
 
 def test_other_sample_rates_are_resampled():

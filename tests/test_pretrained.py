@@ -5,11 +5,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from multistream.pretrained import (
-    efficientnet_lite0_state_dict,
-    load_state_dict,
-    load_weights,
-)
+from multistream.weights import efficientnet_lite0_state_dict, load_state_dict
 
 
 class NotATensor:
@@ -58,7 +54,7 @@ def test_bad_files_raise_clearly(tmp_path):
     with pytest.raises(ValueError, match="tensors"):
         load_state_dict(str(tmp_path / "no_tensors.pt"))
     with pytest.raises(ValueError, match="unknown packaged weights"):
-        load_weights("package:nothing")
+        load_state_dict("package:nothing")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +62,7 @@ def lite0_timm():
     import timm  # after multistream (imported above), which makes timm importable on CPU-only torch
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(load_weights("package:efficientnet_lite0"))  # strict: every key maps, none left
+    model.load_state_dict(load_state_dict("package:efficientnet_lite0"))  # strict: every key maps, none left
     return model.eval()
 
 

