@@ -110,8 +110,9 @@ def write_bundle(root: str, cfg: Config) -> str:
     fusion = _fusion_meta(run.models)
     files = {rel: file_sha256(storage.read_bytes(storage.join(run.models, rel)))
              for name in model_names() for rel in _model_files(run.models, name)}
-    from multistream.weights.sources import weight_keys
+    from multistream.weights.sources import resolve_all, weight_keys
 
+    cfg = resolve_all(cfg)  # remote sources pinned to the exact file (url#sha256=..., hf-hub:repo@commit)
     weights = {key: {"source": spec, "sha256": weights_sha256(cfg, key, spec)} for key, spec in weight_keys(cfg)}
     manifest = {"format": FORMAT_VERSION, "code_version": multistream.__version__,
                 "classes": list(fusion["classes"]), "streams": list(fusion["streams"]),
