@@ -2,7 +2,8 @@
 sampled positions into the temporal stream's sequences.
 
 Reads flow/, videos/ and features/ under --output (written by jobs/extract.py); writes models/motion_cnn/
-and motion/. Re-running resumes from the last epoch's checkpoint, and skips training once a model exists.
+and motion/. The val split picks the best epoch and stops training; the test split is scored once at the end.
+Re-running resumes from the last epoch's checkpoint, and skips training once a model exists.
 
   python jobs/train_motion.py                       # the demo run root, runs/demo
   python jobs/train_motion.py --output s3://bucket/runs/ucf101 --config configs/ucf101.yaml
@@ -16,11 +17,12 @@ from multistream.ray.motion import run_train_motion
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Train the motion CNN and embed flow stacks", __doc__), argv)
-    summary = run_train_motion(cfg)
-    if "val_accuracy" in summary:
-        print(f"motion CNN: {len(summary['classes'])} classes, test accuracy {summary['val_accuracy']:.3f} "
-              f"(chance {summary['chance']:.3f}) at epoch {summary['best_epoch']} of {summary['epochs']}")
-    print(f"motion/: {summary['embedded']} videos embedded → {cfg.paths.output}")
+    result = run_train_motion(cfg)
+    t = result.training
+    test = f"test accuracy {t.test_accuracy:.3f}" if t.test_accuracy is not None else "no test split"
+    print(f"motion CNN{'' if result.trained else ' (kept)'}: {len(t.classes)} classes, val accuracy "
+          f"{t.val_accuracy:.3f} at epoch {t.best_epoch} of {t.epochs}, {test} (chance {t.chance:.3f})")
+    print(f"motion/: {result.embedded} videos embedded → {cfg.paths.output}")
     return 0
 
 

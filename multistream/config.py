@@ -88,7 +88,10 @@ class MotionCNNConfig:
     dropout: Fraction = 0.5
     width: PosFloat = 1.0  # scales every layer's channels; 1.0 is the paper's network
     embed_batch_size: PosInt = 32
-    seed: int = 0
+    seed: int = 0  # the initial weights and every epoch's random stacks
+    device: Device = "auto"  # training and embedding; "auto" is the GPU in Ray workers given one
+    # flow kept in each Train worker's memory (read once); beyond it, each epoch re-reads the rest of flow/
+    flow_cache_gb: NonNegFloat = 8.0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from multistream import modelio
 from multistream.config import MotionCNNConfig
 
 EMBEDDING_DIM = 2048  # full7
@@ -147,3 +148,27 @@ def flow_stack(flow_q: np.ndarray, center: int, stack_length: int, clip_px: floa
 def flow_stacks(flow_q: np.ndarray, centers, stack_length: int, clip_px: float) -> np.ndarray:
     """`flow_stack` at each of `centers` → (N, 2L, H, W) float32."""
     return np.stack([flow_stack(flow_q, int(c), stack_length, clip_px) for c in centers])
+
+
+
+def model_meta(classes: list[str], cfg: MotionCNNConfig, flow_size: tuple[int, int], clip_px: float) -> dict:
+    """What model.json records to rebuild the network and read its input: classes, architecture, flow."""
+    return {"classes": list(classes), "stack_length": cfg.stack_length, "width": cfg.width,
+            "dropout": cfg.dropout, "flow_size": list(flow_size), "clip_px": clip_px}
+
+
+def save_motion_cnn(directory: str, state: dict[str, torch.Tensor], meta: dict) -> None:
+    """`models/motion_cnn/`: the state dict as model.safetensors, `meta` (`model_meta` and more) as model.json."""
+    missing = {"classes", "stack_length", "width", "dropout", "flow_size", "clip_px"} - set(meta)
+    if missing:
+        raise ValueError(f"motion CNN metadata lacks {sorted(missing)}")
+    modelio.save_model(directory, state, meta)
+
+
+def load_motion_cnn(directory: str) -> tuple[MotionCNN, dict]:
+    """The motion CNN saved in `directory` (eval mode, CPU) and its model.json."""
+    state, meta = modelio.load_model(directory)
+    model = MotionCNN(len(meta["classes"]), stack_length=meta["stack_length"], width=meta["width"],
+                      dropout=meta["dropout"], flow_size=tuple(meta["flow_size"]))
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from multistream import runinfo, storage
+from multistream import runinfo
 from multistream.config import Config
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,11 @@ def _extract(cfg: Config) -> dict:
 
 
 def _train_motion(cfg: Config) -> dict:
-    from multistream.ray.motion import MODEL_DIR, run_train_motion
+    from multistream.ray.motion import run_train_motion
 
-    trained = storage.exists(storage.join(cfg.paths.output, MODEL_DIR, "model.safetensors"))
     result = run_train_motion(cfg)
-    return {"status": "skipped" if trained and not result.get("embedded") else "ran",
-            "embedded": result.get("embedded"), "val_accuracy": result.get("val_accuracy")}
+    return {"status": "ran" if result.trained or result.embedded else "skipped", "embedded": result.embedded,
+            "val_accuracy": result.training.val_accuracy, "test_accuracy": result.training.test_accuracy}
 
 
 def _train_rnn(cfg: Config) -> dict:

@@ -9,64 +9,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from multistream import schema, storage
-from multistream.config import load_config
-from multistream.extract import flow_table, part_name, video_row
-from multistream.flow import quantize
-from multistream.manifest import VideoEntry
-from multistream.ray.motion import MODEL_DIR, run_train_motion
+from multistream.config import ConfigError
+from multistream.layout import MOTION_CNN, RunRoot
+from multistream.ray.motion import run_train_motion
+from tests.motion_fixtures import OVERRIDES, SIZE, config, make_run_root
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = (72, 64)  # (W, H): the motion CNN takes 57 px a side at the least
-OVERRIDES = [f"flow.size=[{SIZE[0]}, {SIZE[1]}]", "motion_cnn.width=0.125", "motion_cnn.stack_length=4",
-             "motion_cnn.stacks_per_video=12", "motion_cnn.batch_size=16", "motion_cnn.patience=50",
-             "ray.train.max_failures=2"]
-
-
-def synthetic_flow(label: int, pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """(P, H, W, 2) uint8: an object moving right (class 0) or down (class 1) on a still, noisy background."""
-    flow = rng.normal(0, 1.0, (pairs, SIZE[1], SIZE[0], 2)).astype(np.float32)
-    flow[:, 16:48, 20:52, label] += 4.0  # local motion: the stacks' mean subtraction keeps it
-    return quantize(flow, 20.0)
-
-
-def make_run_root(root: Path, videos_per_class: int = 6) -> list[str]:
-    """videos/, flow/ and features/ of a toy two-class set, as the extraction job writes them."""
-    rng = np.random.default_rng(0)
-    rows, ids = [], []
-    for label in (0, 1):
-        for i in range(videos_per_class):
-            video_id = f"c{label}/v{i}.mp4"
-            pairs = int(rng.integers(6, 20))
-            split = "test" if i % 3 == 0 else "train"
-            entry = VideoEntry(video_id, f"/x/{video_id}", f"class{label}", split)
-            rows.append(video_row(entry, facts={"n_frames": pairs + 1, "n_samples": 5}))
-            storage.write_part(flow_table(video_id, synthetic_flow(label, pairs, rng), 20.0),
-                               str(root / "flow"), part_name([video_id]))
-            positions = np.linspace(0, pairs, 5).round().astype(int)
-            storage.write_part(pa.table({
-                "video_id": [video_id], "frame_index": [positions.tolist()],
-                "timestamp_s": [(positions / 15).tolist()], "flow_magnitude": [[1.0] * 5],
-                "spatial": schema.sequence_array([np.zeros((5, 8))], 8),
-                "audio": schema.sequence_array([np.zeros((1, 128))], 128)}, schema=schema.features_schema(8)),
-                str(root / "features"), part_name([video_id]))
-            ids.append(video_id)
-    storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), str(root / "videos"), "part-0")
-    return ids
-
-
-def config(root: Path, epochs: int):
-    return load_config(overrides=[*OVERRIDES, f"motion_cnn.epochs={epochs}", f"paths.output={root}"])
 
 
 def test_trains_embeds_resumes_and_learns(tmp_path, ray_session):
     ids = make_run_root(tmp_path, videos_per_class=8)
-    summary = run_train_motion(config(tmp_path, epochs=2))
-    assert [m["epoch"] for m in summary["history"]] == [1, 2] and summary["embedded"] == len(ids)
-    first_epoch = summary["history"][0]
+    model_dir = Path(RunRoot(str(tmp_path)).model(MOTION_CNN))
+    result = run_train_motion(config(tmp_path, 2))
+    assert result.trained and result.embedded == len(ids)
+    assert [m["epoch"] for m in result.training.history] == [1, 2]
+    first_epoch = result.training.history[0]
 
     motion = storage.read_table(str(tmp_path / "motion"))
     features = storage.read_table(str(tmp_path / "features"), columns=["video_id", "frame_index"])
@@ -78,17 +38,37 @@ def test_trains_embeds_resumes_and_learns(tmp_path, ray_session):
         assert sequence.shape == (lengths[video_id], 2048) and np.isfinite(sequence).all()
     assert motion.schema.field("temporal").type == schema.vectors(2048)
 
-    # a complete run is skipped; with more epochs and no model, training resumes after epoch 2
-    assert run_train_motion(config(tmp_path, epochs=2))["embedded"] == 0
-    storage.delete_part(str(tmp_path / "motion"), storage.list_parts(str(tmp_path / "motion"))[0])
-    (tmp_path / MODEL_DIR / "model.safetensors").unlink()
-    resumed = run_train_motion(config(tmp_path, epochs=5))
-    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3, 4, 5]
-    assert resumed["history"][0] == first_epoch, "the first epochs come from the checkpoint, not a new run"
+    # a complete run is skipped; a lost motion/ part is embedded again by the saved model
+    again = run_train_motion(config(tmp_path, 2))
+    assert (again.trained, again.embedded) == (False, 0) and again.training == result.training
+    lost = storage.read_table(str(tmp_path / "motion"), columns=["video_id"])  # parts hold several videos
+    part = storage.list_parts(str(tmp_path / "motion"))[0]
+    storage.delete_part(str(tmp_path / "motion"), part)
+    missing = len(lost) - storage.read_table(str(tmp_path / "motion"), columns=["video_id"]).num_rows
+    assert run_train_motion(config(tmp_path, 2)).embedded == missing > 0
+    assert sorted(storage.read_table(str(tmp_path / "motion"))["video_id"].to_pylist()) == sorted(ids)
+
+    # with more epochs and no model, training resumes after epoch 2
+    (model_dir / "model.safetensors").unlink()
+    resumed = run_train_motion(config(tmp_path, 5))
+    t = resumed.training
+    assert [m["epoch"] for m in t.history] == [1, 2, 3, 4, 5]
+    assert t.history[0] == first_epoch, "the first epochs come from the checkpoint, not a new run"
     assert storage.read_table(str(tmp_path / "motion"))["video_id"].to_pylist().count(ids[0]) == 1
-    assert resumed["val_accuracy"] > 0.75 > resumed["chance"]
-    meta = json.loads((tmp_path / MODEL_DIR / "model.json").read_text())
+    assert t.val_accuracy > 0.75 > t.chance and t.test_accuracy > 0.75
+    assert (t.n_train, t.n_val, t.n_test) == (8, 4, 4)
+    meta = json.loads((model_dir / "model.json").read_text())
     assert meta["classes"] == ["class0", "class1"] and meta["flow_size"] == list(SIZE)
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())["motion_cnn"]
+    assert metrics["best_epoch"] == t.best_epoch and metrics["test_accuracy"] == t.test_accuracy
+
+
+def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):
+    make_run_root(tmp_path, videos_per_class=2)
+    cfg = config(tmp_path, 1, "motion_cnn.device=cuda", "ray.train.use_gpu=true", "ray.embed.num_gpus=0")
+    with pytest.raises(ConfigError, match="ray.embed.num_gpus is 0"):
+        run_train_motion(cfg)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "motion").exists()
 
 
 @pytest.mark.slow

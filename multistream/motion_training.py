@@ -1,0 +1,188 @@
+"""Training the motion CNN without Ray: one epoch (random stacks of the train split, then validation), the
+final test scoring, the plain loop over epochs, and the record kept in model.json and metrics.json.
+
+`MotionTrainer` does the same work in a Ray Train worker (`multistream.ray.motion` adds per-epoch
+checkpoints and sums over the workers) and in `fit_motion_cnn`, the plain one-process loop. Model choice
+reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
+lower one; `test` is scored once, with the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multistream.config import Config, ConfigError
+from multistream.device import actor_device, resolve_device
+from multistream.motion import FlowSource, MotionPlan, epoch_batches
+from multistream.motion_cnn import MotionCNN, model_meta
+from multistream.training import EarlyStopping, evaluate, motion_optimizer, seed_everything, train_epoch
+
+Reduce = Callable[[dict[str, float]], dict[str, float]]
+
+
+def motion_device(cfg: Config) -> str:
+    """Where the motion CNN runs in this process: `motion_cnn.device`, "auto" being the GPU only in a Ray
+    worker that was given one (no other stage's device key moves it)."""
+    return actor_device(cfg.motion_cnn.device)
+
+
+def check_motion_placement(cfg: Config) -> None:
+    """Refuse (ConfigError), before any work, a motion CNN that must run on CUDA where Ray gives no GPU."""
+    if cfg.motion_cnn.device != "cuda":
+        return
+    if not cfg.ray.train.use_gpu:
+        raise ConfigError("motion_cnn.device: cuda, but ray.train.use_gpu is false: its Train workers get no GPU")
+    if not cfg.ray.embed.num_gpus:
+        raise ConfigError("motion_cnn.device: cuda, but ray.embed.num_gpus is 0: its embedding actors get no GPU")
+
+
+def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:
+    """The untrained network, initialised from `motion_cnn.seed` (the same on every worker)."""
+    seed_everything(cfg.motion_cnn.seed)
+    return MotionCNN.from_config(cfg.motion_cnn, len(plan.classes), cfg.flow.size)
+
+
+def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
+    """The generator of one epoch's stacks on one worker; it also seeds torch (dropout) for that epoch, so a
+    run resumed from a checkpoint draws what an uninterrupted one would have."""
+    rng = np.random.default_rng([seed, epoch, rank])
+    torch.manual_seed(int(rng.integers(2**62)))
+    return rng
+
+
+def _counted(batches: Iterable, count: list[int]):
+    for inputs, targets in batches:
+        count[0] += len(targets)
+        yield inputs, targets
+
+
+class MotionTrainer:
+    """The epochs of one worker: `model` (unwrapped: validation, test), `wrapped` (what trains: DDP across
+    Ray Train workers, else `model`), this worker's `plan` shard, and `reduce`, which sums figures over the
+    workers (identity in one process). `pad_to`: stacks per epoch each worker takes (equal steps for DDP)."""
+
+    def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
+                 cfg: Config, device: torch.device, rank: int = 0, wrapped: torch.nn.Module | None = None,
+                 reduce: Reduce | None = None, pad_to: int | None = None):
+        self.model, self.wrapped, self.optimizer = model, wrapped or model, optimizer
+        self.source, self.plan, self.cfg, self.device, self.rank = source, plan, cfg, device, rank
+        self.reduce, self.pad_to = reduce or (lambda sums: sums), pad_to
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
+        mc = self.cfg.motion_cnn
+        return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, mc.batch_size,
+                             mc.stack_length, self.cfg.flow.clip_px, rng, pad_to)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """Train epoch `epoch` (1-based) on random stacks, then validate → loss, accuracy, val_loss, val_accuracy."""
+        rng = epoch_rng(self.cfg.motion_cnn.seed, epoch, self.rank)
+        count = [0]
+        train = train_epoch(self.wrapped, _counted(self.batches(self.plan.train, rng, self.pad_to), count),
+                            self.optimizer, self.loss_fn, self.device, amp=True)
+        train = self._mean({"loss": train["loss"] * count[0], "correct": train["accuracy"] * count[0],
+                            "n": count[0]})
+        val = self.score(self.plan.val)
+        return {"loss": train["loss"], "accuracy": train["accuracy"], "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"]}
+
+    def score(self, ids) -> dict[str, float]:
+        """Loss and accuracy of the evenly spaced stacks of `ids` (summed over every worker's share)."""
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0}
+        if ids:
+            count = [0]
+            result = evaluate(self.model, _counted(self.batches(ids), count), self.loss_fn, self.device,
+                              top_k=(1,), amp=True)
+            sums = {"loss": result["loss"] * count[0], "correct": result["accuracy"] * count[0], "n": count[0]}
+        return self._mean(sums)
+
+    def _mean(self, sums: dict[str, float]) -> dict[str, float]:
+        sums = self.reduce(sums)
+        n = sums["n"]
+        return {"loss": sums["loss"] / n if n else math.nan, "accuracy": sums["correct"] / n if n else math.nan}
+
+
+@dataclass
+class MotionTraining:
+    """What a motion CNN's training gave: its history and the figures of its best (lowest val loss) epoch,
+    and the test split's, scored once with that epoch's weights."""
+
+    classes: list[str]
+    history: list[dict]
+    epochs: int
+    best_epoch: int
+    val_loss: float
+    val_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    n_train: int
+    n_val: int
+    n_test: int
+    chance: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> MotionTraining:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def summarize(plan: MotionPlan, history: list[dict], test: Mapping[str, float]) -> MotionTraining:
+    best = min(history, key=lambda m: m["val_loss"])  # the first of equal losses, as EarlyStopping keeps
+    tested = bool(plan.test)
+    return MotionTraining(list(plan.classes), history, history[-1]["epoch"], best["epoch"], best["val_loss"],
+                          best["val_accuracy"], test["loss"] if tested else None,
+                          test["accuracy"] if tested else None, len(plan.train), len(plan.val), len(plan.test),
+                          1 / len(plan.classes))
+
+
+def training_meta(plan: MotionPlan, cfg: Config, training: MotionTraining) -> dict:
+    """model.json of a trained motion CNN: architecture, flow, classes and the training record."""
+    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px) | {
+        "training": training.to_dict()}
+
+
+@dataclass
+class TrainMotionResult:
+    """What `jobs/train_motion.py` did."""
+
+    training: MotionTraining
+    trained: bool  # False: the saved model was kept
+    embedded: int  # videos added to motion/
+
+
+@dataclass
+class MotionFit:
+    state: dict[str, torch.Tensor]  # the best epoch's weights (CPU)
+    training: MotionTraining
+
+
+def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPlan, cfg: Config,
+                   device: str | torch.device = "auto") -> MotionFit:
+    """The motion CNN trained in this process, without Ray: the same model, stacks, epochs and selection
+    rule as on Ray Train, over flow in memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`."""
+    source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
+    device = resolve_device(device)
+    model = new_model(plan, cfg).to(device)
+    optimizer = motion_optimizer(model, cfg.motion_cnn)
+    trainer = MotionTrainer(model, optimizer, source, plan, cfg, device)
+    stopping, history, best = EarlyStopping(cfg.motion_cnn.patience), [], None
+    for epoch in range(1, cfg.motion_cnn.epochs + 1):
+        started = time.perf_counter()
+        metrics = trainer.epoch(epoch)
+        if stopping.step(metrics["val_loss"]):
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        history.append(metrics | {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                  "seconds": time.perf_counter() - started})
+        if stopping.should_stop:
+            break
+    model.load_state_dict(best)
+    return MotionFit(best, summarize(plan, history, trainer.score(plan.test)))
