@@ -105,12 +105,13 @@ class RNNConfig:
     lr: PosFloat = 1e-2  # SGD with Nesterov momentum
     momentum: float = 0.9
     lr_factor: float = 0.1  # on a plateau of `lr_patience` epochs, down to `min_lr`
-    lr_patience: int = 5
+    lr_patience: PosInt = 5
     min_lr: float = 1e-6
     patience: int = 10  # early stop
     epochs: PosInt = 200
-    batch_size: PosInt = 32
+    batch_size: PosInt = 32  # videos per optimizer step in total, divided among the Train workers
     seed: int = 0
+    device: Device = "auto"  # where the heads train and embed (auto: the GPU where Ray gave one)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,13 @@ class TuneConfig:
     hidden: tuple[PosInt, ...] = (256, 512, 1024, 2048)
     attention: tuple[bool, ...] = (False,)
     max_concurrent: int = 0  # 0: as many as the cluster fits
+    # "table1": the paper's Table I (its 17 plain variants, then the best with attention, then the best with
+    # the SVM in place of softmax); "product": every combination of cells x bidirectional x layers x hidden
+    # x attention above
+    grid: Literal["table1", "product"] = "table1"
+    hidden_scale: PosFloat = 1.0  # Table I's hidden units x this (small demos)
+    cpus_per_trial: PosFloat = 1.0  # fractions pack several trials on a core / a GPU
+    gpus_per_trial: NonNegFloat = 0.0
 
 
 @dataclass(frozen=True)

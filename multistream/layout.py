@@ -18,6 +18,7 @@ from multistream import schema, storage
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
 LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
+EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
 BUNDLE_FILE = "bundle.json"
 
 
@@ -79,6 +80,10 @@ class RunRoot:
     def model(self, name: str) -> str:
         """`models/<name>`: `motion_cnn`, `rnn_<stream>`, `svm`, `autoencoder`."""
         return self.join(MODELS, name)
+
+    def model_embeddings(self, name: str) -> str:
+        """`models/<name>/embeddings.parquet` (a part written with `storage.write_part(.., EMBEDDINGS_PART)`)."""
+        return self.join(MODELS, name, EMBEDDINGS_PART + storage.PART_SUFFIX)
 
     @property
     def bundle(self) -> str:

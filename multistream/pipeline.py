@@ -45,9 +45,9 @@ def _train_motion(cfg: Config) -> dict:
 def _train_rnn(cfg: Config) -> dict:
     from multistream.ray.rnn import run_train_rnn
 
-    results = run_train_rnn(cfg, RNN_STREAMS)
-    return {"status": "skipped" if all(r.get("skipped") for r in results.values()) else "ran",
-            "top1": {stream: r.get("top1") for stream, r in results.items()}}
+    result = run_train_rnn(cfg, RNN_STREAMS)
+    return {"status": "skipped" if all(r.status == "reused" for r in result.streams.values()) else "ran",
+            "top1": {stream: r.top1 for stream, r in result.streams.items()}}
 
 
 def _fuse(cfg: Config) -> dict:

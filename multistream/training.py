@@ -16,14 +16,8 @@ from torch import nn
 
 from multistream.config import MotionCNNConfig, RNNConfig
 
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" → cuda when available, else cpu; anything else as given ("cuda" without a GPU raises)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device")
-    return torch.device(device)
+# resolve_device is re-exported until every caller imports it from multistream.device
+from multistream.device import autocast, resolve_device  # noqa: F401
 
 
 def seed_everything(seed: int) -> None:
@@ -36,11 +30,6 @@ def seed_everything(seed: int) -> None:
 def _to_device(inputs, device: torch.device) -> tuple[torch.Tensor, ...]:
     inputs = inputs if isinstance(inputs, tuple | list) else (inputs,)
     return tuple(t.to(device, non_blocking=True) for t in inputs)
-
-
-def _autocast(device: torch.device, amp: bool):
-    # bfloat16 needs no gradient scaling; AMP only pays off on CUDA.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
@@ -56,7 +45,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     for inputs, targets in batches:
         inputs, targets = _to_device(inputs, device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(*inputs)
             loss = loss_fn(logits.float(), targets)
         loss.backward()
@@ -83,7 +72,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: str
     total_loss, count, scores, labels = 0.0, 0, [], []
     for inputs, targets in batches:
         inputs, targets = _to_device(inputs, device), targets.to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(*inputs).float()
         total_loss += float(loss_fn(logits, targets)) * len(targets)
         count += len(targets)
@@ -96,20 +85,6 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: str
     for k in top_k:
         result["accuracy" if k == 1 else f"top{k}"] = topk_accuracy(scores_np, labels_np, k)
     return result
-
-
-@torch.no_grad()
-def infer(fn: Callable, batches: Iterable, device: str | torch.device, amp: bool = False) -> np.ndarray:
-    """Concatenated `fn(*inputs)` over batches of inputs (Tensor or tuple) → float32 numpy array.
-
-    `fn` is e.g. `model` (logits) or `model.embed`; put the model in eval mode first.
-    """
-    device = resolve_device(device)
-    outputs = []
-    for inputs in batches:
-        with _autocast(device, amp):
-            outputs.append(fn(*_to_device(inputs, device)).float().cpu().numpy())
-    return np.concatenate(outputs)
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -162,12 +137,17 @@ def rnn_optimizer(model: nn.Module, cfg: RNNConfig
                   ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.ReduceLROnPlateau]:
     """SGD with Nesterov momentum and its schedule: lr x `lr_factor` on a validation-loss plateau.
 
-    Step the scheduler with the validation loss once per epoch. torch counts patience strictly: the rate
-    drops on the (lr_patience + 1)-th epoch in a row without improvement, and never below `min_lr`.
+    Step the scheduler with the validation loss once per epoch. The rate drops on the `lr_patience`-th epoch
+    in a row without a lower loss (torch cuts once its count of bad epochs EXCEEDS its `patience`, hence
+    lr_patience - 1), then again after `lr_patience` more, never below `min_lr`. "Lower" is strictly lower,
+    as for `EarlyStopping` (torch's default threshold would call a 1e-4 relative gain no gain).
     """
+    if cfg.lr_patience < 1:
+        raise ValueError(f"rnn.lr_patience must be at least 1, got {cfg.lr_patience}")
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
+                                                           patience=cfg.lr_patience - 1, threshold=0.0,
+                                                           min_lr=cfg.min_lr)
     return optimizer, scheduler
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -24,6 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from multistream import storage
 from multistream.config import Config
+from multistream.layout import RunRoot
 from multistream.training import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, n
     # longer than a demo epoch. The controller reads this at start-up (Ray Train propagates RAY_TRAIN_* vars).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     resources = cfg.ray.train
-    storage_path, filesystem = _storage(storage.join(cfg.paths.output, "checkpoints"))
+    storage_path, filesystem = _storage(RunRoot(cfg.paths.output).checkpoints)
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -76,11 +78,9 @@ class EpochLoop:
         self._started = time.perf_counter()
 
     def resume(self) -> None:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        state = restore_state()
+        if state is None:
             return
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
@@ -103,17 +103,31 @@ class EpochLoop:
                    "seconds": now - self._started}
         self._started = now
         self.history.append(metrics)
-        if ray.train.get_context().get_world_rank() != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save({
-                "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "epoch": self.epoch, "stopping": json.dumps(self.stopping.state_dict()),
-                "history": json.dumps(self.history), "best": self.best_state,
-            }, Path(directory) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        report(metrics, {
+            "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch, "stopping": json.dumps(self.stopping.state_dict()),
+            "history": json.dumps(self.history), "best": self.best_state,
+        })
+
+
+def restore_state() -> dict | None:
+    """The state of the checkpoint this worker was started from (Ray Train's latest), None on a fresh run."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def report(metrics: dict, state: dict) -> None:
+    """Report an epoch on every rank; rank 0 attaches `state` (tensors, JSON strings) as the checkpoint."""
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        torch.save(state, Path(directory) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
 def load_final_state(result: ray.train.Result) -> dict:
@@ -128,6 +142,15 @@ def load_final_state(result: ray.train.Result) -> dict:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def sum_over_workers(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """(K,) float64 summed over the Train workers (identity on one)."""
+    if ray.train.get_context().get_world_size() == 1:
+        return values
+    total = torch.as_tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return total.cpu().numpy()
 
 
 def mean_over_workers(metrics: dict[str, float], device: torch.device) -> dict[str, float]:

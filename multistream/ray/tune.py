@@ -1,13 +1,14 @@
-"""The paper's Table I on Ray Tune: a grid of recurrent heads on one stream, pruned by ASHA, written as a table.
+"""The RNN architecture sweep on Ray Tune (paper Table I by default), in one run of three phases:
 
-Grid: `cfg.tune.cells` x `bidirectional` x `layers` x `hidden` x `attention` (x `num_samples` seeds). Each trial
-trains a `SequenceClassifier` with the paper's recipe (`cfg.rnn`: SGD Nesterov, plateau schedule, early stopping)
-on the train split and validates on the test split, reporting every epoch; ASHA stops the trials whose
-validation loss lags. A trial's score is taken at its best-validation-loss epoch, as early stopping would keep.
-The stream's sequences are read once and shared by every trial through the object store.
+1. the plain variants (`sweep.variants`), pruned by ASHA on the validation loss;
+2. the best of them (val top-1, `sweep.best_row`) with an attention layer after the input;
+3. the best with a linear SVM on its video embeddings in place of the softmax (fitted here, no trial).
 
-Writes `reports/sweep.csv` and `reports/sweep.md` under the run root (best top-1 first). Re-running the same
-sweep restores it from `checkpoints/tune_rnn` (finished trials are kept); a changed sweep starts afresh.
+Every trial trains with `rnn_training.Head`, the recipe of `train_rnn` (standardization, schedule, early
+stopping, batch), on the train split; trials never see the test split. Each reports every epoch and
+checkpoints its weights whenever the validation loss improves; the test split is scored once per row, here,
+with those best weights. Trials ask for `tune.cpus_per_trial` / `tune.gpus_per_trial` (fractions pack
+several on a core or a GPU). Re-running the same sweep restores its experiments from `checkpoints/`.
 """
 
 from __future__ import annotations
@@ -16,150 +17,165 @@ import dataclasses
 import io
 import json
 import logging
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from safetensors.torch import load_file, save_file
 
-from multistream import storage
+from multistream import layout, runinfo, storage
 from multistream.config import Config, RNNConfig
-from multistream.ray.rnn import StreamData, absolute_root, ok_videos, sequences, stream_data
-from multistream.ray.session import actor_device, init_ray, worker_setup
-from multistream.rnn import SequenceClassifier, pad_sequences
-from multistream.training import (
-    EarlyStopping,
-    evaluate,
-    resolve_device,
-    rnn_optimizer,
-    seed_everything,
-    train_epoch,
+from multistream.device import actor_device
+from multistream.layout import RunRoot
+from multistream.ray.session import init_ray, worker_setup
+from multistream.rnn import SequenceClassifier
+from multistream.rnn_training import Head, embed, frame_moments, input_statistics
+from multistream.streams import StreamData, ok_videos, read_sequences, stream_data
+from multistream.sweep import (
+    GRID,
+    best_row,
+    model_name,
+    paper_extra,
+    split_scores,
+    svm_scores,
+    sweep_markdown,
+    sweep_table,
+    variants,
 )
 
 log = logging.getLogger(__name__)
 
 NAME = "tune_rnn"
 SPEC_FILE = "multistream_sweep.json"  # the sweep a restorable experiment was started with
-GRID = ("cell", "bidirectional", "layers", "hidden", "attention")
+WEIGHTS = "best.safetensors"
 
 
-def model_name(cell: str, bidirectional: bool, layers: int, attention: bool, **_) -> str:
-    """Table I naming: "S. BiGRU + attention" (S. = two stacked layers, Bi = bidirectional)."""
-    stacked = "S. " if layers == 2 else f"{layers}x " if layers > 2 else ""
-    return f"{stacked}{'Bi' if bidirectional else ''}{cell.upper()}{' + attention' if attention else ''}"
-
-
-def load_split(data: StreamData, ids: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    """(T_i, D) float16 sequences and (N,) int64 targets of `ids`, in table order."""
-    table = storage.read_table(data.table, columns=["video_id", data.column],
-                               filter=pc.field("video_id").isin(ids))
-    seqs = [s.astype(np.float16) for s in sequences(table[data.column])]
-    return seqs, np.array([data.targets[v] for v in table["video_id"].to_pylist()], np.int64)
-
-
-def _batches(split: tuple[list[np.ndarray], np.ndarray], batch_size: int, rng: np.random.Generator | None):
-    seqs, targets = split
-    order = rng.permutation(len(seqs)) if rng is not None else np.arange(len(seqs))
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        yield pad_sequences([seqs[i] for i in chosen]), torch.from_numpy(targets[chosen])
-
-
-def trial(config: dict, train: tuple, test: tuple, rnn: RNNConfig, input_dim: int, num_classes: int,
-          epochs: int, torch_threads: int) -> None:
-    """One grid point: per epoch `tune.report` of val_loss/val_accuracy/val_top5 and the best-epoch scores."""
+def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, num_classes: int,
+          torch_threads: int) -> None:
+    """One variant: per epoch `tune.report` of the head's metrics; a checkpoint of its weights when improved."""
     worker_setup(torch_threads)
-    rnn = dataclasses.replace(rnn, **{name: config[name] for name in (*GRID, "seed")})
-    seed_everything(rnn.seed)
-    rng = np.random.default_rng(rnn.seed)
-    device = resolve_device(actor_device("auto"))
-    model = SequenceClassifier.from_config(rnn, input_dim, num_classes).to(device)
-    optimizer, scheduler = rnn_optimizer(model, rnn)
-    stopping, best, loss_fn = EarlyStopping(rnn.patience), {}, torch.nn.CrossEntropyLoss()
-    for epoch in range(1, epochs + 1):
-        fit = train_epoch(model, _batches(train, rnn.batch_size, rng), optimizer, loss_fn, device)
-        val = evaluate(model, _batches(test, rnn.batch_size, None), loss_fn, device)
-        scheduler.step(val["loss"])
-        if stopping.step(val["loss"]):
-            best = {"best_val_loss": val["loss"], "best_val_accuracy": val["accuracy"], "best_val_top5": val["top5"],
-                    "best_epoch": epoch}
-        tune.report({"train_loss": fit["loss"], "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                     "val_top5": val["top5"], "epoch": epoch, "early_stopped": stopping.should_stop, **best})
-        if stopping.should_stop:
-            break
-
-
-def sweep_table(results: tune.ResultGrid, max_epochs: int) -> pd.DataFrame:
-    """One row per trial, best top-1 first; a failed trial keeps its last scores, marked "error"."""
-    rows = []
-    for result in results:
-        metrics, config = result.metrics or {}, result.config or {}
-        if "best_val_loss" not in metrics:
-            log.warning("trial %s reported nothing: %s", result.path, result.error)
+    variant = config["variant"]
+    head = Head(dataclasses.replace(rnn, seed=config["seed"], **{name: variant[name] for name in GRID}), input_dim,
+                num_classes, statistics, actor_device(rnn.device))
+    while not head.done:
+        metrics = head.run_epoch(train, val)
+        report = {**metrics, "best_epoch": head.best_epoch, "early_stopped": head.stopping.should_stop,
+                  "best_val_loss": head.stopping.best}
+        if head.best_epoch != head.epoch:
+            tune.report(report)
             continue
-        epochs = int(metrics["epoch"])
-        stop = ("error" if result.error else "early stop" if metrics["early_stopped"]
-                else "max epochs" if epochs >= max_epochs else "ASHA")
-        rows.append({"model": model_name(**config), **{name: config[name] for name in GRID},
-                     "top1": metrics["best_val_accuracy"], "top5": metrics["best_val_top5"],
-                     "best_val_loss": metrics["best_val_loss"], "best_epoch": int(metrics["best_epoch"]),
-                     "epochs": epochs, "stopped_by": stop, "seed": config["seed"]})
-    table = pd.DataFrame(rows, columns=["model", *GRID, "top1", "top5", "best_val_loss", "best_epoch",
-                                        "epochs", "stopped_by", "seed"])
-    return table.sort_values(["top1", "best_val_loss"], ascending=[False, True], ignore_index=True)
+        with tempfile.TemporaryDirectory() as directory:
+            save_file({k: v.contiguous() for k, v in head.best.items()}, str(Path(directory) / WEIGHTS))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
-def sweep_markdown(table: pd.DataFrame, stream: str, n_train: int, n_test: int) -> str:
-    lines = [f"# RNN architectures on the {stream} stream (cf. the paper's Table I)", "",
-             f"{n_train} train / {n_test} test videos; scores at each trial's best validation loss. "
-             "\"S.\" = two stacked layers, \"Bi\" = bidirectional; units are per LSTM/GRU cell.", "",
-             "| Model | Hidden units | Top-1, % | Top-5, % | Best val loss | Epochs | Stopped by |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r.model} | {r.hidden} | {100 * r.top1:.2f} | {100 * r.top5:.2f} | {r.best_val_loss:.4f} | "
-              f"{r.epochs} | {r.stopped_by} |" for r in table.itertuples()]
-    return "\n".join(lines) + "\n"
-
-
-def run_tune_rnn(cfg: Config, stream: str | None = None) -> pd.DataFrame:
-    """Sweep the grid on `stream` (default `cfg.tune.stream`); writes reports/sweep.{csv,md}, returns the table."""
-    stream = stream or cfg.tune.stream
-    root = absolute_root(cfg.paths.output)
-    data = stream_data(root, stream, ok_videos(root))
-    train, test = load_split(data, data.train_ids), load_split(data, data.test_ids)
-    log.info("sweep on %s: %d train / %d test videos, %d classes, input %d-d", stream, len(train[0]),
-             len(test[0]), len(data.classes), data.input_dim)
-    space = {name: tune.grid_search(list(getattr(cfg.tune, "cells" if name == "cell" else name))) for name in GRID}
-    space["seed"] = tune.randint(0, 2**31 - 1) if cfg.tune.num_samples > 1 else cfg.rnn.seed
-    resources = {"cpu": cfg.ray.train.cpus_per_worker, "gpu": 1 if cfg.ray.train.use_gpu else 0}
-    trainable = tune.with_resources(tune.with_parameters(
-        trial, train=train, test=test, rnn=cfg.rnn, input_dim=data.input_dim, num_classes=len(data.classes),
-        epochs=cfg.tune.epochs, torch_threads=cfg.ray.torch_threads), resources)
-    storage_path, filesystem = storage.arrow_location(storage.join(root, "checkpoints"))
-    experiment = storage.join(root, "checkpoints", NAME)
-    spec = json.dumps({"stream": stream, "tune": dataclasses.asdict(cfg.tune), "rnn": dataclasses.asdict(cfg.rnn),
-                       "classes": data.classes, "n_train": len(train[0]), "n_test": len(test[0])}, sort_keys=True)
-    spec_uri = storage.join(experiment, SPEC_FILE)
-    init_ray(cfg)
-    if (tune.Tuner.can_restore(storage.join(storage_path, NAME), storage_filesystem=filesystem)
-            and storage.exists(spec_uri) and storage.read_text(spec_uri) == spec):
-        log.info("restoring the sweep in %s", experiment)
-        tuner = tune.Tuner.restore(storage.join(storage_path, NAME), trainable, resume_errored=True,
+def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spec: dict) -> tune.ResultGrid:
+    """One Tuner over the variants of `space` (restored where the same experiment exists)."""
+    storage_path, filesystem = storage.arrow_location(run.checkpoints)
+    spec_uri = storage.join(run.checkpoint(name), SPEC_FILE)
+    spec_text = json.dumps({**spec, "space": space}, sort_keys=True, default=str)
+    if (tune.Tuner.can_restore(storage.join(storage_path, name), storage_filesystem=filesystem)
+            and storage.exists(spec_uri) and storage.read_text(spec_uri) == spec_text):
+        log.info("restoring the sweep in %s", run.checkpoint(name))
+        tuner = tune.Tuner.restore(storage.join(storage_path, name), trainable, resume_errored=True,
                                    storage_filesystem=filesystem)
     else:
-        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(
+        seed = cfg.rnn.seed if cfg.tune.num_samples == 1 else tune.randint(0, 2**31 - 1)
+        tuner = tune.Tuner(trainable, param_space={"variant": tune.grid_search(space), "seed": seed},
+                           tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", num_samples=cfg.tune.num_samples,
             scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
                                     max_t=cfg.tune.epochs),
             max_concurrent_trials=cfg.tune.max_concurrent or None),
-            run_config=tune.RunConfig(name=NAME, storage_path=storage_path, storage_filesystem=filesystem,
-                                      verbose=1))
-        storage.write_text(spec_uri, spec)
-    table = sweep_table(tuner.fit(), cfg.tune.epochs)
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+        storage.write_text(spec_uri, spec_text)
+    return tuner.fit()
+
+
+def _model(result, variant: dict, rnn: RNNConfig, input_dim: int, num_classes: int) -> SequenceClassifier:
+    with result.checkpoint.as_directory() as directory:
+        weights = load_file(str(Path(directory) / WEIGHTS))
+    model = SequenceClassifier.from_config(dataclasses.replace(rnn, **{k: variant[k] for k in GRID}), input_dim,
+                                           num_classes)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _rows(results: tune.ResultGrid, data: StreamData, splits: dict, cfg: Config) -> list[dict]:
+    """One row per trial in the order of the space; val and test scored once with the trial's best weights
+    (kept in the row as "weights" for the SVM row)."""
+    rows = []
+    for result in sorted(results, key=lambda r: (r.config["variant"]["index"], r.config["seed"])):
+        variant, metrics = result.config["variant"], result.metrics or {}
+        row = {"model": model_name(**variant), **variant, "head": "softmax", "seed": result.config["seed"]}
+        if result.checkpoint is None:
+            log.warning("trial %s left no weights: %s", result.path, result.error)
+            rows.append({**row, "val_top1": float("nan"), "best_val_loss": float("nan"), "stopped_by": "error"})
+            continue
+        model = row["weights"] = _model(result, variant, cfg.rnn, data.input_dim, len(data.classes))
+        for split in ("val", "test"):
+            row.update(split_scores(embed(model, splits[split], cfg.rnn.batch_size)[1], splits[split].targets,
+                                    split))
+        epochs = int(metrics.get("epoch", 0))
+        row.update(best_val_loss=metrics.get("best_val_loss"), best_epoch=metrics.get("best_epoch"), epochs=epochs,
+                   stopped_by="error" if result.error else "early stop" if metrics.get("early_stopped")
+                   else "max epochs" if epochs >= cfg.tune.epochs else "ASHA")
+        rows.append(row)
+    return rows
+
+
+def run_tune_rnn(cfg: Config, stream: str | None = None) -> pd.DataFrame:
+    """The sweep on `stream` (default `cfg.tune.stream`) → reports/sweep.{csv,md}; returns the table."""
+    started = time.perf_counter()
+    if cfg.rnn.device == "cuda" and not cfg.tune.gpus_per_trial:
+        raise ValueError("rnn.device is cuda but tune.gpus_per_trial is 0: the trials get no GPU")
+    stream = stream or cfg.tune.stream
+    run = RunRoot(layout.absolute(cfg.paths.output))
+    data = stream_data(run, stream, ok_videos(run))
+    splits = {split: read_sequences(data, data.ids(split)) for split in ("train", "val", "test")}
+    statistics = input_statistics(frame_moments(splits["train"].seqs))
+    counts = {split: len(s) for split, s in splits.items()}
+    log.info("sweep on %s: %s videos, %d classes, input %d-d", stream, counts, len(data.classes), data.input_dim)
+    rnn = dataclasses.replace(cfg.rnn, epochs=cfg.tune.epochs)
+    trainable = tune.with_resources(tune.with_parameters(
+        trial, train=splits["train"], val=splits["val"], statistics=statistics, rnn=rnn,
+        input_dim=data.input_dim, num_classes=len(data.classes), torch_threads=cfg.ray.torch_threads),
+        {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial})
+    spec = {"stream": stream, "tune": dataclasses.asdict(cfg.tune), "rnn": dataclasses.asdict(rnn),
+            "classes": data.classes, "counts": counts}
+    init_ray(cfg)
+    space = [{**v, "index": i} for i, v in enumerate(variants(cfg.tune))]
+    rows = _rows(_fit(cfg, run, NAME, space, trainable, spec), data, splits, cfg)
+    best = best_row(rows)
+    attention = {**{k: best[k] for k in (*GRID, "paper_hidden")}, "attention": True, "index": len(space),
+                 **paper_extra(best, "attention")}
+    rows += _rows(_fit(cfg, run, f"{NAME}_attention", [attention], trainable, spec), data, splits, cfg)
+    rows.append(_svm_row(best, splits, cfg, len(data.classes)))
+    for row in rows:
+        row["best"] = row is best
+    table = sweep_table(rows)
+    wall = time.perf_counter() - started
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
-    storage.write_text(storage.join(root, "reports", "sweep.csv"), buffer.getvalue())
-    storage.write_text(storage.join(root, "reports", "sweep.md"),
-                       sweep_markdown(table, stream, len(train[0]), len(test[0])))
+    storage.write_text(run.report("sweep.csv"), buffer.getvalue())
+    resources = f"{cfg.tune.cpus_per_trial:g} CPU + {cfg.tune.gpus_per_trial:g} GPU per trial"
+    storage.write_text(run.report("sweep.md"), sweep_markdown(table, stream, counts, wall, resources))
+    runinfo.update_metrics(run.uri, "sweep", {"stream": stream, "wall_s": wall, "trials": len(rows) - 1,
+                                              "best": best["model"], "best_hidden": best["hidden"],
+                                              "resources": resources, "grid": cfg.tune.grid})
     return table
+
+
+def _svm_row(best: dict, splits: dict, cfg: Config, num_classes: int) -> dict:
+    """The best variant's embeddings → the fusion's linear SVM (fitted on train) in place of its softmax."""
+    embedded = {split: (embed(best["weights"], s, cfg.rnn.batch_size)[0], s.targets) for split, s in splits.items()}
+    row = {**{k: best[k] for k in (*GRID, "paper_hidden", "best_val_loss", "best_epoch", "epochs", "seed")},
+           "head": "svm", "stopped_by": best["stopped_by"], **paper_extra(best, "svm")}
+    row["model"] = model_name(**row)
+    row.update(svm_scores(embedded["train"], {s: embedded[s] for s in ("val", "test")}, num_classes, cfg.fusion))
+    return row
+
