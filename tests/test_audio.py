@@ -146,6 +146,41 @@ def test_weights_round_trip(embedder, tmp_path, suffix):
     np.testing.assert_array_equal(loaded(wave), embedder(wave))
 
 
+def _vggish_postprocess(embeddings: np.ndarray, pca_matrix: np.ndarray, pca_means: np.ndarray) -> np.ndarray:
+    """vggish_postprocess.Postprocessor.postprocess (tensorflow/models research/audioset/vggish), in numpy."""
+    pca_applied = np.dot(pca_matrix, (embeddings.T - pca_means.reshape(-1, 1))).T
+    clipped_embeddings = np.clip(pca_applied, -2.0, 2.0)
+    quantized_embeddings = (clipped_embeddings - -2.0) * (255.0 / (2.0 - -2.0))
+    return quantized_embeddings.astype(np.uint8)
+
+
+@pytest.mark.parametrize("postprocess", ["pca", "pca_quantized"])
+def test_audioset_pca_postprocessing(embedder, tmp_path, postprocess):
+    import safetensors.torch
+
+    raw = embedder(_tone(500.0, 3.0)).astype(np.float64)
+    rng = np.random.default_rng(5)  # a PCA scaled to these embeddings, so that most values fall inside [-2, 2]
+    matrix = (rng.normal(size=(128, 128)) / (np.sqrt(128) * raw.std())).astype(np.float32)
+    means = (raw.mean(0) + rng.normal(size=128) * raw.std() * 0.1).astype(np.float32)
+    path = tmp_path / "pca.safetensors"
+    safetensors.torch.save_file({"pca_eigen_vectors": torch.from_numpy(matrix),
+                                 "pca_means": torch.from_numpy(means)}, path)
+    cfg = AudioConfig(seed=3, device="cpu", postprocess=postprocess, pca_params=str(path))
+    out = AudioEmbedder(cfg)(_tone(500.0, 3.0))
+    if postprocess == "pca":
+        np.testing.assert_allclose(out, (raw - means) @ matrix.T.astype(np.float64), rtol=1e-4, atol=1e-3)
+    else:
+        expected = _vggish_postprocess(raw, matrix, means).astype(np.float32)
+        assert np.all(out == np.round(out)) and 0 <= out.min() and out.max() <= 255
+        assert np.mean(out == expected) > 0.99 and np.abs(out - expected).max() <= 1  # float32 at the edges
+        assert len(np.unique(out)) > 10
+
+
+def test_pca_postprocessing_needs_its_parameters():
+    with pytest.raises(ValueError, match="audio.pca_params"):
+        AudioEmbedder(AudioConfig(device="cpu", postprocess="pca"))
+
+
 def test_rejects_example_lengths_vggish_cannot_take():
     with pytest.raises(ValueError, match="must be 0.96"):
         AudioEmbedder(AudioConfig(example_seconds=1.0))

@@ -72,11 +72,24 @@ def test_random_init_is_announced(caplog):
     assert "NOT ImageNet features" in caplog.text
 
 
-def test_inception_resnet_v2_is_1536_d(caplog):
-    with caplog.at_level(logging.WARNING, logger="multistream.spatial"):
-        embed = SpatialEmbedder(SpatialConfig(model="inception_resnet_v2", weights=None, device="cpu"))
+def test_inception_resnet_v2_matches_timm_forward_features_and_pooled_head(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    full = timm.create_model("inception_resnet_v2", pretrained=False).eval()  # random, with its classifier
+    path = tmp_path / "irv2.safetensors"
+    safetensors.torch.save_file(full.state_dict(), path)
+    size = 96  # small input keeps the CPU pass quick; the pooled embedding size does not depend on it
+    embed = SpatialEmbedder(SpatialConfig(model="inception_resnet_v2", weights=str(path), image_size=size,
+                                          device="cpu"))
     assert embed.dim == 1536  # the paper's frame embedding size
     assert embed.mean.flatten().tolist() == [127.5] * 3  # normalised with timm's 0.5/0.5 for this model
+    images = np.random.default_rng(2).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.inference_mode():
+        expected = full.forward_head(full.forward_features(x), pre_logits=True)
+    assert expected.shape == (2, 1536)
+    np.testing.assert_allclose(embed(images), expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu

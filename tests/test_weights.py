@@ -236,7 +236,8 @@ def test_prepare_and_verify(server, cache, tmp_path, capsys, where, request):
     sets = [f"spatial.weights={server.url}/prep/spatial.safetensors#sha256={_sha(spatial)}",
             f"audio.weights={server.url}/prep/vggish.pth", f"audio.pca_params={server.url}/prep/pca.pth",
             "audio.postprocess=pca_quantized"]
-    assert weights_main(["prepare", *[a for s in sets for a in ("--set", s)], "--to", to]) == 0
+    args = [a for s in sets for a in ("--set", s)]
+    assert weights_main(["prepare", *args, "--to", to]) == 0
     overrides = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert overrides[::2] == ["--set"] * 3
     copies = dict(item.split("=", 1) for item in overrides[1::2])
@@ -250,6 +251,12 @@ def test_prepare_and_verify(server, cache, tmp_path, capsys, where, request):
     assert manifest["spatial.weights"]["source_sha256"] == _sha(spatial)
     assert manifest["audio.pca_params"]["dtypes"] == {"float64": 2} and manifest["audio.weights"]["tensors"] == 2
     assert weights_main(["verify", to]) == 0
+    assert weights_main(["fetch", *args]) == 0  # the cache already has every source: pinned lines printed
+    assert f"spatial.weights={server.url}/prep/spatial.safetensors#sha256={_sha(spatial)}" in capsys.readouterr().out
+    bad = ["--set", f"flow.weights={server.url}/prep/raft-0badc0de.pth", "--set", "flow.backend=raft_small"]
+    server.files["/prep/raft-0badc0de.pth"] = vggish.getvalue()
+    assert weights_main(["prepare", *args, *bad, "--to", to + "-bad"]) == 2
+    assert "flow.weights=" in capsys.readouterr().err and not storage.exists(storage.join(to + "-bad", "weights.json"))
     storage.write_bytes(copies["audio.weights"], _safetensors(_state(7)))
     assert weights_main(["verify", to]) == 1
     assert "audio.weights" in capsys.readouterr().err

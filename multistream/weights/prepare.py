@@ -2,12 +2,15 @@
 
     python -m multistream.weights prepare --config configs/ucf101.yaml --to s3://bucket/weights/
     python -m multistream.weights verify s3://bucket/weights/
+    python -m multistream.weights fetch --config configs/ucf101.yaml    # only fill this node's cache
 
 `prepare` fetches every weights source the config uses (checked as the extraction would check it), writes
 each as `<section>-<field>.safetensors` under --to, and `weights.json`:
     {"files": {"spatial.weights": {"file", "source", "pinned", "source_sha256", "sha256", "tensors",
                                    "parameters", "dtypes": {dtype: count}}, ...}}
 then prints the --set overrides that point the config at the copies. `verify` re-hashes every file listed.
+`fetch` fetches and checks the sources into MULTISTREAM_CACHE only (an image baked with them runs the
+config unchanged without internet).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from multistream import storage
 from multistream.cli import setup_logging
 from multistream.config import ConfigError, load_config
 from multistream.layout import absolute
-from multistream.weights.fetch import WeightsError
+from multistream.weights.fetch import WeightsError, cache_dir
 from multistream.weights.files import parse_state_dict, read_state_dict
 from multistream.weights.packaged import load_packaged
 from multistream.weights.sources import locate, resolve_all, weight_keys
@@ -83,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("prepare", help="fetch the config's weights and write safetensors copies")
-    make.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
-    make.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     make.add_argument("--to", required=True, help="folder or s3:// prefix for the copies")
+    fetch = commands.add_parser("fetch", help="fetch and check the config's weights into MULTISTREAM_CACHE")
+    for sub in (make, fetch):
+        sub.add_argument("--config", default=None, help="YAML config (default: the embedded demo)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     check = commands.add_parser("verify", help="re-hash the copies listed in weights.json")
     check.add_argument("root", help="folder or s3:// prefix that prepare wrote")
     args = parser.parse_args(argv)
@@ -97,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: {'FAILED' if problems else 'ok'}: {args.root}")
         return 1 if problems else 0
     try:
-        overrides = prepare(load_config(args.config, args.overrides), args.to)
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "fetch":
+            pinned = resolve_all(cfg)
+            for key, spec in weight_keys(pinned):
+                print(f"{key}={spec.split('&cached=')[0]}")
+            print(f"fetch: every weights source checked, cached under {cache_dir()}")
+            return 0
+        overrides = prepare(cfg, args.to)
     except (ConfigError, WeightsError) as error:
-        print(f"prepare: {error}", file=sys.stderr)
+        print(f"{args.command}: {error}", file=sys.stderr)
         return 2
     print(f"prepare: {len(overrides)} weights files under {absolute(args.to)}; run with")
     print(" ".join(f"--set {key}={uri}" for key, uri in overrides.items()))
