@@ -13,12 +13,14 @@ import _path  # noqa: F401
 from multistream.cli import job_parser, parse_job_args
 from multistream.inputs import prepare_input
 from multistream.ray.extract import run_extract
+from multistream.ray.guard import start_job
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Extract flow, spatial and audio features into Parquet", __doc__), argv)
     prepare_input(cfg)
-    summary = run_extract(cfg)
+    with start_job(cfg, "extract", reads_input=True):  # checks, then the run root's lease
+        summary = run_extract(cfg)
     print(f"extract: {summary.total} videos, {summary.skipped} already done, {summary.ok} ok, "
           f"{len(summary.errors)} errors in {summary.seconds:.1f} s → {cfg.paths.output}")
     for video_id, error in sorted(summary.errors.items()):

@@ -15,12 +15,14 @@ import _path  # noqa: F401
 from multistream.cli import job_parser, parse_job_args
 from multistream.fuse import run_fuse
 from multistream.fuse_results import summary_table
+from multistream.ray.guard import start_job
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Fit the fusion SVM and the anomaly autoencoder on video embeddings",
                                        __doc__), argv)
-    result = run_fuse(cfg)
+    with start_job(cfg, "fuse", uses_ray=False):  # checks, then the run root's lease
+        result = run_fuse(cfg)
     print(summary_table(result))
     print(f"fuse: models, predictions/ and anomaly/ → {cfg.paths.output}")
     return 0

@@ -12,12 +12,14 @@ Re-running resumes from the last epoch's checkpoint, and skips training once a m
 import _path  # noqa: F401
 
 from multistream.cli import job_parser, parse_job_args
+from multistream.ray.guard import start_job
 from multistream.ray.motion import run_train_motion
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Train the motion CNN and embed flow stacks", __doc__), argv)
-    result = run_train_motion(cfg)
+    with start_job(cfg, "train_motion"):  # checks, then the run root's lease
+        result = run_train_motion(cfg)
     t = result.training
     test = f"test accuracy {t.test_accuracy:.3f}" if t.test_accuracy is not None else "no test split"
     print(f"motion CNN{'' if result.trained else ' (kept)'}: {len(t.classes)} classes, val accuracy "

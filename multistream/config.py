@@ -207,7 +207,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    # S3 clients (botocore + s3fs), in the driver and every worker: attempts per request and back-off mode
+    # S3 clients (botocore + s3fs), in the driver and every worker: retries of a request and back-off mode
     retries: PosInt = 10
     retry_mode: Literal["legacy", "standard", "adaptive"] = "adaptive"
     connect_timeout: PosFloat = 10.0  # seconds

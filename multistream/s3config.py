@@ -1,14 +1,14 @@
-"""S3 client settings of every process of a job: attempts per request, back-off mode and timeouts.
+"""S3 client settings of every process of a job: retries of a request, back-off mode and timeouts.
 
 The driver takes them from the config's `storage` section (`configure`); they travel to Ray workers as
 environment variables (`env`, in the job's runtime environment), and `storage.filesystem` builds every s3fs
 client from them, so that the driver, Ray Data's readers and writers and Ray Train's checkpoint uploads (whose
 pyarrow filesystem wraps the same s3fs client) all retry alike. Unset variables mean the defaults below.
 
-Two layers retry: botocore (`retries.max_attempts`, with `retry_mode` back-off; "adaptive" also slows the
-client down after throttling answers such as 503 SlowDown) and s3fs around it (connection resets mid-body
-and SlowDown answers that botocore gave up on). Permanent errors (no such bucket, access denied) are retried
-by neither.
+Two layers retry: botocore (`retries.max_attempts`: retries after the first attempt, with `retry_mode`
+back-off; "adaptive" also slows the client down after throttling answers such as 503 SlowDown) and s3fs
+around it (connection resets mid-body and SlowDown answers that botocore gave up on). Permanent errors (no
+such bucket, access denied) are retried by neither.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def env(settings: StorageConfig) -> dict[str, str]:
 
 
 def configure(settings: StorageConfig) -> dict[str, str]:
-    """Apply `settings` to this process's S3 clients (and to the local Ray it starts); returns `env(settings)`."""
+    """Apply `settings` to this process's S3 clients (and a local Ray it starts); returns `env(settings)`."""
     values = env(settings)
     os.environ.update(values)
     return values
