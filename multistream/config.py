@@ -219,6 +219,23 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    # share of each class's train groups carved into `val` (UCF101 groups / a CSV `group` column stay whole);
+    # 0 carves nothing. A CSV manifest that names its own `val` videos is used as it is.
+    fraction: Fraction = 0.15
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CommitConfig:
+    # Extraction commits `ray.write.batch_size` videos at a time (one part per table); a commit whose
+    # features + flow would pass `max_mb` is split into several. A kill -9 loses at most the uncommitted ones.
+    max_mb: PosFloat = 512.0
+    progress_s: PosFloat = 10.0  # the driver's progress line, every this many seconds
+    error_examples: PosInt = 3  # videos named per kind of error in the job's summary
+
+
+@dataclass(frozen=True)
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -232,6 +249,8 @@ class Config:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    commit: CommitConfig = field(default_factory=CommitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
     def replace(self, **dotted: object) -> Config:

@@ -155,3 +155,83 @@ def test_cli(tmp_path, capsys):
     done = subprocess.run([sys.executable, "-m", "multistream.manifest", root, "--split", "1"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.splitlines()[1] == "Walk/v_Walk_g01_c01.avi,Walk,test"
+
+
+def ucf_names(classes=("Walk", "Run", "Jump"), groups=range(1, 26), clips=3):
+    return tuple(f"{c}/v_{c}_g{g:02d}_c{k:02d}.avi" for c in classes for g in groups for k in range(1, clips + 1))
+
+
+def test_validation_is_carved_from_train_by_whole_groups_in_every_class(tmp_path):
+    from multistream.config import ValidationConfig
+    from multistream.splits import group_of
+
+    root = make_tree(tmp_path / "ucf", ucf_names())
+    plain = build_manifest(root)
+    entries = build_manifest(root, validation=ValidationConfig(fraction=0.15, seed=0))
+    assert [e.video_id for e in entries] == [e.video_id for e in plain]
+    before, after = {e.video_id: e.split for e in plain}, {e.video_id: e.split for e in entries}
+    moved = {v for v in after if after[v] != before[v]}
+    assert moved and all(before[v] == "train" and after[v] == "val" for v in moved)  # test never touched
+    for label in ("Walk", "Run", "Jump"):  # 18 train groups a class: round(0.15 * 18) = 3 of them to val
+        val_groups = {group_of(e) for e in entries if e.label == label and e.split == "val"}
+        assert len(val_groups) == 3
+    sides = {}
+    for e in entries:
+        if e.split in ("train", "val"):
+            sides.setdefault(group_of(e), set()).add(e.split)
+    assert all(len(s) == 1 for s in sides.values())  # no group straddles train and val
+
+    again = build_manifest(root, validation=ValidationConfig(fraction=0.15, seed=0))
+    assert again == entries  # deterministic
+    other = build_manifest(root, validation=ValidationConfig(fraction=0.15, seed=1))
+    assert {e.video_id for e in other if e.split == "val"} != {e.video_id for e in entries if e.split == "val"}
+    assert build_manifest(root, validation=ValidationConfig(fraction=0.0)) == plain
+
+
+def test_small_classes_still_get_val_and_keep_train(tmp_path):
+    from multistream.config import ValidationConfig
+
+    names = ("A/v_A_g08_c01.avi", "A/v_A_g09_c01.avi", "B/v_B_g10_c01.avi")  # A: 2 train groups, B: 1
+    entries = build_manifest(make_tree(tmp_path / "u", names), validation=ValidationConfig(fraction=0.15))
+    splits = sorted(e.split for e in entries if e.label == "A")
+    assert splits == ["train", "val"] and [e.split for e in entries if e.label == "B"] == ["train"]
+
+
+def test_csv_group_column_and_own_val_split_are_honoured(tmp_path):
+    from multistream.config import ValidationConfig
+    from multistream.splits import carve_validation
+
+    names = [f"c{c}/v{i}.mp4" for c in range(2) for i in range(12)]
+    root = make_tree(tmp_path / "in", names)
+    rows = [f"{n},class{n[1]},train,src{n[1]}_{int(n.split('v')[1][:-4]) // 3}" for n in names]  # groups of 3
+    storage.write_text(f"{root}/labels.csv", "uri,label,split,group\n" + "\n".join(rows) + "\n")
+    entries = build_manifest(root, validation=ValidationConfig(fraction=0.25, seed=3))
+    for c in range(2):
+        val = [e for e in entries if e.label == f"class{c}" and e.split == "val"]
+        assert len(val) == 3 and len({e.group for e in val}) == 1  # one whole group of 4
+    storage.write_text(f"{root}/labels.csv", "uri,label,split\nc0/v0.mp4,a,val\nc0/v1.mp4,a,train\n"
+                       "c0/v2.mp4,a,train\nc1/v0.mp4,b,test\n")
+    own = build_manifest(root, validation=ValidationConfig(fraction=0.5))
+    assert by_id(own) == {"c0/v0.mp4": ("a", "val"), "c0/v1.mp4": ("a", "train"), "c0/v2.mp4": ("a", "train"),
+                          "c1/v0.mp4": ("b", "test")}  # its own val: nothing carved
+    assert carve_validation(own, 0.5) == own
+
+
+def test_manifest_cli_prints_the_val_split(tmp_path):
+    root = make_tree(tmp_path / "ucf", ucf_names(classes=("Walk",)))
+    out = subprocess.run([sys.executable, "-m", "multistream.manifest", root], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    splits = [line.rsplit(",", 1)[1] for line in out[1:]]
+    assert out[0] == "video_id,label,split" and splits.count("val") == 3 * 3 and "test" in splits
+    none = subprocess.run([sys.executable, "-m", "multistream.manifest", root, "--val-fraction", "0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert ",val" not in none
+
+
+def test_a_million_line_listing_streams(tmp_path):
+    from multistream.storage import iter_files
+
+    root = make_tree(tmp_path / "s", ("b/2.mp4", "a/1.mp4", ".hidden/x.mp4", "a/notes.txt"))
+    stream = iter_files(root)
+    assert next(stream).endswith("a/1.mp4")  # a generator: nothing listed ahead of what is read
+    assert [p.rsplit("/", 2)[-2] for p in [*stream]] == ["b"]

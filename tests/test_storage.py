@@ -114,3 +114,31 @@ def test_s3_list_decode_and_tables(s3_bucket, tmp_path):
     assert read.column("video_id").to_pylist() == ["y1", "x2"]
     storage.delete_part(tables, "p0")
     assert storage.list_parts(tables) == ["p1"] and storage.read_table(tables).num_rows == 2
+
+
+def test_small_parts_are_read_with_one_request_each_on_s3(s3_bucket, tmp_path):
+    import pyarrow as pa
+
+    from multistream import schema
+
+    names = {"a": ["v1", "v2"], "b": ["v3"]}
+    for root in (str(tmp_path / "videos"), storage.join(s3_bucket, "run", "videos")):
+        for part, ids in names.items():
+            table = pa.Table.from_pylist([{"video_id": v, "status": "ok"} for v in ids], schema=schema.VIDEOS_SCHEMA)
+            storage.write_part(table, root, part)
+        # a part of an older layout that lacks a column reads it as null
+        storage.write_part(pa.table({"video_id": ["v4"]}), root, "c")
+        got = storage.read_columns(root, ["video_id", "status"], schema.VIDEOS_SCHEMA)
+        assert got.column_names == ["video_id", "status"]
+        assert got.to_pylist() == [{"video_id": "v1", "status": "ok"}, {"video_id": "v2", "status": "ok"},
+                                   {"video_id": "v3", "status": "ok"}, {"video_id": "v4", "status": None}]
+    assert storage.read_columns(storage.join(s3_bucket, "none"), ["video_id"], schema.VIDEOS_SCHEMA).num_rows == 0
+
+
+def test_s3_listing_streams_page_by_page(s3_bucket):
+    for i in range(1003):  # more than a page of 1,000 keys
+        storage.write_bytes(storage.join(s3_bucket, "big", f"c{i % 3}", f"v{i:05d}.mp4"), b"")
+    storage.write_bytes(storage.join(s3_bucket, "big", ".hidden", "x.mp4"), b"")
+    listed = list(storage.iter_files(storage.join(s3_bucket, "big")))
+    assert len(listed) == 1003 and all(uri.startswith(s3_bucket + "/big/c") for uri in listed)
+    assert storage.list_files(storage.join(s3_bucket, "big")) == sorted(listed)
