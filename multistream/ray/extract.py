@@ -274,6 +274,9 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
     summary = ExtractSummary(len(entries), len(entries) - len(todo), 0, {}, 0.0)
     if todo:
+        from multistream.weights import resolve_all
+
+        cfg = resolve_all(cfg)  # every weights source fetched and checked (pinned) before any video
         init_ray(cfg)
         ray.data.DataContext.get_current().enable_progress_bars = True
         items = [{name: getattr(entry, name) or "" for name in ENTRY_COLUMNS} for entry in todo]
