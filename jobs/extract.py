@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     with start_job(cfg, "extract", reads_input=True):  # checks, then the run root's lease
         summary = run_extract(cfg)
     print(f"extract: {summary.total} videos, {summary.skipped} already done, {summary.ok} ok, "
-          f"{len(summary.errors)} errors in {summary.seconds:.1f} s → {cfg.paths.output}")
-    for video_id, error in sorted(summary.errors.items()):
-        print(f"  error  {video_id}: {error}")
+          f"{len(summary.errors)} errors in {summary.seconds:.1f} s ({summary.parts} commits) → {cfg.paths.output}")
+    if summary.errors:
+        print(f"errors by kind (every one is a row of {cfg.paths.output}/videos):")
+        print("\n".join(summary.errors.lines()))
     return 0
 
 

@@ -8,19 +8,21 @@ can be sampled once the whole motion profile is known), and the 16 kHz mono wave
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pyarrow as pa
 
-from multistream import schema
-from multistream.config import Config
-from multistream.flow import FlowEstimator, mean_magnitude, quantize
+from multistream.config import Config, ConfigError
+from multistream.extract_rows import error_message, fail, flow_table, read_flow, video_row  # noqa: F401 - re-exported
+from multistream.flow import FlowEstimator, make_flow_estimator, mean_magnitude, quantize
 from multistream.manifest import VideoEntry
 from multistream.sampling import frame_motion, sample_positions
 from multistream.storage import open_input
 from multistream.video import VideoError, open_video
+
+log = logging.getLogger(__name__)
 
 FLOW_CHUNK = 32  # frame pairs per flow call: bounds memory and lets RAFT batch on a GPU
 
@@ -104,32 +106,94 @@ def part_name(video_ids: list[str]) -> str:
     return f"part-{digest[:20]}"
 
 
-def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:
-    """One `flow/` row: shape (P, H, W, 2) and the quantized bytes."""
-    return pa.table({
-        "video_id": [video_id],
-        "shape": [list(flow.shape)],
-        "data": pa.array([flow.tobytes()], pa.large_binary()),
-        "clip_px": pa.array([clip_px], pa.float32()),
-    }, schema=schema.FLOW_SCHEMA)
+class Decoder:
+    """entry → row: decode + flow + sampling of one video (an error row for unreadable input)."""
+
+    def __init__(self, cfg: Config, threads: int | None = None, device: str | None = None):
+        self.cfg = cfg
+        self.estimator = make_flow_estimator(replace(cfg.flow, device=device or cfg.flow.device), threads=threads)
+
+    def __call__(self, entry: VideoEntry) -> dict:
+        started = time.perf_counter()
+        try:
+            decoded = decode_video(entry.uri, self.cfg, self.estimator)
+        except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
+            return {"video": video_row(entry, "error", error_message(error),
+                                       seconds={"decode_s": time.perf_counter() - started})}
+        return {"video": video_row(entry, facts=decoded.facts, seconds=decoded.seconds),
+                "positions": decoded.positions, "timestamps": decoded.timestamps,
+                "magnitudes": decoded.magnitudes, "frames": decoded.frames, "wave": decoded.wave,
+                "flow": decoded.flow}
 
 
-def read_flow(row: dict) -> np.ndarray:
-    """(P, H, W, 2) uint8 from a `flow/` row as a Python dict."""
-    return np.frombuffer(row["data"], np.uint8).reshape(row["shape"])
+class ModelStep:
+    """row → row: `embed` applied to the row's `source` array, replaced by `target` (T, D) float16.
+
+    Error rows pass through; a failing model makes the row an error row naming `target`."""
+
+    def __init__(self, embed, source: str, target: str):
+        self.embed, self.source, self.target = embed, source, target
+
+    def __call__(self, row: dict) -> dict:
+        data = row.pop(self.source, None)
+        if row["video"]["status"] != "ok":
+            return row
+        started = time.perf_counter()
+        try:
+            row[self.target] = np.asarray(self.embed(data)).astype(np.float16)
+        except Exception as error:  # noqa: BLE001
+            row = fail(row, self.target, error)
+        row["video"][f"{self.target}_s"] = time.perf_counter() - started
+        return row
 
 
-def video_row(entry: VideoEntry, status: str = "ok", error: str | None = None,
-              facts: dict | None = None, seconds: dict | None = None) -> dict:
-    """A `videos/` row; the facts of a failed video stay null."""
-    row = {name: None for name in schema.VIDEOS_SCHEMA.names}
-    row |= {"video_id": entry.video_id, "uri": entry.uri, "label": entry.label, "split": entry.split,
-            "status": status, "error": error}
-    row |= facts or {}
-    row |= seconds or {}
-    return row
+def spatial_step(cfg: Config, device: str | None = None) -> ModelStep:
+    """frames (K, S, S, 3) uint8 → spatial (K, D) float16."""
+    from multistream.spatial import SpatialEmbedder
+
+    return ModelStep(SpatialEmbedder(replace(cfg.spatial, device=device or cfg.spatial.device)), "frames", "spatial")
 
 
-def error_message(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if isinstance(error, VideoError) else f"{type(error).__name__}: {text}"
+def audio_step(cfg: Config, device: str | None = None) -> ModelStep:
+    """wave (N,) float32 → audio (E, 128) float16."""
+    from multistream.audio import AudioEmbedder
+
+    audio = replace(cfg.audio, device=device or cfg.audio.device)
+    return ModelStep(AudioEmbedder(audio, sample_rate=cfg.video.audio_rate), "wave", "audio")
+
+
+class VideoProcessor:
+    """The per-video stages without Ray: `VideoProcessor(cfg)(entry) -> row` (see `extract_rows`) takes one
+    video through decode + flow + sampling → spatial → audio; a bad video gives an error row, never raises.
+
+    `devices` maps "flow" / "spatial" / "audio" to the device each model runs on (default: its config's).
+    """
+
+    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None):
+        devices = devices or {}
+        self.steps = [Decoder(cfg, threads, devices.get("flow")), spatial_step(cfg, devices.get("spatial")),
+                      audio_step(cfg, devices.get("audio"))]
+
+    def __call__(self, entry: VideoEntry) -> dict:
+        row = self.steps[0](entry)
+        for step in self.steps[1:]:
+            row = step(row)
+        return row
+
+
+def check_gpu_placement(cfg: Config) -> list[str]:
+    """Refuse (ConfigError) a model that must run on CUDA in a pool that is given no GPU; return the warnings
+    for RAFT falling back to the CPU for that reason ("auto" is the GPU only in actors Ray gave one)."""
+    raft = cfg.flow.backend.startswith("raft")
+    warnings = []
+    for name, device, pool in (("flow", cfg.flow.device if raft else "cpu", "decode"),
+                               ("spatial", cfg.spatial.device, "spatial"), ("audio", cfg.audio.device, "audio")):
+        pool = pool if cfg.ray.fused is None else "fused"
+        if getattr(cfg.ray, pool).num_gpus:
+            continue
+        if device == "cuda":
+            raise ConfigError(f"{name}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
+        if name == "flow" and device == "auto":
+            warnings.append(f"flow.backend={cfg.flow.backend} runs on the CPU: ray.{pool}.num_gpus is 0, "
+                            "so its actors are given no GPU")
+    return warnings

@@ -9,18 +9,11 @@ Flow i is the displacement (dx, dy) in pixels that carries frame i onto frame i+
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import cv2
 import numpy as np
 
 from multistream.config import FlowConfig
-
-
-class FlowEstimator(Protocol):
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB, N >= 2 → (N-1, H, W, 2) float32 displacement (dx, dy) in pixels."""
-        ...
+from multistream.flow_base import FlowEstimator, check_frames
 
 
 def make_flow_estimator(cfg: FlowConfig, threads: int | None = None) -> FlowEstimator:
@@ -41,11 +34,6 @@ def make_flow_estimator(cfg: FlowConfig, threads: int | None = None) -> FlowEsti
 
         return RAFTFlow(cfg, threads)
     raise ValueError(f"flow.backend: unknown backend {cfg.backend!r}")
-
-
-def check_frames(frames: np.ndarray) -> None:
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
-        raise ValueError(f"expected (N>=2, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
 
 
 def _gray(frames: np.ndarray) -> list[np.ndarray]:

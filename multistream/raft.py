@@ -14,7 +14,7 @@ from torchvision.models.optical_flow import raft_large, raft_small
 
 from multistream.config import FlowConfig
 from multistream.device import resolve_device
-from multistream.flow import check_frames
+from multistream.flow_base import check_frames
 from multistream.weights import load_state_dict
 
 log = logging.getLogger(__name__)

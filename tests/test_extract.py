@@ -51,3 +51,55 @@ def test_flow_row_round_trip_and_part_names():
     row = flow_table("v", flow, 20.0).to_pylist()[0]
     np.testing.assert_array_equal(read_flow(row), flow)
     assert part_name(["a", "b"]) == part_name(["b", "a"]) != part_name(["a"])
+
+
+def test_video_processor_gives_one_row_per_video_errors_included(tmp_path):
+    from multistream.extract import VideoProcessor
+    from multistream.manifest import VideoEntry
+
+    cfg = load_config(overrides=["flow.size=[64, 48]", "spatial.image_size=32", "sampling.max_seq_len=8",
+                                 "sampling.segments=4", "spatial.device=cpu", "audio.device=cpu"])
+    process = VideoProcessor(cfg, threads=1)
+    good = write_test_video(tmp_path / "good.mp4", frames=20, audio_tone_hz=300)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    row = process(VideoEntry("good.mp4", str(good), "walk", "train"))
+    assert row["video"]["status"] == "ok" and row["video"]["n_frames"] == 20
+    assert row["spatial"].shape == (8, 1280) and row["spatial"].dtype == np.float16
+    assert row["audio"].shape[1] == 128 and row["flow"].shape == (19, 48, 64, 2)
+    assert "frames" not in row and "wave" not in row and row["video"]["spatial_s"] > 0
+    bad = process(VideoEntry("empty.mp4", str(tmp_path / "empty.mp4"), None, None))
+    assert bad["video"]["status"] == "error" and "empty file" in bad["video"]["error"] and set(bad) == {"video"}
+
+    from multistream.extract_rows import from_columns, to_columns
+
+    back = from_columns(to_columns([row, bad]))
+    assert back[1] == bad and back[0]["video"] == row["video"]
+    np.testing.assert_array_equal(back[0]["flow"], row["flow"])
+
+
+def test_a_failing_model_stage_makes_an_error_row_naming_it():
+    from multistream.extract import ModelStep
+    from multistream.extract_rows import video_row
+    from multistream.manifest import VideoEntry
+
+    def broken(frames):
+        raise RuntimeError("out of memory")
+
+    row = {"video": video_row(VideoEntry("a", "/a", None, None)), "frames": np.zeros((2, 4, 4, 3), np.uint8),
+           "flow": np.zeros((1, 4, 4, 2), np.uint8)}
+    out = ModelStep(broken, "frames", "spatial")(row)
+    assert out["video"]["status"] == "error" and out["video"]["error"] == "spatial: RuntimeError: out of memory"
+    assert set(out) == {"video"}
+
+
+def test_gpu_placement_is_checked_before_any_actor_starts():
+    from multistream.config import ConfigError
+    from multistream.extract import check_gpu_placement
+
+    with pytest.raises(ConfigError, match=r"spatial.device: cuda, but ray.fused.num_gpus is 0"):
+        check_gpu_placement(load_config(overrides=["spatial.device=cuda"]))
+    raft = ["ray.fused=null", "flow.backend=raft_small", "flow.weights=raft.pth"]
+    assert check_gpu_placement(load_config(overrides=raft)) == [
+        "flow.backend=raft_small runs on the CPU: ray.decode.num_gpus is 0, so its actors are given no GPU"]
+    assert check_gpu_placement(load_config(overrides=[*raft, "flow.device=cuda", "ray.decode.num_gpus=0.25"])) == []
+    assert check_gpu_placement(load_config(overrides=["flow.device=cuda"])) == []  # DIS: the flow device is unused

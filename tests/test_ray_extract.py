@@ -166,26 +166,10 @@ def test_extract_from_and_to_s3(ray_session, s3_bucket, tmp_path):
     assert storage.read_table(f"{out}/flow").num_rows == 2
 
 
-def test_gpu_placement_is_checked_before_any_actor_starts(caplog):
-    from multistream.config import ConfigError, load_config
-    from multistream.ray.extract import check_gpu_placement
-
-    with pytest.raises(ConfigError, match=r"spatial.device: cuda, but ray.fused.num_gpus is 0"):
-        check_gpu_placement(load_config(overrides=["spatial.device=cuda"]))
-    raft = ["ray.fused=null", "flow.backend=raft_small", "flow.weights=raft.pth"]
-    with caplog.at_level("WARNING", logger="multistream.ray.extract"):
-        check_gpu_placement(load_config(overrides=raft))
-    assert "raft_small runs on the CPU: ray.decode.num_gpus is 0" in caplog.text
-    caplog.clear()
-    check_gpu_placement(load_config(overrides=[*raft, "flow.device=cuda", "ray.decode.num_gpus=0.25"]))
-    check_gpu_placement(load_config(overrides=["flow.device=cuda"]))  # DIS: the flow device is not used
-    assert caplog.text == ""
-
-
 def test_auto_is_the_gpu_only_where_ray_gave_one(ray_session):
     import ray
 
-    from multistream.ray.session import actor_device
+    from multistream.device import actor_device
 
     device = ray.remote(num_gpus=0)(actor_device)
     assert ray.get([device.remote("auto"), device.remote("cpu"), device.remote("cuda")]) == ["cpu", "cpu", "cuda"]

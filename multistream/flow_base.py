@@ -1,0 +1,18 @@
+"""The optical-flow interface every backend implements (`flow` builds them; `raft` is one of them)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class FlowEstimator(Protocol):
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB, N >= 2 → (N-1, H, W, 2) float32 displacement (dx, dy) in pixels."""
+        ...
+
+
+def check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:
+        raise ValueError(f"expected (N>=2, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
