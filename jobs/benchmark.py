@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
     parser.add_argument("--extraction", action=argparse.BooleanOptionalAction, default=True,
                         help="the extraction section (default: on)")
+    parser.add_argument("--scale", action="store_true",
+                        help="only the scale section (multistream.bench.scale) → reports/scale.json")
     cfg, args = parse_job_args(parser, argv)
+    if args.scale:
+        from multistream.bench import scale
+
+        return scale.run(args.config, args.overrides, cfg.paths.output)
     entries = benchmark_entries(cfg, args.demo_sets)
     out = RunRoot(cfg.paths.output).report(REPORT)
     report = json.loads(storage.read_text(out)) if storage.exists(out) else {}
