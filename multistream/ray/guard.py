@@ -25,7 +25,7 @@ import ray
 
 from multistream import s3config, storage
 from multistream.config import Config
-from multistream.layout import RunRoot
+from multistream.layout import RunRoot, absolute
 from multistream.lease import Lease, LeaseHeld, this_process
 from multistream.ray.session import init_ray
 
@@ -100,7 +100,7 @@ def storage_error(error: BaseException) -> str | None:
 def check_lease(uri: str) -> None:
     """Raise where this process holds run root `uri` through `start_job` and has lost its lease since: call it
     before a step that must not race another job, such as the end-of-run removal of stray commits."""
-    held = _held.get(RunRoot(uri).uri)
+    held = _held.get(absolute(uri))
     if held is not None:
         held[0].check()
 
@@ -111,7 +111,7 @@ def start_job(cfg: Config, job: str, *, reads_input: bool = False, uses_ray: boo
 
     reads_input: check `--input` too (extraction). uses_ray: False for a job that runs in its own process only
     (fusion): Ray is neither started nor asked about its nodes."""
-    root = RunRoot(cfg.paths.output)
+    root = RunRoot(absolute(cfg.paths.output))
     if root.uri in _held:
         _held[root.uri][1] += 1
         try:
