@@ -22,6 +22,8 @@ from multistream import layout, storage
 from multistream.bundle import BundleError, open_bundle
 from multistream.cli import job_parser, parse_job_args
 from multistream.predict import evaluate
+from multistream.ray.guard import start_job
+from multistream.ray.predict import run_predict
 
 DEMO_MODELS, DEMO_INPUT, DEMO_OUTPUT, DEMO_SEED = "runs/demo", "runs/demo-data-new", "runs/predict", 7
 
@@ -47,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         from multistream.demo import generate_demo
 
         generate_demo(source, seed=DEMO_SEED)
-    cfg = cfg.replace(**{"paths.input": source, "paths.output": output, "paths.demo": False})
+    # the input's own splits are kept as they are: no validation split is carved from them
+    cfg = cfg.replace(**{"paths.input": source, "paths.output": output, "paths.demo": False,
+                         "validation.fraction": 0.0})
 
-    from multistream.ray.predict import run_predict
-
-    summary = run_predict(cfg, bundle, embed_only=args.embed_only)
+    with start_job(cfg, "predict", reads_input=True):  # checks, then the output run root's lease
+        summary = run_predict(cfg, bundle, embed_only=args.embed_only)
     extract = summary.extract
     print(f"extract: {extract.total} videos, {extract.skipped} already done, {extract.ok} ok, "
           f"{len(extract.errors)} errors")
