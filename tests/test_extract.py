@@ -103,3 +103,14 @@ def test_gpu_placement_is_checked_before_any_actor_starts():
         "flow.backend=raft_small runs on the CPU: ray.decode.num_gpus is 0, so its actors are given no GPU"]
     assert check_gpu_placement(load_config(overrides=[*raft, "flow.device=cuda", "ray.decode.num_gpus=0.25"])) == []
     assert check_gpu_placement(load_config(overrides=["flow.device=cuda"])) == []  # DIS: the flow device is unused
+
+
+def test_a_bad_video_is_an_error_row_without_a_log_line(tmp_path, cfg, caplog):
+    from multistream.extract import Decoder
+    from multistream.manifest import VideoEntry
+
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with caplog.at_level("INFO"):
+        rows = [Decoder(cfg)(VideoEntry(f"v{i}", str(tmp_path / "empty.mp4"), None, None)) for i in range(20)]
+    assert all(row["video"]["status"] == "error" and row["video"]["decode_s"] >= 0 for row in rows)
+    assert not [r for r in caplog.records if r.name.startswith("multistream")]  # counted by the driver instead
