@@ -4,7 +4,9 @@
     generate_demo("runs/demo-data", seed=0)      # -> Path("runs/demo-data")
 
 Layout: `DIR/<Class>/<class>_<nn>.<ext>`, `DIR/anomaly/anomaly_<nn>.<ext>` and `DIR/labels.csv`
-(`uri,label,split`; uri relative to DIR; split train|test|anomaly; anomalous clips have label `anomaly`).
+(`uri,label,split`; uri relative to DIR; split train|val|test|anomaly; anomalous clips have label `anomaly`).
+The demo names its own `val` clips (a quarter of each class), enough normal clips no model is fitted on to
+calibrate the anomaly threshold.
 labels.csv is written last, so its presence means the set is complete.
 
 Each class is a triple of cues, one per stream, shared between classes so that any single cue splits the
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,10 @@ CUES: dict[str, tuple[str, str, str]] = {  # class -> (appearance, motion, audio
     "CoolBob": ("cool", "vertical", "low"),
 }
 ANOMALY = "anomaly"
+TEST_SHARE, VAL_SHARE = 1 / 3, 1 / 4  # of each class's clips; the rest is train
+# 15 per class: 6 train, 4 val, 5 test; 20 normal test clips and 16 normal val clips, so that a 0.05
+# false-positive rate and a top-1 0.1 under a stream's ceiling can be told from chance
+CLIPS_PER_CLASS, N_ANOMALIES = 15, 8
 STREAM_CUE = {"spatial": 0, "temporal": 1, "audio": 2}  # each stream's cue: its index in the CUES triples
 
 
@@ -94,22 +101,26 @@ def _encoder(candidates: tuple[str, ...]) -> str:
     raise RuntimeError(f"none of the encoders {candidates} is available in this PyAV build")
 
 
-def _split_and_silent(rng: np.random.Generator, n: int) -> tuple[set[int], set[int]]:
-    """~1/3 test, the rest train; ~1/5 without audio, alternating between test and train clips."""
+def _split_and_silent(rng: np.random.Generator, n: int, turn: int) -> tuple[dict[int, str], set[int]]:
+    """Clip index → split: ~1/3 test, ~1/4 val (while 2 or more clips stay in train), the rest train; and
+    ~1/5 of the clips without audio, taken in turn from each split, starting at split number `turn` % 3."""
     perm = [int(i) for i in rng.permutation(n)]
-    n_test = round(n / 3)
-    test, train = perm[:n_test], perm[n_test:]
-    alternating = [x for pair in zip(test, train, strict=False) for x in pair] + train[len(test):]
-    return set(test), set(alternating[: round(n / 5)])
+    n_test = round(n * TEST_SHARE)
+    n_val = round(n * VAL_SHARE) if n - n_test - round(n * VAL_SHARE) >= 2 else 0
+    parts = {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+    order = list(parts.values())
+    order = order[turn % 3:] + order[:turn % 3]
+    turns = [x for group in itertools.zip_longest(*order) for x in group if x is not None]
+    return {i: split for split, members in parts.items() for i in members}, set(turns[: round(n / 5)])
 
 
-def plan_demo(seed: int = 0, clips_per_class: int = 12, n_anomalies: int = 6) -> list[ClipSpec]:
+def plan_demo(seed: int = 0, clips_per_class: int = CLIPS_PER_CLASS, n_anomalies: int = N_ANOMALIES) -> list[ClipSpec]:
     """Every clip of the dataset, classes first (in `DEMO_CLASSES` order), then the anomalies."""
     specs = []
     groups = [(kind, name, clips_per_class) for kind, name in enumerate(DEMO_CLASSES)]
     groups.append((len(DEMO_CLASSES), ANOMALY, n_anomalies))
     for kind, name, n in groups:
-        test, silent = _split_and_silent(np.random.default_rng([seed, kind, 1000]), n)
+        splits, silent = _split_and_silent(np.random.default_rng([seed, kind, 1000]), n, kind)
         if name == ANOMALY:
             silent = set(range(n - round(n / 5), n))
         for i in range(n):
@@ -117,7 +128,7 @@ def plan_demo(seed: int = 0, clips_per_class: int = 12, n_anomalies: int = 6) ->
             fmt = FORMATS[(kind + i) % len(FORMATS)]
             fps = int(rng.choice([12, 15, 15, 18]))
             width, height = (160, 120) if rng.random() < 0.75 else (128, 96)
-            split = ANOMALY if name == ANOMALY else ("test" if i in test else "train")
+            split = ANOMALY if name == ANOMALY else splits[i]
             specs.append(ClipSpec(
                 uri=f"{name}/{name.lower()}_{i:02d}.{fmt.ext}", label=name, split=split,
                 key=(seed, kind, i), ext=fmt.ext, video_codec=_encoder(fmt.video),
@@ -125,6 +136,7 @@ def plan_demo(seed: int = 0, clips_per_class: int = 12, n_anomalies: int = 6) ->
                 width=width, height=height, fps=fps, n_frames=round(rng.uniform(2.0, 4.0) * fps),
             ))
     return specs
+
 
 def write_clip(path: Path, spec: ClipSpec, frames: np.ndarray, audio: np.ndarray | None) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames and optional (S,) float32 mono audio into `path`."""
@@ -150,7 +162,8 @@ def write_clip(path: Path, spec: ClipSpec, frames: np.ndarray, audio: np.ndarray
             out.mux(aus.encode())
 
 
-def generate_demo(output: str | Path, seed: int = 0, clips_per_class: int = 12, n_anomalies: int = 6) -> Path:
+def generate_demo(output: str | Path, seed: int = 0, clips_per_class: int = CLIPS_PER_CLASS,
+                  n_anomalies: int = N_ANOMALIES) -> Path:
     """Write the dataset under `output` (overwriting its files) and return the root as a Path."""
     root = Path(output)
     (root / "labels.csv").unlink(missing_ok=True)  # until rewritten, the set is incomplete
@@ -199,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the synthetic multistream demo dataset.")
     parser.add_argument("--output", required=True, help="dataset root to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clips-per-class", type=int, default=12)
-    parser.add_argument("--anomalies", type=int, default=6)
+    parser.add_argument("--clips-per-class", type=int, default=CLIPS_PER_CLASS)
+    parser.add_argument("--anomalies", type=int, default=N_ANOMALIES)
     args = parser.parse_args(argv)
     root = generate_demo(args.output, args.seed, args.clips_per_class, args.anomalies)
     n = len(plan_demo(args.seed, args.clips_per_class, args.anomalies))

@@ -52,7 +52,7 @@ def test_layout_and_labels(demo_root):
     rows = read_labels(demo_root)
     assert rows[0] == ["uri", "label", "split"]
     rows = rows[1:]
-    assert len(rows) == 4 * 12 + 6 and len(DEMO_CLASSES) >= 4
+    assert len(rows) == 4 * 15 + 8 and len(DEMO_CLASSES) >= 4
     for uri, label, split in rows:
         folder, stem = ("anomaly", "anomaly") if label == ANOMALY else (label, label.lower())
         assert re.fullmatch(rf"{folder}/{stem}_\d\d\.(mp4|avi|mkv)", uri), uri
@@ -62,8 +62,8 @@ def test_layout_and_labels(demo_root):
     assert on_disk == {uri for uri, _, _ in rows} | {"labels.csv"}
     splits = Counter((label, split) for _, label, split in rows)
     for name in DEMO_CLASSES:
-        assert splits[name, "train"] == 8 and splits[name, "test"] == 4
-    assert splits[ANOMALY, ANOMALY] == 6
+        assert (splits[name, "train"], splits[name, "val"], splits[name, "test"]) == (6, 4, 5)
+    assert splits[ANOMALY, ANOMALY] == 8
     assert {uri.rsplit(".", 1)[1] for uri, _, _ in rows} == {"mp4", "avi", "mkv"}
 
 
@@ -94,7 +94,7 @@ def test_every_clip_decodes_with_its_container_codecs_and_streams(demo_root):
     assert {"aac", "opus", "flac"} <= audio_codecs and audio_codecs & {"mp3", "pcm_s16le"}
     silent = [s for s in specs if s.audio_codec is None]
     assert 0.1 <= len(silent) / len(specs) <= 0.3
-    assert {s.split for s in silent} == {"train", "test", ANOMALY}
+    assert {s.split for s in silent} == {"train", "val", "test", ANOMALY}
     assert len({s.ext for s in silent}) >= 2
 
 

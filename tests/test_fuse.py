@@ -192,3 +192,42 @@ def test_load_embeddings_merges_the_rows_of_one_video(tmp_path):
 def test_fuse_without_embeddings_says_what_to_run(tmp_path):
     with pytest.raises(RuntimeError, match="train_rnn"):
         run_fuse(fuse_config(str(tmp_path / "empty")))
+
+
+def _poisoned(rows: list[dict], split: str) -> list[dict]:
+    """The rows with every vector of `split` moved far off (what a model choice reading that split would see)."""
+    return [{**r, **{s: r[s] * 30 + 50 for s in schema.STREAMS if r.get(s) is not None}} if r["split"] == split
+            else r for r in rows]
+
+
+def test_no_choice_reads_the_test_split(tmp_path):
+    """The SVM is fitted on train and the threshold calibrated on val: poisoning the test (and anomaly)
+    embeddings changes neither, poisoning val moves the threshold but not the SVM."""
+    cfg = load_config(None, [*SETTINGS, "anomaly.epochs=20"])
+    rows = synthetic_videos(seed=2, train=10, val=8, test=6, anomalies=4)
+    outcomes = {}
+    for name, variant in (("clean", rows), ("test", _poisoned(_poisoned(rows, "test"), "anomaly")),
+                          ("val", _poisoned(rows, "val"))):
+        root = str(tmp_path / name)
+        storage.write_part(_table(variant, schema.STREAMS), f"{root}/embeddings", "part-0")
+        result = run_fuse(cfg.replace(**{"paths.output": root}))
+        outcomes[name] = (result, FusionModel.load(f"{root}/models/svm"))
+    (clean, svm), (test, test_svm), (val, val_svm) = outcomes["clean"], outcomes["test"], outcomes["val"]
+    assert test.anomaly.threshold == clean.anomaly.threshold
+    np.testing.assert_array_equal(test_svm.coef, svm.coef)
+    assert test.fusion.top1 < clean.fusion.top1  # the poisoned test videos were scored, just never chosen on
+    assert test.anomaly.false_positive_rate > clean.anomaly.false_positive_rate
+    assert val.anomaly.threshold > 10 * clean.anomaly.threshold
+    np.testing.assert_array_equal(val_svm.coef, svm.coef)
+
+
+def test_without_a_val_split_the_threshold_comes_from_held_out_train_videos_and_says_so(tmp_path):
+    root = str(tmp_path / "run")
+    rows = synthetic_videos(seed=3, train=12, val=0, test=4, anomalies=2)
+    storage.write_part(_table(rows, schema.STREAMS), f"{root}/embeddings", "part-0")
+
+    result = run_fuse(load_config(None, [f"paths.output={root}", *SETTINGS, "anomaly.epochs=5"]))
+
+    assert result.anomaly.splits["calibrate"].startswith("train (held out")
+    assert (result.anomaly.n_fit, result.anomaly.n_calibration) == (27, 9)  # anomaly.calibration = 0.25 of 36
+    assert "train (held out" in summary_table(result)
