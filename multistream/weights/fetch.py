@@ -108,6 +108,7 @@ def download(url: str, expected: str | None = None) -> tuple[Path, str]:
                 return dest, actual
             log.warning("%s: the cached copy has sha256 %s, not %s: downloading again", url, actual, expected)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.unlink(missing_ok=True)  # a file counts as cached only once its sidecar is written, last
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:
             actual = _stream(url, tmp)
@@ -117,12 +118,13 @@ def download(url: str, expected: str | None = None) -> tuple[Path, str]:
             if expected is None:
                 log.warning("%s: no hash to check it against; its sha256 is %s (pin it with #sha256=%s)",
                             url, actual, actual)
-            sidecar.write_text(actual + "\n")
             os.replace(tmp, dest)
+            tmp.write_text(actual + "\n")
+            os.replace(tmp, sidecar)
         finally:
             tmp.unlink(missing_ok=True)
-            if not dest.is_file():
-                sidecar.unlink(missing_ok=True)
+            if not sidecar.is_file():
+                dest.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     dest.parent.rmdir()
     log.info("weights %s → %s", url, dest)
