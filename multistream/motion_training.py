@@ -33,8 +33,13 @@ def motion_device(cfg: Config) -> str:
     return actor_device(cfg.motion_cnn.device)
 
 
-def check_motion_placement(cfg: Config) -> None:
-    """Refuse (ConfigError), before any work, a motion CNN that must run on CUDA where Ray gives no GPU."""
+def check_motion_resources(cfg: Config) -> None:
+    """Refuse (ConfigError), before any work, a motion CNN that must run on CUDA where Ray gives no GPU, or a
+    batch that cannot be divided among the Train workers."""
+    workers = cfg.ray.train.num_workers
+    if cfg.motion_cnn.batch_size % workers:
+        raise ConfigError(f"motion_cnn.batch_size: {cfg.motion_cnn.batch_size} stacks a step cannot be divided "
+                          f"among ray.train.num_workers={workers} Train workers")
     if cfg.motion_cnn.device != "cuda":
         return
     if not cfg.ray.train.use_gpu:
@@ -64,21 +69,23 @@ def _counted(batches: Iterable, count: list[int]):
 
 
 class MotionTrainer:
-    """The epochs of one worker: `model` (unwrapped: validation, test), `wrapped` (what trains: DDP across
-    Ray Train workers, else `model`), this worker's `plan` shard, and `reduce`, which sums figures over the
-    workers (identity in one process). `pad_to`: stacks per epoch each worker takes (equal steps for DDP)."""
+    """The epochs of worker `rank` of `world`: `model` (unwrapped: validation, test), `wrapped` (what trains:
+    DDP across Ray Train workers, else `model`), this worker's `plan` shard, and `reduce`, which sums figures
+    over the workers (identity in one process). Each worker takes `motion_cnn.batch_size / world` stacks a
+    step, so that a step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps)."""
 
     def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
-                 cfg: Config, device: torch.device, rank: int = 0, wrapped: torch.nn.Module | None = None,
-                 reduce: Reduce | None = None, pad_to: int | None = None):
+                 cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
+                 wrapped: torch.nn.Module | None = None, reduce: Reduce | None = None, pad_to: int | None = None):
         self.model, self.wrapped, self.optimizer = model, wrapped or model, optimizer
         self.source, self.plan, self.cfg, self.device, self.rank = source, plan, cfg, device, rank
+        self.batch_size = cfg.motion_cnn.batch_size // world
         self.reduce, self.pad_to = reduce or (lambda sums: sums), pad_to
         self.loss_fn = torch.nn.CrossEntropyLoss()
 
     def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
         mc = self.cfg.motion_cnn
-        return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, mc.batch_size,
+        return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, self.batch_size,
                              mc.stack_length, self.cfg.flow.clip_px, rng, pad_to)
 
     def epoch(self, epoch: int) -> dict[str, float]:

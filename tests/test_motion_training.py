@@ -9,7 +9,7 @@ import torch
 from multistream.config import ConfigError
 from multistream.motion import make_plan
 from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
-from multistream.motion_training import check_motion_placement, fit_motion_cnn, motion_device, training_meta
+from multistream.motion_training import check_motion_resources, fit_motion_cnn, motion_device, training_meta
 from tests.motion_fixtures import config as run_config
 from tests.motion_fixtures import synthetic_flow, toy_videos
 
@@ -96,11 +96,13 @@ def test_the_motion_cnn_follows_its_own_device_key():
     assert motion_device(config(1, "spatial.device=cpu")) == "auto"
 
 
-def test_cuda_without_gpus_is_refused_before_work():
+def test_cuda_without_gpus_and_odd_batches_are_refused_before_work():
     gpus = ["motion_cnn.device=cuda", "ray.train.use_gpu=true"]
-    check_motion_placement(config(1, *gpus, "ray.embed.num_gpus=1"))
-    check_motion_placement(config(1, "ray.embed.num_gpus=0"))  # auto: the CPU where no GPU is given
+    check_motion_resources(config(1, *gpus, "ray.embed.num_gpus=1"))
+    check_motion_resources(config(1, "ray.embed.num_gpus=0"))  # auto: the CPU where no GPU is given
     with pytest.raises(ConfigError, match="motion_cnn.device: cuda, but ray.embed.num_gpus is 0"):
-        check_motion_placement(config(1, *gpus, "ray.embed.num_gpus=0"))
+        check_motion_resources(config(1, *gpus, "ray.embed.num_gpus=0"))
     with pytest.raises(ConfigError, match="ray.train.use_gpu is false"):
-        check_motion_placement(config(1, "motion_cnn.device=cuda", "ray.embed.num_gpus=1"))
+        check_motion_resources(config(1, "motion_cnn.device=cuda", "ray.embed.num_gpus=1"))
+    with pytest.raises(ConfigError, match="motion_cnn.batch_size: 16 stacks a step cannot be divided"):
+        check_motion_resources(config(1, "ray.train.num_workers=3"))

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from multistream import schema, storage
@@ -61,6 +62,19 @@ def test_trains_embeds_resumes_and_learns(tmp_path, ray_session):
     assert meta["classes"] == ["class0", "class1"] and meta["flow_size"] == list(SIZE)
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())["motion_cnn"]
     assert metrics["best_epoch"] == t.best_epoch and metrics["test_accuracy"] == t.test_accuracy
+
+
+def test_two_workers_split_the_videos_and_the_batch(tmp_path, ray_session):
+    ids = make_run_root(tmp_path, videos_per_class=7)  # 6 train, 4 val, 4 test videos
+    rows = storage.read_table(str(tmp_path / "videos")).to_pylist()
+    for row in rows:  # 5 train videos: 3 and 2 for the workers, which still take equal steps
+        row["status"] = "error" if row["video_id"] == "c1/v6.mp4" else row["status"]
+    storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), str(tmp_path / "videos"), "part-0")
+    result = run_train_motion(config(tmp_path, 2, "ray.train.num_workers=2"))
+    assert [m["epoch"] for m in result.training.history] == [1, 2] and result.embedded == len(ids)
+    assert result.training.n_train == 5
+    assert sorted(storage.read_table(str(tmp_path / "motion"))["video_id"].to_pylist()) == sorted(ids)
+    assert 0 <= result.training.val_accuracy <= 1 and result.training.n_val == 4
 
 
 def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):

@@ -37,7 +37,7 @@ from multistream.motion_training import (
     MotionTrainer,
     MotionTraining,
     TrainMotionResult,
-    check_motion_placement,
+    check_motion_resources,
     motion_device,
     new_model,
     summarize,
@@ -54,7 +54,7 @@ def train_loop(config: dict) -> None:
     """One Ray Train worker: the epochs (resumed from the last checkpoint), then test, embedding and the model."""
     cfg, plan, positions = config["cfg"], config["plan"], config["positions"]
     mc, run = cfg.motion_cnn, RunRoot(cfg.paths.output)
-    worker_setup(cfg.ray.torch_threads)
+    worker_setup(max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker)))  # every CPU it holds
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = resolve_device(motion_device(cfg))
     model = new_model(plan, cfg).to(device)
@@ -67,8 +67,8 @@ def train_loop(config: dict) -> None:
         return {k: v * world for k, v in mean_over_workers(sums, device).items()}
 
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
-    trainer = MotionTrainer(model, optimizer, source, plan.shard(rank, world), cfg, device, rank, wrapped, summed,
-                            pad_to=mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None)
+    trainer = MotionTrainer(model, optimizer, source, plan.shard(rank, world), cfg, device, rank, world, wrapped,
+                            summed, pad_to=mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None)
     while loop.epoch < mc.epochs and not loop.done:
         loop.end_epoch(trainer.epoch(loop.epoch + 1))
 
@@ -127,7 +127,7 @@ def embed_motion(cfg: Config, positions: dict[str, list[int]]) -> int:
 
 def run_train_motion(cfg: Config) -> TrainMotionResult:
     """Train (unless a model exists) and embed the videos not yet in `motion/`; resumable at both steps."""
-    check_motion_placement(cfg)
+    check_motion_resources(cfg)
     cfg = cfg.replace(**{"paths.output": absolute(cfg.paths.output)})  # workers must not depend on the cwd
     run = RunRoot(cfg.paths.output)
     positions = pending_positions(run)
