@@ -83,3 +83,61 @@ def test_extract_under_ray_job_submit(cluster, tmp_path):
     assert "joined Ray cluster" in result.stdout + result.stderr
     videos = pds.dataset(str(out / "videos")).to_table().to_pandas()
     assert sorted(videos.video_id) == ["wave/a.mp4", "wave/b.mp4"] and (videos.status == "ok").all()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.environ.get("MULTISTREAM_CLUSTER_TESTS"),
+                    reason="multi-node fault tests are opt-in: set MULTISTREAM_CLUSTER_TESTS=1")
+def test_a_driver_killed_under_ray_job_submit_resumes_when_submitted_again(cluster, tmp_path):
+    """kill -9 of the job's driver process on the cluster; submitting the job again resumes (no video twice)."""
+    import re
+
+    import psutil
+
+    from multistream import storage
+    from tests.helpers import SMALL_EXTRACTION
+
+    address, env = cluster
+    inputs = tmp_path / "videos"
+    for i in range(8):
+        (inputs / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        write_test_video(inputs / f"c{i % 2}" / f"v{i}.mp4", frames=20, seed=i, audio_tone_hz=300 + 50 * i)
+    out = tmp_path / "run"
+
+    def submit(*extra: str) -> subprocess.CompletedProcess:
+        command = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), *extra, "--",
+                   "python", "jobs/extract.py", "--input", str(inputs), "--output", str(out),
+                   "--set", "ray.fused.batch_size=1", *SMALL_EXTRACTION]
+        for _ in range(30):  # the node's job agent comes up a few seconds after `ray start` returns
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in result.stderr + result.stdout:
+                return result
+            time.sleep(2)
+        return result
+
+    started = time.monotonic()
+    first = submit("--no-wait")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    deadline = time.monotonic() + 400
+    while len(storage.list_parts(str(out / "videos"))) < 2:
+        assert time.monotonic() < deadline, "the submitted job committed nothing"
+        time.sleep(0.2)
+    drivers = [p for p in psutil.process_iter(["cmdline"])
+               if "jobs/extract.py" in " ".join(p.info["cmdline"] or []) and str(out) in p.info["cmdline"]]
+    assert drivers, "no driver process found"
+    for process in drivers:
+        process.kill()
+    at_kill = len(storage.list_parts(str(out / "videos")))
+    psutil.wait_procs(drivers, timeout=30)
+    again = submit()
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    done = re.search(r"(\d+) already done", again.stdout)
+    assert done and int(done.group(1)) >= at_kill, again.stdout[-3000:]  # resumed, not started over
+    videos = pds.dataset(str(out / "videos")).to_table().to_pandas()
+    assert sorted(videos.video_id) == sorted(f"c{i % 2}/v{i}.mp4" for i in range(8))
+    assert (videos.status == "ok").all()
+    features = pds.dataset(str(out / "features")).to_table(columns=["video_id"]).to_pandas().video_id
+    assert features.is_unique and sorted(features) == sorted(videos.video_id)
+    print(f"\nFAULT driver killed under ray job submit: {at_kill}/8 committed at the kill, resubmitted to "
+          f"8/8; {time.monotonic() - started:.0f} s")
