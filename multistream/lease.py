@@ -2,8 +2,9 @@
 
 The lease is a folder of generation files, `<run root>/lease/<generation>.json`; the highest generation is the
 lease in force. A job takes the lease by creating the next generation exclusively — `O_EXCL`-like on a local
-or shared filesystem (a hard link of a finished temporary file), a conditional PUT (`If-None-Match: *`) on S3 —
-so of two jobs only one can create it, and the winner checks that no higher generation appeared meanwhile.
+or shared filesystem (a hard link of a finished temporary file), a conditional PUT (`If-None-Match: *`) on
+S3 — so of two jobs only one can create it, and the winner checks that no higher generation appeared
+meanwhile.
 The holder rewrites its own file every `ttl_s / 4` seconds (the heartbeat). A generation is free when its
 holder released it, when its heartbeat is older than `ttl_s` (a crashed or killed job: no one removes its
 file), or at once when its holder was a process of this host that is gone. Holders whose heartbeat finds a
@@ -77,7 +78,10 @@ def _process_gone(holder: Holder) -> bool:
     if holder.host != socket.gethostname():
         return False
     try:
-        created = psutil.Process(holder.pid).create_time()
+        process = psutil.Process(holder.pid)
+        created = process.create_time()
+        if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
+            return True
     except psutil.NoSuchProcess:
         return True
     return holder.process_started is not None and abs(created - holder.process_started) > 1.0
@@ -179,8 +183,8 @@ class Lease:
             holder = Holder(**record["holder"])
             left = deadline - time.monotonic()
             if left <= 0:
-                raise LeaseHeld(f"{self.directory} is held by {holder.describe()}: one job at a time writes a "
-                                f"run root (storage.lease_wait_s sets how long to wait for it)", holder)
+                raise LeaseHeld(f"{self.directory} is held by {holder.describe()}: one job at a time writes "
+                                f"a run root (storage.lease_wait_s sets how long to wait for it)", holder)
             if not announced:
                 log.info("waiting up to %.0f s for %s to release %s", self.wait_s, holder.describe(),
                          self.directory)
@@ -197,10 +201,11 @@ class Lease:
         while not self._stop.wait(self.ttl_s / 4):
             try:
                 generation, record = self.current()
-                if generation != self.generation or record is None or record["holder"]["token"] != self.holder.token:
+                token = record["holder"]["token"] if record else None
+                if generation != self.generation or token != self.holder.token:
                     self.lost = True
-                    log.error("lost the lease of %s: generation %d of %s (ours %d)", self.directory, generation,
-                              record["holder"]["job"] if record else "nobody", self.generation)
+                    log.error("lost the lease of %s: generation %d of %s (ours %d)", self.directory,
+                              generation, record["holder"]["job"] if record else "nobody", self.generation)
                     return
                 storage.write_bytes(self._path(self.generation), self._record())
                 last_ok = time.monotonic()
