@@ -132,24 +132,25 @@ def flow_stack(flow_q: np.ndarray, center: int, stack_length: int, clip_px: floa
     end; a video with fewer than L pairs repeats its edge pairs. Each channel's spatial mean is subtracted
     (mean flow subtraction of two-stream networks, a cheap camera-motion compensation).
     """
+    return flow_stacks(flow_q, [center], stack_length, clip_px)[0]
+
+
+def flow_stacks(flow_q: np.ndarray, centers, stack_length: int, clip_px: float) -> np.ndarray:
+    """`flow_stack` at each of `centers` → (N, 2L, H, W) float32, in one pass over the gathered pairs."""
     if flow_q.ndim != 4 or flow_q.shape[-1] != 2:
         raise ValueError(f"flow_q must be (P, H, W, 2), got {flow_q.shape}")
     pairs = flow_q.shape[0]
     if pairs == 0:
         raise ValueError("flow_q holds no frame pairs")
-    start = min(max(center - stack_length // 2, 0), max(pairs - stack_length, 0))
-    index = np.clip(np.arange(start, start + stack_length), 0, pairs - 1)
-    stack = flow_q[index].astype(np.float32) * np.float32(2 * clip_px / 255) - np.float32(clip_px)
-    stack = stack.transpose(0, 3, 1, 2).reshape(2 * stack_length, *flow_q.shape[1:3])
-    stack -= stack.mean(axis=(1, 2), keepdims=True)
-    return np.ascontiguousarray(stack)
-
-
-def flow_stacks(flow_q: np.ndarray, centers, stack_length: int, clip_px: float) -> np.ndarray:
-    """`flow_stack` at each of `centers` → (N, 2L, H, W) float32."""
-    return np.stack([flow_stack(flow_q, int(c), stack_length, clip_px) for c in centers])
-
-
+    centers = np.asarray(centers, dtype=np.int64).reshape(-1)
+    start = np.minimum(np.maximum(centers - stack_length // 2, 0), max(pairs - stack_length, 0))
+    index = np.clip(start[:, None] + np.arange(stack_length), 0, pairs - 1)  # (N, L)
+    stacks = flow_q[index].transpose(0, 1, 4, 2, 3).reshape(len(centers), 2 * stack_length, *flow_q.shape[1:3])
+    stacks = stacks.astype(np.float32)
+    # the dequantization's offset (-clip_px) cancels in the mean subtraction: only the scale is left
+    stacks -= stacks.mean(axis=(2, 3), keepdims=True)
+    stacks *= np.float32(2 * clip_px / 255)
+    return stacks
 
 def model_meta(classes: list[str], cfg: MotionCNNConfig, flow_size: tuple[int, int], clip_px: float) -> dict:
     """What model.json records to rebuild the network and read its input: classes, architecture, flow."""
