@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import json
 import time
@@ -33,6 +32,7 @@ from multistream.report_figures import (
     loss_figure,
     split_key,
 )
+from multistream.report_html import CSS, esc, missing, pct, read_json, table
 
 STREAM_NAMES = {"spatial": "Spatial", "temporal": "Temporal", "audio": "Audio"}
 MODEL_TITLES = {"motion_cnn": "Motion CNN (temporal)", "rnn_spatial": "Spatial RNN", "rnn_temporal": "Temporal RNN",
@@ -40,51 +40,6 @@ MODEL_TITLES = {"motion_cnn": "Motion CNN (temporal)", "rnn_spatial": "Spatial R
 SPLIT_ROLES = {"fit": "fitted on", "select": "selected on", "calibrate": "calibrated on", "score": "scored on"}
 PAPER_NOTE = ("The paper reports 93.1 % top-1 on UCF101 split 1 with all three streams (spatial S.BiGRU512 "
               "alone 78.34 %, with the SVM 79.40 %).")
-CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}
-main{max-width:1100px;margin:auto;padding:24px}section{background:#fff;border:1px solid #dde2e8;
-border-radius:8px;padding:4px 20px 16px;margin:16px 0}h1{margin:8px 0 4px}h2{font-size:19px}
-table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d5dbe3;padding:4px 10px;text-align:left}
-th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.best td{font-weight:600}
-img{max-width:100%;display:block;margin:8px 0}.meta,.note{color:#5b6675}.missing{color:#8a94a3;
-font-style:italic}code{background:#eef1f5;padding:1px 4px;border-radius:3px}nav a{margin-right:12px}"""
-
-
-def _e(value) -> str:
-    return html.escape(str(value))
-
-
-def _num(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
-    if isinstance(value, float) and 0 < abs(value) < 0.01:
-        return f"{value:.3g}"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _pct(value: float | None) -> float | None:
-    return None if value is None else 100 * value
-
-
-def table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
-    """An HTML table; numbers are right-aligned; `classes` gives each row's CSS class."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cells = "".join(f'<td class="n">{_num(v)}</td>' if isinstance(v, int | float) and not isinstance(v, bool)
-                        else f"<td>{_e('–' if v is None else v)}</td>" for v in row)
-        css = f' class="{classes[i]}"' if classes and classes[i] else ""
-        body.append(f"<tr{css}>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def missing(what: str, job: str) -> str:
-    return f'<p class="missing">{_e(what)}: not run yet (<code>{_e(job)}</code>).</p>'
-
-
-def _read_json(uri: str) -> dict:
-    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
-
-
 def rnn_notation(meta: dict) -> str:
     """{"cell": "gru", "bidirectional": True, "layers": 2, "hidden": 512} → "S.BiGRU512" (paper Table I)."""
     if not meta.get("cell"):
@@ -146,9 +101,22 @@ def dataset_section(root: str) -> str:
 
 
 def splits_section(metrics: dict) -> str:
-    """Which split each model was fitted, selected, calibrated and scored on: every metrics section's `splits`."""
-    rows = [[MODEL_TITLES.get(name, name), *(section["splits"].get(role) for role in SPLIT_ROLES)]
-            for name, section in metrics.items() if isinstance(section, dict) and isinstance(section.get("splits"), dict)]
+    """Which split each model was fitted, selected, calibrated and scored on, with the number of videos."""
+    rows = []
+    for name in (layout.MOTION_CNN, *(layout.rnn_name(s) for s in schema.STREAMS)):
+        section = metrics.get(name, {})
+        if "n_val" in section:  # trained with a val split: it chose the schedule, best epoch and early stop
+            rows.append([MODEL_TITLES[name], f"train ({section['n_train']})",
+                         f"val ({section['n_val']}): learning-rate schedule, best epoch, early stopping", None,
+                         f"test ({section['n_test']})"])
+    fusion, anomaly = metrics.get("fusion", {}), metrics.get("anomaly", {})
+    if "splits" in fusion:
+        rows.append(["Fusion SVM", f"{fusion['splits']['fit']} ({fusion['n_train']})", "– (no choice)", None,
+                     f"{fusion['splits']['score']} ({fusion['n_test']})"])
+    if "splits" in anomaly:
+        rows.append(["Anomaly autoencoder", f"{anomaly['splits']['fit']} ({anomaly['n_fit']})", "– (no choice)",
+                     f"{anomaly['splits']['calibrate']} ({anomaly['n_calibration']}): threshold",
+                     f"{anomaly['splits']['score']} ({anomaly['n_test_normal']} + {anomaly['n_anomaly']})"])
     if not rows:
         return missing("Splits", "python jobs/pipeline.py")
     return (table(["model", *SPLIT_ROLES.values()], rows)
@@ -174,8 +142,8 @@ def classification_section(root: str, metrics: dict, figures: Figures) -> str:
     rows, css = [], []
     for row in fusion["ablation"]:
         rnn = metrics.get(layout.rnn_name(row["streams"]), {}).get("top1")
-        rows.append([_title(row["streams"], notation), _pct(row["top1"]), *([_pct(row["top5"])] if top5 else []),
-                     *([_pct(row.get("ceiling"))] if ceilings else []), _pct(rnn)])
+        rows.append([_title(row["streams"], notation), pct(row["top1"]), *([pct(row["top5"])] if top5 else []),
+                     *([pct(row.get("ceiling"))] if ceilings else []), pct(rnn)])
         css.append("best" if row["streams"].count("+") == 2 else "")
     out = [f"<p>Linear SVM on the concatenated video embeddings; fitted on {fusion['n_train']} videos of the "
            f"train split, scored once on {fusion['n_test']} of the test split ({len(fusion['classes'])} classes"
@@ -184,7 +152,7 @@ def classification_section(root: str, metrics: dict, figures: Figures) -> str:
         out.append('<p class="note">Cue ceiling: the top-1 the streams\' cues allow on this test split (the demo\'s '
                    "<code>multistream.demo.CUES</code>: one cue tells 2 of the 4 classes apart, any two all four; a "
                    "clip without a stream gets nothing from it).</p>")
-    out.append(f'<p class="note">{_e(PAPER_NOTE)}</p>')
+    out.append(f'<p class="note">{esc(PAPER_NOTE)}</p>')
     classes = fusion["classes"]
     out.append(figures("confusion", confusion_figure(classes, np.asarray(fusion["confusion"])), "confusion matrix"))
     per_class = [[c, fusion["per_class"][c] * 100] for c in classes if c in fusion["per_class"]]
@@ -225,7 +193,7 @@ def sweep_section(root: str) -> str:
         if rows:
             return table(rows[0], [[_maybe_float(v) for v in row] for row in rows[1:]])
     if storage.exists(md_uri):
-        return f"<pre>{_e(storage.read_text(md_uri))}</pre>"
+        return f"<pre>{esc(storage.read_text(md_uri))}</pre>"
     return missing("RNN sweep", "python jobs/tune_rnn.py")
 
 
@@ -243,17 +211,17 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
         return missing("Anomaly detection", "python jobs/fuse.py")
     splits = info["splits"]
     out = [table(["", "videos", "flagged, %", "target, %"], [
-        [f"calibration ({splits['calibrate']}, normal)", info["n_calibration"], _pct(info["calibration_fpr"]),
-         _pct(info["target_fpr"])],
-        ["test, normal: false-positive rate", info["n_test_normal"], _pct(info["false_positive_rate"]),
-         _pct(info["target_fpr"])],
-        ["anomaly: detection rate", info["n_anomaly"], _pct(info["detection_rate"]), None]]),
+        [f"calibration ({splits['calibrate']}, normal)", info["n_calibration"], pct(info["calibration_fpr"]),
+         pct(info["target_fpr"])],
+        ["test, normal: false-positive rate", info["n_test_normal"], pct(info["false_positive_rate"]),
+         pct(info["target_fpr"])],
+        ["anomaly: detection rate", info["n_anomaly"], pct(info["detection_rate"]), None]]),
         table(["ROC AUC (test normal vs anomaly)", "threshold", "autoencoder fitted on"],
               [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
         f'<p class="note">The threshold is the lowest score that flags at most {100 * info["target_fpr"]:g} % of '
-        f"the {info['n_calibration']} normal {_e(splits['calibrate'])} videos, which no model was fitted on; the "
+        f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, which no model was fitted on; the "
         f"test and anomalous videos are scored once with it. Flagged per split: "
-        f"{_e(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
+        f"{esc(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
     by_split: dict[str, list[float]] = {}
     for row in scored:
         by_split.setdefault(str(row["split"]), []).append(row["score"])
@@ -263,7 +231,7 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
 
 
 def benchmark_section(root: str) -> str:
-    bench = _read_json(RunRoot(root).report("benchmark.json"))
+    bench = read_json(RunRoot(root).report("benchmark.json"))
     if not bench:
         return missing("Benchmark", "python jobs/benchmark.py")
     scalars = [[k, v] for k, v in bench.items() if isinstance(v, int | float | str | bool)]
@@ -271,10 +239,10 @@ def benchmark_section(root: str) -> str:
     for key, value in bench.items():
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             columns = list(dict.fromkeys(c for v in value.values() for c in v))
-            out.append(f"<h3>{_e(key)}</h3>" + table([key, *columns],
+            out.append(f"<h3>{esc(key)}</h3>" + table([key, *columns],
                                                      [[name, *(row.get(c) for c in columns)] for name, row in value.items()]))
         elif isinstance(value, dict | list):
-            out.append(f"<h3>{_e(key)}</h3><pre>{_e(json.dumps(value, indent=2))}</pre>")
+            out.append(f"<h3>{esc(key)}</h3><pre>{esc(json.dumps(value, indent=2))}</pre>")
     return "".join(out)
 
 
@@ -292,11 +260,11 @@ def write_report(root: str) -> str:
         ("anomaly", "Anomaly detection", anomaly_section(root, metrics, figures)),
         ("benchmark", "Benchmark", benchmark_section(root)),
     ]
-    nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title, _ in sections)
-    body = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>' for key, title, content in sections)
+    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in sections)
+    body = "".join(f'<section id="{key}"><h2>{esc(title)}</h2>{content}</section>' for key, title, content in sections)
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>multistream report</title>'
             f"<style>{CSS}</style></head><body><main><h1>multistream run report</h1>"
-            f'<p class="meta">run root <code>{_e(root)}</code> · generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>'
+            f'<p class="meta">run root <code>{esc(root)}</code> · generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>'
             f"<nav>{nav}</nav>{body}</main></body></html>\n")
     uri = RunRoot(root).report_html
     storage.write_text(uri, page)

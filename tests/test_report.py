@@ -53,8 +53,8 @@ def make_run_root(root: str) -> None:
     videos.append({"video_id": "Biking/broken", "uri": "/data/Biking/broken.avi", "label": "Biking",
                    "split": "train", "status": "error", "error": "decode: <moov atom not found> & more"})
     storage.write_part(pa.Table.from_pylist(videos, schema=schema.VIDEOS_SCHEMA), f"{root}/videos", "part-0")
-    runinfo.update_metrics(root, "rnn_spatial", {"top1": 0.6, "history": _history(12, 1.2),
-                                                 "splits": {"fit": "train", "select": "val", "score": "test"}})
+    runinfo.update_metrics(root, "rnn_spatial", {"top1": 0.6, "history": _history(12, 1.2), "n_train": 60,
+                                                 "n_val": 30, "n_test": 30})
     runinfo.write_json(root, "models/rnn_spatial/model.json",
                        {"rnn": {"cell": "gru", "bidirectional": True, "layers": 2, "hidden": 128}})
     runinfo.update_metrics(root, "motion_cnn", {"history": _history(8, 2.0)})
@@ -83,7 +83,8 @@ def test_report_renders_every_available_section_self_contained(tmp_path):
     assert "calibration (val, normal)" in text and "false-positive rate" in text and "detection rate" in text
     assert "training errors" not in text and "normal val videos, which no model was fitted on" in text
     splits = text.split('id="splits"')[1].split("</section>")[0]
-    assert "Spatial RNN" in splits and "selected on" in splits and "calibrated on" in splits
+    assert "Spatial RNN" in splits and "val (30): learning-rate schedule" in splits
+    assert "Fusion SVM" in splits and "Anomaly autoencoder" in splits and "val (30): threshold" in splits
     assert "Dataset summary: not run yet" not in text
     figures = sorted(p.name for p in Path(root, "reports/figures").iterdir())
     assert figures == ["anomaly.png", "confusion.png", "curves_autoencoder.png", "curves_motion_cnn.png",
