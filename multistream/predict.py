@@ -43,14 +43,13 @@ def _read_parts(table_uri: str, names: list[str], columns: list[str]) -> list[pa
 def committed_ids(run: RunRoot, embed_only: bool) -> set[str]:
     """Videos whose results are committed; in full mode, first drop the parts of an interrupted commit."""
     marker = run.embeddings if embed_only else run.anomaly
+    done = set(storage.list_parts(marker))
     if not embed_only:
-        done = set(storage.list_parts(marker))
         for table in (run.embeddings, run.predictions):
             for name in set(storage.list_parts(table)) - done:
                 log.info("removing uncommitted part %s", storage.join(table, name))
                 storage.delete_part(table, name)
-    return set(storage.read_table(marker, columns=["video_id"])["video_id"].to_pylist()) if storage.list_parts(
-        marker) else set()
+    return {v for table in _read_parts(marker, sorted(done), ["video_id"]) for v in table["video_id"].to_pylist()}
 
 
 def pending(run: RunRoot, embed_only: bool = False) -> list[dict]:

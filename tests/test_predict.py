@@ -30,6 +30,8 @@ TRAIN = ["flow.size=[64, 60]", "spatial.image_size=32", "sampling.max_seq_len=8"
          "rnn.layers=1", "rnn.epochs=3", "rnn.batch_size=4", "anomaly.hidden=16", "anomaly.bottleneck=4",
          "anomaly.epochs=20", "ray.spatial.num_cpus=0.5"]
 TABLES = ("videos", "embeddings", "predictions", "anomaly")
+# the tests that use the trained run: its pipeline runs in the setup of the first one
+end_to_end = pytest.mark.timeout(1800)
 
 
 def predict_job(*args: str) -> int:
@@ -119,6 +121,8 @@ def test_tables_rank_classes_and_null_the_streams_a_bundle_lacks(tmp_path):
     assert embeddings["temporal"].null_count == 2 and embeddings["spatial"].null_count == 0
 
 
+@pytest.mark.slow
+@end_to_end
 def test_pipeline_writes_a_verified_bundle(trained):
     bundle = open_bundle(str(trained))
     assert bundle.settings["flow"]["size"] == [64, 60] and bundle.settings["spatial"]["image_size"] == 32
@@ -126,6 +130,8 @@ def test_pipeline_writes_a_verified_bundle(trained):
     assert "rnn_spatial/model.safetensors" in bundle.manifest["files"]
 
 
+@pytest.mark.slow
+@end_to_end
 def test_predict_writes_every_table(predicted, new_videos, trained):
     videos = table(predicted, "videos")
     assert videos.num_rows == 7
@@ -149,6 +155,8 @@ def test_predict_writes_every_table(predicted, new_videos, trained):
     assert all(embeddings[s].null_count == 0 for s in schema.STREAMS)
 
 
+@pytest.mark.slow
+@end_to_end
 def test_rerun_does_nothing(predicted, new_videos, trained, capsys):
     files = sorted(p for name in TABLES for p in (predicted / name).glob("*.parquet"))
     stamps = [p.stat().st_mtime_ns for p in files]
@@ -158,6 +166,8 @@ def test_rerun_does_nothing(predicted, new_videos, trained, capsys):
     assert "predict: 0 videos" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@end_to_end
 def test_one_file_mode_gives_the_batch_result(predicted, new_videos, trained, capsys):
     bundle = open_bundle(str(trained))
     predictions = {r["video_id"]: r for r in table(predicted, "predictions").to_pylist()}
@@ -174,6 +184,8 @@ def test_one_file_mode_gives_the_batch_result(predicted, new_videos, trained, ca
     assert f"1. {predictions['silent.mp4']['predicted']}" in out and "anomaly score" in out and "4. " in out
 
 
+@pytest.mark.slow
+@end_to_end
 def test_contradicting_set_and_altered_bundle_are_refused_before_any_video(trained, new_videos, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_:
@@ -191,6 +203,8 @@ def test_contradicting_set_and_altered_bundle_are_refused_before_any_video(train
     assert not out.exists()
 
 
+@pytest.mark.slow
+@end_to_end
 def test_embed_only_writes_no_classifier_output(trained, new_videos, tmp_path):
     out = tmp_path / "out"
     assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(out), "--embed-only",
@@ -199,6 +213,8 @@ def test_embed_only_writes_no_classifier_output(trained, new_videos, tmp_path):
     assert not (out / "predictions").exists() and not (out / "anomaly").exists()
 
 
+@pytest.mark.slow
+@end_to_end
 def test_predict_from_and_to_s3(trained, new_videos, predicted, s3_bucket):
     fs = fsspec.filesystem("s3")
     bucket = s3_bucket.removeprefix("s3://")
