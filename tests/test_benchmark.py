@@ -1,5 +1,6 @@
 """The benchmark: its pure pieces without Ray, and jobs/benchmark.py on a few tiny videos in one run."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -7,8 +8,10 @@ import sys
 
 import pytest
 
+from multistream.bench import training
 from multistream.bench.extraction import steady_rate
 from multistream.bench.fresh import in_fresh_process
+from multistream.bench.plain import PlainRun
 from tests.helpers import run_job_main, write_test_video
 
 
@@ -37,6 +40,25 @@ def test_fresh_process_measure_errors_name_the_measure():
         in_fresh_process("multistream.bench.baselines:sequential", "/nonexistent/config.yaml", [], {"entries": []})
 
 
+def test_training_efficiency_is_the_ratio_of_epoch_throughputs_with_the_fixed_cost_apart():
+    history = [{"epoch": 1, "seconds": 2.0, "val_loss": 1.0}, {"epoch": 2, "seconds": 1.0, "val_loss": 0.9}]
+    plain = PlainRun(threads=1, load_s=0.5, train_samples_per_epoch=30, epoch_s=[1.0, 1.0]).to_dict()
+    assert plain["samples_per_s"] == 30
+
+    figures = training.figures(history, 30, job_s=10.0, probed=(4.0, 0.1), plain=plain)
+
+    assert figures.ray_samples_per_s == pytest.approx(20.0)  # 2 epochs x 30 samples in 3 s
+    assert figures.efficiency == pytest.approx(20.0 / 30.0)
+    assert figures.efficiency_after_first_epoch == pytest.approx(1.0)  # epoch 2: 30 samples in 1 s on both
+    assert figures.efficiency_with_checkpoints == pytest.approx(60 / 3.2 / 30)  # + 0.1 s per epoch
+    assert figures.fixed_cost_s == pytest.approx(7.0) and figures.epochs == 2
+    assert (figures.trainer_start_s, figures.checkpoint_report_s, figures.plain_load_s) == (4.0, 0.1, 0.5)
+    lines = training.format_lines({"motion_cnn": dataclasses.asdict(figures)})
+    assert "motion_cnn" in lines[-1] and "0.67" in lines[-1]
+    with pytest.raises(KeyError, match="seconds"):
+        training.figures([{"epoch": 1}], 30, 10.0, (4.0, 0.1), plain)
+
+
 def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -44,7 +66,8 @@ def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session,
         write_test_video(videos / f"v{i:02d}.mp4", frames=20, audio_tone_hz=300 + 20 * i if i % 3 else None, seed=i)
     (videos / "broken.mp4").write_text("not a video")
 
-    assert run_benchmark("--input", str(videos), "--output", str(tmp_path / "out"), "--lengths", "2,4") == 0
+    assert run_benchmark("--input", str(videos), "--output", str(tmp_path / "out"), "--lengths", "2,4",
+                         "--no-training") == 0
     report = json.loads((tmp_path / "out" / "reports" / "benchmark.json").read_text())
 
     assert report["videos"] == 13 and report["pipeline"]["ok"] == 12 and report["pipeline"]["errors"] == 1

@@ -1,6 +1,7 @@
 """The extraction baselines, each run in a fresh interpreter (`fresh.in_fresh_process`).
 
-- sequential: the plain loop (decode+flow → spatial → audio per video, default threads) over the videos;
+- sequential: the plain loop: the library's per-video runner (`extract.VideoProcessor`: decode+flow →
+  spatial → audio, default threads) over the videos;
 - standalone: each stage alone on one thread over the same videos → its core-seconds (the ceiling's input);
 - decode_peak_rss: peak RSS of the per-video core on one video (`memory.memory_vs_length` on growing lengths).
 
@@ -14,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 from multistream.bench.memory import peak_rss_mb
 from multistream.config import Config
-from multistream.extract import decode_video
 from multistream.manifest import VideoEntry
 
 STAGES = ("decode", "spatial", "audio")
@@ -33,63 +33,46 @@ class StageCost:
     videos_per_s: float
 
 
-def _models(cfg: Config):
-    from multistream.audio import AudioEmbedder
-    from multistream.flow import make_flow_estimator
-    from multistream.spatial import SpatialEmbedder
-
-    return (make_flow_estimator(cfg.flow), SpatialEmbedder(cfg.spatial),
-            AudioEmbedder(cfg.audio, sample_rate=cfg.video.audio_rate))
-
-
 def _entries(entries: list[dict]) -> list[VideoEntry]:
     return [VideoEntry(**entry) for entry in entries]
 
 
 def sequential(cfg: Config, entries: list[dict]) -> dict:
-    """The plain loop with default threads → LoopResult (wall seconds, videos/s, frames/s)."""
-    estimator, spatial, audio = _models(cfg)
-    videos = _entries(entries)
+    """The library's per-video runner (`VideoProcessor`, default threads) over the videos → LoopResult."""
+    from multistream.extract import VideoProcessor
+
+    process, videos = VideoProcessor(cfg), _entries(entries)
     frames, started = 0, time.perf_counter()
     for entry in videos:
-        try:
-            decoded = decode_video(entry.uri, cfg, estimator)
-        except Exception:  # noqa: BLE001 - the pipeline skips bad videos too
-            continue
-        spatial(decoded.frames)
-        audio(decoded.wave)
-        frames += decoded.facts["n_frames"]
+        video = process(entry)["video"]
+        frames += video["n_frames"] if video["status"] == "ok" else 0  # the pipeline skips bad videos too
     seconds = time.perf_counter() - started
     return asdict(LoopResult(seconds, len(videos) / seconds, frames / seconds))
 
 
 def standalone(cfg: Config, entries: list[dict]) -> dict:
-    """Each stage alone on one thread → {stage: StageCost} (core-seconds = process CPU time)."""
-    import cv2
+    """Each of the runner's stages alone on one thread over every video → {stage: StageCost} (core-seconds =
+    process CPU time): decode + flow + sampling first, then the spatial CNN, then VGGish on its rows."""
     import torch
 
+    from multistream.extract import Decoder, audio_step, spatial_step
+
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    estimator, spatial, audio = _models(cfg)
+    steps = {"decode": Decoder(cfg, threads=1), "spatial": spatial_step(cfg), "audio": audio_step(cfg)}
     videos = _entries(entries)
-    decoded, start = [], time.process_time()
-    for entry in videos:
-        try:
-            decoded.append(decode_video(entry.uri, cfg, estimator))
-        except Exception:  # noqa: BLE001
-            pass
-    core = {"decode": time.process_time() - start}
-    for name, run in (("spatial", lambda d: spatial(d.frames)), ("audio", lambda d: audio(d.wave))):
+    rows, core = videos, {}
+    for name, step in steps.items():
         start = time.process_time()
-        for video in decoded:
-            run(video)
+        rows = [step(row) for row in rows]
         core[name] = time.process_time() - start
     return {name: asdict(StageCost(s, len(videos) / s)) for name, s in core.items()}
 
 
 def decode_peak_rss(cfg: Config, entries: list[dict]) -> dict:
     """Decode+flow+sampling of the one video in `entries`: {n_frames, peak_rss_mb} of this process."""
-    from multistream.flow import make_flow_estimator
+    from multistream.extract import Decoder
 
-    decoded = decode_video(_entries(entries)[0].uri, cfg, make_flow_estimator(cfg.flow))
-    return {"n_frames": decoded.facts["n_frames"], "peak_rss_mb": peak_rss_mb()}
+    video = Decoder(cfg)(_entries(entries)[0])["video"]
+    if video["status"] != "ok":
+        raise ValueError(f"{video['uri']}: {video['error']}")
+    return {"n_frames": video["n_frames"], "peak_rss_mb": peak_rss_mb()}

@@ -99,6 +99,15 @@ def pipeline(entries: list[VideoEntry], cfg: Config, output: str) -> PipelineRun
                        steady_rate(times), summary.ok, len(summary.errors), memory.peak_mb)
 
 
+def extract(cfg: Config, entries: list[VideoEntry], output: str) -> None:
+    """The extraction job on `entries` into the run root `output`, unmeasured (input of the other sections)."""
+    from multistream.ray.extract import run_extract
+    from multistream.ray.session import init_ray
+
+    init_ray(cfg)
+    run_extract(replace(cfg, paths=replace(cfg.paths, output=output)), entries)
+
+
 def pipeline_stage_rates(output: str) -> dict[str, float]:
     """Per-stage videos/s inside the pipeline, from the per-video stage seconds in `videos/`."""
     from multistream import storage
