@@ -59,6 +59,21 @@ def test_training_efficiency_is_the_ratio_of_epoch_throughputs_with_the_fixed_co
         training.figures([{"epoch": 1}], 30, 10.0, (4.0, 0.1), plain)
 
 
+def test_training_section_copies_only_an_extracted_local_run_root(tmp_path):
+    source = tmp_path / "run"
+    (source / "videos").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no flow/ table: run jobs/extract.py"):
+        training.copy_tables(str(source), str(tmp_path / "scratch"))
+    with pytest.raises(ValueError, match="local run root"):
+        training.copy_tables("s3://bucket/run", str(tmp_path / "scratch"))
+    for name in ("flow", "features"):
+        (source / name).mkdir()
+        (source / name / "part-0.parquet").write_bytes(b"rows")
+    training.copy_tables(str(source), str(tmp_path / "scratch"))
+    assert (tmp_path / "scratch" / "features" / "part-0.parquet").read_bytes() == b"rows"
+    assert not (tmp_path / "scratch" / "models").exists()
+
+
 def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()

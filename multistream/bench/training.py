@@ -162,9 +162,11 @@ def copy_tables(source: str, target: str) -> None:
 
     if "://" in source:
         raise ValueError(f"--training-root must be a local run root, got {source}")
-    for name in (schema.VIDEOS, schema.FLOW, schema.FEATURES):
+    tables = (schema.VIDEOS, schema.FLOW, schema.FEATURES)
+    for name in tables:
         if not storage.exists(RunRoot(source).table(name)):
             raise ValueError(f"{source} has no {name}/ table: run jobs/extract.py on it first")
+    for name in tables:
         shutil.copytree(RunRoot(source).table(name), RunRoot(target).table(name))
 
 
