@@ -124,16 +124,20 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         cfg = resolve_all(cfg)  # every weights source fetched and checked (pinned) before any video
         init_ray(cfg)
         context = ray.data.DataContext.get_current()
+        kept = context.enable_progress_bars, context.target_max_block_size
         context.enable_progress_bars = False  # the progress line below instead of a bar per stage
         context.target_max_block_size = TARGET_BLOCK_BYTES
         progress, written = Progress(summary, cfg.commit.progress_s), set()
-        for row in plan(cfg, todo).iter_rows():
-            written.add(row["part"])
-            summary.parts = len(written)
-            video = json.loads(row["video"])
-            progress.update(video)
-            if on_video is not None:
-                on_video(video)
+        try:
+            for row in plan(cfg, todo).iter_rows():
+                written.add(row["part"])
+                summary.parts = len(written)
+                video = json.loads(row["video"])
+                progress.update(video)
+                if on_video is not None:
+                    on_video(video)
+        finally:
+            context.enable_progress_bars, context.target_max_block_size = kept
         drop_stray_commits(run, state.parts | written)
         log.info("%s", progress.line())
     summary.seconds = time.perf_counter() - started
