@@ -116,9 +116,6 @@ def _serve(temp: str, specs: list[dict]) -> None:
                 time.sleep(0.5)
 
     ray._private.services.get_node = patient_get_node
-    # each node's dashboard agent with its minimal modules only: it must be up within the raylet's 30 s, which
-    # a full agent (metrics, jobs, logs) misses on a loaded machine; no test here submits jobs or reads metrics
-    ray._private.utils.get_dashboard_dependency_error = lambda: "the fault tests' nodes run minimal agents"
     def common() -> dict:  # every port free: Ray's fixed defaults may be taken by other Rays on the machine
         ports = {name: free_port() for name in ("dashboard_agent_listen_port", "metrics_export_port",
                                                 "metrics_agent_port", "runtime_env_agent_port")}
