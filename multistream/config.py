@@ -139,6 +139,9 @@ class TuneConfig:
 class FusionConfig:
     l2: PosFloat = 1e-2  # L2 regularisation of the linear SVM (paper §V.D)
     max_iter: PosInt = 10000
+    # the videos the SVM is fitted on: their RNN embeddings; "train+val" adds embeddings the RNNs were not
+    # fitted on (and so look like the test split's)
+    fit: Literal["train", "val", "train+val"] = "train"
 
 
 @dataclass(frozen=True)

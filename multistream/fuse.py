@@ -8,7 +8,7 @@ Both models train in-process, as one worker: the inputs are one (D_s,) vector pe
 autoencoder in a minute (on a GPU with `anomaly.device: auto` where there is one). No Ray is needed.
 
 Which split does what (recorded in each result's `splits`):
-- the SVM and the autoencoder are fitted on 'train';
+- the SVM is fitted on `fusion.fit` ('train' by default), the autoencoder on 'train';
 - the anomaly threshold is calibrated on the normal 'val' videos, which no model was fitted on, at
   `anomaly.target_fpr` (a run without 'val' holds out `anomaly.calibration` of 'train' instead, and says so);
 - 'test' is scored once: top-1 for the SVM, false-positive rate for the detector; 'anomaly' gives the
@@ -59,13 +59,15 @@ def replace_table(table: pa.Table, table_uri: str) -> None:
             storage.delete_part(table_uri, name)
 
 
-def _labelled(data: Embeddings, split: str) -> np.ndarray:
-    return data.split_mask(split) & np.asarray([v is not None for v in data.label])
+def _labelled(data: Embeddings, splits: str) -> np.ndarray:
+    """(N,) bool: the labelled videos of `splits` ("train", "train+val", ...)."""
+    mask = np.any([data.split_mask(split) for split in splits.split("+")], axis=0)
+    return mask & np.asarray([v is not None for v in data.label])
 
 
 def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot) -> tuple[FusionModel, FusionResult]:
     started = time.perf_counter()
-    train, test = _labelled(data, FIT), data.split_mask(TEST)
+    train, test = _labelled(data, cfg.fusion.fit), data.split_mask(TEST)
     y_train, y_test = data.labels(train), data.labels(test)
     model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams)
     model.save(run.model(layout.SVM))
@@ -79,7 +81,7 @@ def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: Ru
         streams=list(streams), classes=model.classes, dims=model.dims, top1=accuracy.top1, top5=accuracy.top5,
         per_class=accuracy.per_class, confusion=accuracy.confusion, n_train=int(train.sum()),
         n_val=int(data.split_mask(CALIBRATE).sum()), n_test=int(test.sum()), ablation=ablation,
-        splits={"fit": FIT, "score": TEST}, seconds=time.perf_counter() - started)
+        splits={"fit": cfg.fusion.fit, "score": TEST}, seconds=time.perf_counter() - started)
     return model, result
 
 

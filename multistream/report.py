@@ -146,7 +146,7 @@ def classification_section(root: str, metrics: dict, figures: Figures) -> str:
                      *([pct(row.get("ceiling"))] if ceilings else []), pct(rnn)])
         css.append("best" if row["streams"].count("+") == 2 else "")
     out = [f"<p>Linear SVM on the concatenated video embeddings; fitted on {fusion['n_train']} videos of the "
-           f"train split, scored once on {fusion['n_test']} of the test split ({len(fusion['classes'])} classes"
+           f"{esc(fusion['splits']['fit'])} split, scored once on {fusion['n_test']} of the test split ({len(fusion['classes'])} classes"
            f"{'' if top5 else '; top-5 is left out with 5 classes or fewer'}).</p>", table(header, rows, css)]
     if ceilings:
         out.append('<p class="note">Cue ceiling: the top-1 the streams\' cues allow on this test split (the demo\'s '

@@ -231,3 +231,14 @@ def test_without_a_val_split_the_threshold_comes_from_held_out_train_videos_and_
     assert result.anomaly.splits["calibrate"].startswith("train (held out")
     assert (result.anomaly.n_fit, result.anomaly.n_calibration) == (27, 9)  # anomaly.calibration = 0.25 of 36
     assert "train (held out" in summary_table(result)
+
+
+def test_the_svm_is_fitted_on_the_splits_fusion_fit_names(tmp_path):
+    root = str(tmp_path / "run")
+    storage.write_part(_table(synthetic_videos(seed=4, train=6, val=6, test=4, anomalies=2), schema.STREAMS),
+                       f"{root}/embeddings", "part-0")
+    cfg = load_config(None, [f"paths.output={root}", *SETTINGS, "anomaly.epochs=2"])
+    for fit, n in (("train", 18), ("val", 18), ("train+val", 36)):
+        result = run_fuse(cfg.replace(**{"fusion.fit": fit}))
+        assert (result.fusion.splits["fit"], result.fusion.n_train) == (fit, n)
+        assert result.anomaly.splits["fit"] == "train" and result.anomaly.n_fit == 18
