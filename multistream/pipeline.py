@@ -51,6 +51,7 @@ def _train_rnn(cfg: Config) -> dict:
 
 
 def _fuse(cfg: Config) -> dict:
+    from multistream.bundle import write_bundle
     from multistream.fuse import is_current, run_fuse
     from multistream.fuse_results import FuseResult
 
@@ -59,6 +60,7 @@ def _fuse(cfg: Config) -> dict:
         result, status = FuseResult.from_metrics(runinfo.read_json(cfg.paths.output, runinfo.METRICS)), "skipped"
     else:
         result, status = run_fuse(cfg), "ran"
+    write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py needs, sealed
     return {"status": status, "top1": result.fusion.top1, "roc_auc": result.anomaly.roc_auc,
             "false_positive_rate": result.anomaly.false_positive_rate}
 
