@@ -31,7 +31,7 @@ from multistream import layout, modelio, runinfo, schema, storage
 from multistream.anomaly import AnomalyDetector, roc_auc
 from multistream.config import Config
 from multistream.demo import cue_ceiling
-from multistream.fuse_data import Embeddings, embeddings_fingerprint, load_embeddings
+from multistream.fuse_data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse_results import AnomalyResult, FuseResult, FusionResult
 from multistream.fusion import FusionModel, evaluate_predictions, stream_ablation
 from multistream.layout import RunRoot
@@ -75,6 +75,9 @@ def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: Ru
     ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
                                cfg.fusion, streams)
     present = {s: data.present(s)[test] for s in streams}
+    tracks = has_audio(run.uri, [data.video_id[i] for i in np.flatnonzero(test)])
+    if "audio" in present and tracks is not None:
+        present["audio"] &= tracks
     for row in ablation:
         row.ceiling = cue_ceiling(tuple(row.streams.split("+")), y_test, present)
     result = FusionResult(

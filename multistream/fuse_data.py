@@ -109,3 +109,15 @@ def embeddings_fingerprint(root: str) -> str:
         else:
             digest.update("\x1f".join(map(str, table[name].to_pylist())).encode())
     return digest.hexdigest()
+
+
+def has_audio(root: str, video_ids: list[str]) -> np.ndarray | None:
+    """(N,) bool: whether each video has an audio track, from `videos/`; None without that table. (A clip
+    without audio may still have an audio embedding: its RNN embeds an empty sequence.)"""
+    table = storage.read_table(RunRoot(root).videos, columns=["video_id", "has_audio"])
+    if table.num_rows == 0:
+        return None
+    tracks = {vid: bool(a) for vid, a in zip(table["video_id"].to_pylist(), table["has_audio"].to_pylist(),
+                                             strict=True)}
+    return np.asarray([tracks.get(vid, True) for vid in video_ids], dtype=bool)
+

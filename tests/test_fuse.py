@@ -242,3 +242,14 @@ def test_the_svm_is_fitted_on_the_splits_fusion_fit_names(tmp_path):
         result = run_fuse(cfg.replace(**{"fusion.fit": fit}))
         assert (result.fusion.splits["fit"], result.fusion.n_train) == (fit, n)
         assert result.anomaly.splits["fit"] == "train" and result.anomaly.n_fit == 18
+
+
+def test_audio_tracks_come_from_the_videos_table(tmp_path):
+    from multistream.fuse_data import has_audio
+
+    root = str(tmp_path / "run")
+    assert has_audio(root, ["a"]) is None
+    rows = [{"video_id": v, "uri": f"/d/{v}.mp4", "label": "A", "split": "test", "status": "ok", "error": None,
+             "duration_s": 2.0, "fps": 15.0, "has_audio": v != "b"} for v in ("a", "b")]
+    storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), f"{root}/videos", "part-0")
+    assert has_audio(root, ["b", "a", "c"]).tolist() == [False, True, True]
