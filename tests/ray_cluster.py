@@ -122,7 +122,9 @@ def _serve(temp: str, specs: list[dict]) -> None:
         return {"temp_dir": temp, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 1024**2,
                 **ports}
 
-    head = {**common(), "include_dashboard": False, "gcs_server_port": free_port(), **specs[0]}
+    # a port of its own for the dashboard head too: Ray starts a minimal one even without the dashboard
+    head = {**common(), "include_dashboard": False, "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port(), "gcs_server_port": free_port(), **specs[0]}
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
     nodes = [cluster.head_node]
     for spec in specs[1:]:
