@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from multistream import runinfo
 from multistream.config import Config
@@ -24,11 +26,24 @@ log = logging.getLogger(__name__)
 RNN_STREAMS = ["spatial", "temporal", "audio"]
 
 
+@dataclass
+class StepResult:
+    step: str
+    status: Literal["ran", "skipped"]
+    seconds: float
+    figures: dict = field(default_factory=dict)  # the step's headline figures (counts, accuracies)
+
+
+@dataclass
+class PipelineResult:
+    steps: list[StepResult]
+    total_s: float
+    report: str  # URI of reports/report.html
+
+
 def _extract(cfg: Config) -> dict:
-    from multistream.inputs import prepare_input
     from multistream.ray.extract import run_extract
 
-    prepare_input(cfg)
     summary = run_extract(cfg)
     return {"status": "skipped" if summary.skipped == summary.total else "ran", "videos": summary.total,
             "already_done": summary.skipped, "ok": summary.ok, "errors": len(summary.errors)}
@@ -77,29 +92,32 @@ STEPS: list[tuple[str, Callable[[Config], dict]]] = [
 ]
 
 
-def run_pipeline(cfg: Config) -> dict:
-    """Run every step on `cfg.paths.input` → `cfg.paths.output` → {"steps": [...], "total_s", "report"}.
+def run_pipeline(cfg: Config) -> PipelineResult:
+    """Run every step on `cfg.paths.input` → `cfg.paths.output` (which the caller has prepared and leased).
 
-    Each entry of "steps" is {"step", "status" ('ran' | 'skipped'), "seconds", ...the step's figures}.
     The timings are stored before the report is rendered (so that it shows them) and again after it.
     """
     started = time.perf_counter()
-    steps = []
+    steps: list[StepResult] = []
+    report = ""
     for name, step in STEPS:
         if name == "report":
             _record(cfg, steps, time.perf_counter() - started)
         log.info("pipeline: %s ...", name)
         step_started = time.perf_counter()
-        result = step(cfg)
-        steps.append({"step": name, **result, "seconds": time.perf_counter() - step_started})
-        log.info("pipeline: %s %s in %.1f s", name, result["status"], steps[-1]["seconds"])
+        figures = step(cfg)
+        status = figures.pop("status")
+        report = figures.get("report", report)
+        steps.append(StepResult(name, status, time.perf_counter() - step_started, figures))
+        log.info("pipeline: %s %s in %.1f s", name, status, steps[-1].seconds)
     total = time.perf_counter() - started
     _record(cfg, steps, total)
-    log.info("pipeline: done in %.1f s → %s", total, steps[-1]["report"])
-    return {"steps": steps, "total_s": total, "report": steps[-1]["report"]}
+    log.info("pipeline: done in %.1f s → %s", total, report)
+    return PipelineResult(steps, total, report)
 
 
-def _record(cfg: Config, steps: list[dict], total: float) -> None:
+def _record(cfg: Config, steps: list[StepResult], total: float) -> None:
     runinfo.update_metrics(cfg.paths.output, "pipeline", {
-        "input": cfg.paths.input, "output": cfg.paths.output, "total_s": total, "steps": steps,
+        "input": cfg.paths.input, "output": cfg.paths.output, "total_s": total,
+        "steps": [{"step": s.step, "status": s.status, "seconds": s.seconds, **s.figures} for s in steps],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -38,18 +38,18 @@ def test_pipeline_runs_every_step_then_skips_them_all(ray_session, tmp_path, cap
 
     first = run_pipeline(cfg)
 
-    assert [s["step"] for s in first["steps"]] == ["extract", "train_motion", "train_rnn", "fuse", "report"]
-    assert all(s["status"] == "ran" for s in first["steps"]), first["steps"]
-    assert first["steps"][0]["ok"] == 14 and first["steps"][0]["errors"] == 0
-    assert Path(first["report"]).is_file()
+    assert [s.step for s in first.steps] == ["extract", "train_motion", "train_rnn", "fuse", "report"]
+    assert all(s.status == "ran" for s in first.steps), first.steps
+    assert first.steps[0].figures["ok"] == 14 and first.steps[0].figures["errors"] == 0
+    assert Path(first.report).is_file()
     metrics = runinfo.read_json(str(root), runinfo.METRICS)
     assert {"motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio", "fusion", "anomaly", "pipeline"} <= set(metrics)
     assert metrics["fusion"]["streams"] == ["spatial", "temporal", "audio"]
     assert metrics["anomaly"]["n_anomaly"] == 2 and metrics["anomaly"]["roc_auc"] is not None
-    assert [s["step"] for s in metrics["pipeline"]["steps"]] == [s["step"] for s in first["steps"]]
+    assert [s["step"] for s in metrics["pipeline"]["steps"]] == [s.step for s in first.steps]
     assert ds.dataset(str(root / "predictions")).count_rows() == 14
     stamps = {name: (root / name).stat().st_mtime_ns for name in OUTPUTS}
-    html = Path(first["report"]).read_text()
+    html = Path(first.report).read_text()
     assert "not run yet" in html and "Spatial + Temporal + Audio (SVM fusion)" in html
 
     assert run_job([f"--input={data}", f"--output={root}", *(f"--set={s}" for s in SMALL)]) == 0
