@@ -138,19 +138,22 @@ class Head:
                            "stopping": self.stopping.state_dict()})
         if self.stopping.should_stop:
             return {"best": self.best, "bookkeeping": book}
+        # where this epoch is the best, the best weights are the model's: not written twice
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "best": self.best, "bookkeeping": book}
+                "scheduler": self.scheduler.state_dict(), "bookkeeping": book,
+                **({} if self.best_epoch == self.epoch else {"best": self.best})}
 
     def load_state_dict(self, state: dict) -> None:
         book = json.loads(state["bookkeeping"])
         self.epoch, self.history, self.best_epoch = book["epoch"], book["history"], book["best_epoch"]
         self.stopping.load_state_dict(book["stopping"])
-        self.best = state["best"]
         self.final = "model" not in state
         if not self.final:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        self.best = state["best"] if "best" in state else {k: v.detach().cpu().clone()
+                                                           for k, v in self.model.state_dict().items()}
 
 
 def train_head(train: Sequences, val: Sequences, rnn: RNNConfig, num_classes: int, device: str = "cpu",

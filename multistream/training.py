@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from multistream.config import MotionCNNConfig, RNNConfig
-
-# resolve_device is re-exported until every caller imports it from multistream.device
-from multistream.device import autocast, resolve_device  # noqa: F401
+from multistream.device import autocast, resolve_device
 
 
 def seed_everything(seed: int) -> None:

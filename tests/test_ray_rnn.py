@@ -20,7 +20,7 @@ from tests.rnn_fixtures import CLASSES, DIM, HIDDEN, make_run_root, toy_config, 
 
 def _steps(history: list[dict]) -> list[dict]:
     """A history without its timings."""
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "run_s")} for h in history]
 
 
 def _checkpoint_epochs(root, run_name: str, stream: str) -> list[int]:

@@ -17,7 +17,7 @@ from tests.rnn_fixtures import make_run_root
 
 def _steps(history: list[dict]) -> list[dict]:
     """A history without its timings."""
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+    return [{k: v for k, v in h.items() if k not in ("seconds", "run_s")} for h in history]
 
 
 RNN = RNNConfig(hidden=8, layers=1, dropout=0.1, lr=0.05, batch_size=4, epochs=12, patience=12)

@@ -66,10 +66,15 @@ def train_loop(config: dict) -> None:
     for stream, head in heads.items():
         if state is not None:
             head.load_state_dict(state[stream])
+    last = time.perf_counter()
     while not all(head.done for head in heads.values()):
-        metrics = {f"{stream}/{key}": value for stream, head in heads.items() if not head.done
-                   for key, value in head.run_epoch(*splits[stream], reduce).items()}
+        training = [stream for stream, head in heads.items() if not head.done]
+        metrics = {f"{stream}/{key}": value for stream in training
+                   for key, value in heads[stream].run_epoch(*splits[stream], reduce).items()}
+        for stream in training:  # "seconds": the head's own epoch; "run_s": every head's + the last report
+            heads[stream].history[-1]["run_s"] = time.perf_counter() - last
         report(metrics, {stream: head.state_dict() for stream, head in heads.items()})
+        last = time.perf_counter()
     if rank == 0:
         run = RunRoot(config["root"])
         for data in config["streams"]:
@@ -96,7 +101,9 @@ def train_streams(cfg: Config, run: RunRoot, streams: list[StreamData]) -> None:
     for data in streams:
         log.info("%s: %d classes, %d train / %d val / %d test videos, input %d-d", data.stream, len(data.classes),
                  len(data.train_ids), len(data.val_ids), len(data.test_ids), data.input_dim)
-    loop_config = {"rnn": cfg.rnn, "streams": streams, "root": run.uri, "torch_threads": cfg.ray.torch_threads}
+    # a worker computes on every CPU it holds (ray.torch_threads is the floor)
+    threads = max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))
+    loop_config = {"rnn": cfg.rnn, "streams": streams, "root": run.uri, "torch_threads": threads}
     result = run_training(train_loop, loop_config, cfg, name)
     if result.error is not None:
         raise RuntimeError(f"training {name} failed: {result.error}")

@@ -1,7 +1,8 @@
 """Shared Ray Train plumbing: a TorchTrainer per model with per-epoch checkpoints, failures and resume.
 
-A training loop written with `EpochLoop` checkpoints after every epoch (model, optimizer, scheduler, early
-stopping, history and the best weights so far). Re-running with the same run root resumes from the latest
+A training loop checkpoints after every epoch with `report(metrics, state)` (`EpochLoop` does it for one model:
+model, optimizer, scheduler, early stopping, history and the best weights so far) and resumes with
+`restore_state()`. Re-running with the same run root resumes from the latest
 checkpoint — Ray Train restores it for a run of the same name and storage path, and `ray.train.get_checkpoint()`
 hands it to the loop — and a worker that dies mid-run is restarted from it (`FailureConfig.max_failures`).
 """
@@ -128,16 +129,6 @@ def report(metrics: dict, state: dict) -> None:
     with tempfile.TemporaryDirectory() as directory:
         torch.save(state, Path(directory) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
-
-def load_final_state(result: ray.train.Result) -> dict:
-    """The best weights and history from the last checkpoint of a finished run."""
-    if result.checkpoint is None:
-        raise RuntimeError(f"training left no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, weights_only=True, map_location="cpu")
-    return {"best": state["best"] or state["model"], "history": json.loads(state["history"]),
-            "best_loss": json.loads(state["stopping"])["best"], "epoch": state["epoch"]}
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
