@@ -21,10 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Sweep RNN architectures on one stream (paper Table I)", __doc__)
     parser.add_argument("--stream", choices=STREAMS, default=None, help="stream to sweep (default: tune.stream)")
     cfg, args = parse_job_args(parser, argv)
-    table = run_tune_rnn(cfg, args.stream)
+    result = run_tune_rnn(cfg, args.stream)
+    table = result.table
     columns = ["model", "hidden", "val_top1", "test_top1", "paper_top1", "epochs", "stopped_by"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"sweep of {len(table)} rows → {RunRoot(cfg.paths.output).report('sweep.md')}")
+    print(f"sweep of {len(table)} rows in {result.wall_s:.1f} s, best on val: {result.best} → "
+          f"{RunRoot(cfg.paths.output).report('sweep.md')}")
     return 0
 
 

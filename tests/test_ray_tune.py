@@ -54,7 +54,8 @@ def test_svm_row_scores_val_and_test():
 def test_sweep_writes_table_one_rows(tmp_path, ray_session):
     make_run_root(str(tmp_path))
     cfg = toy_config(tmp_path, **PRODUCT)
-    table = run_tune_rnn(cfg, stream="audio")
+    result = run_tune_rnn(cfg, stream="audio")
+    table = result.table
 
     csv = pd.read_csv(tmp_path / "reports" / "sweep.csv")
     assert list(csv["model"]) == ["BiGRU", "BiLSTM", f"{best(csv)} + attention", f"{best(csv)} + SVM"]
@@ -62,7 +63,7 @@ def test_sweep_writes_table_one_rows(tmp_path, ray_session):
     assert csv[["val_top1", "test_top1"]].apply(lambda c: c.between(0, 1)).all().all()
     assert csv["test_top5"].isna().all()  # 3 classes
     assert ((csv["epochs"] >= 2) & (csv["epochs"] <= 4)).all() and (csv["best_epoch"] <= csv["epochs"]).all()
-    assert list(table["model"]) == list(csv["model"])
+    assert list(table["model"]) == list(csv["model"]) and result.best == best(csv) and result.wall_s > 0
     markdown = (tmp_path / "reports" / "sweep.md").read_text()
     assert "| Model | Hidden units | Val top-1, % |" in markdown and "audio stream" in markdown
     assert "Sweep wall time" in markdown and "1 CPU + 0 GPU per trial" in markdown
@@ -72,12 +73,12 @@ def test_sweep_writes_table_one_rows(tmp_path, ray_session):
 
     # the same sweep again is restored from its experiments, not rerun
     trials = sorted(p.name for p in (tmp_path / "checkpoints" / "tune_rnn").glob("trial_*"))
-    pd.testing.assert_frame_equal(run_tune_rnn(cfg, stream="audio"), table)
+    pd.testing.assert_frame_equal(run_tune_rnn(cfg, stream="audio").table, table)
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "tune_rnn").glob("trial_*")) == trials
 
     # poisoned test labels: every choice (ASHA, best epoch, best variant) unchanged, only test figures move
     make_run_root(str(tmp_path / "poisoned"), poison_test=True)
-    poisoned = run_tune_rnn(toy_config(tmp_path / "poisoned", **PRODUCT), stream="audio")
+    poisoned = run_tune_rnn(toy_config(tmp_path / "poisoned", **PRODUCT), stream="audio").table
     choices = ["model", "best", "val_top1", "best_val_loss", "best_epoch", "epochs", "stopped_by"]
     pd.testing.assert_frame_equal(poisoned[choices], table[choices])
     assert (poisoned["test_top1"] <= table["test_top1"]).all()

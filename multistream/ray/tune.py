@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -128,8 +129,15 @@ def _rows(results: tune.ResultGrid, data: StreamData, splits: dict, cfg: Config)
     return rows
 
 
-def run_tune_rnn(cfg: Config, stream: str | None = None) -> pd.DataFrame:
-    """The sweep on `stream` (default `cfg.tune.stream`) → reports/sweep.{csv,md}; returns the table."""
+@dataclass(frozen=True)
+class SweepResult:
+    table: pd.DataFrame  # sweep.csv: one row per variant in Table I's order (`sweep.COLUMNS`)
+    best: str  # the variant chosen on val, e.g. "S. BiGRU" (its row has best=True)
+    wall_s: float
+
+
+def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
+    """The sweep on `stream` (default `cfg.tune.stream`) → reports/sweep.{csv,md} and the "sweep" metrics."""
     started = time.perf_counter()
     if cfg.rnn.device == "cuda" and not cfg.tune.gpus_per_trial:
         raise ValueError("rnn.device is cuda but tune.gpus_per_trial is 0: the trials get no GPU")
@@ -167,7 +175,7 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> pd.DataFrame:
     runinfo.update_metrics(run.uri, "sweep", {"stream": stream, "wall_s": wall, "trials": len(rows) - 1,
                                               "best": best["model"], "best_hidden": best["hidden"],
                                               "resources": resources, "grid": cfg.tune.grid})
-    return table
+    return SweepResult(table, best["model"], wall)
 
 
 def _svm_row(best: dict, splits: dict, cfg: Config, num_classes: int) -> dict:
