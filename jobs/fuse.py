@@ -1,6 +1,6 @@
 """Fuse the per-stream video embeddings with a linear SVM and fit the anomaly autoencoder on them.
 
-Reads embeddings/ under --output; writes models/svm/, models/autoencoder/, predictions/, anomaly/ and the
+Reads embeddings/ under --output; writes models/svm/, models/autoencoder/, models/bundle.json, predictions/, anomaly/ and the
 "fusion" and "anomaly" sections of reports/metrics.json, then prints the accuracy of every stream alone,
 of each pair and of all three (the paper's Table II) and the anomaly detector's calibration, false-positive and detection rates
 and ROC AUC. Fits on the train split, calibrates the anomaly threshold on val, scores test. Always refits.
@@ -12,6 +12,7 @@ and ROC AUC. Fits on the train split, calibrates the anomaly threshold on val, s
 
 import _path  # noqa: F401
 
+from multistream.bundle import write_bundle
 from multistream.cli import job_parser, parse_job_args
 from multistream.fuse import run_fuse
 from multistream.fuse_results import summary_table
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
                                        __doc__), argv)
     with start_job(cfg, "fuse", uses_ray=False):  # checks, then the run root's lease
         result = run_fuse(cfg)
+        write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py applies
     print(summary_table(result))
     print(f"fuse: models, predictions/ and anomaly/ → {cfg.paths.output}")
     return 0
