@@ -12,7 +12,7 @@ and ROC AUC. Fits on the train split, calibrates the anomaly threshold on val, s
 
 import _path  # noqa: F401
 
-from multistream.bundle import write_bundle
+from multistream.bundle import BundleError, write_bundle
 from multistream.cli import job_parser, parse_job_args
 from multistream.fuse import run_fuse
 from multistream.fuse_results import summary_table
@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                                        __doc__), argv)
     with start_job(cfg, "fuse", uses_ray=False):  # checks, then the run root's lease
         result = run_fuse(cfg)
-        write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py applies
+        try:
+            write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py applies
+        except BundleError as error:  # e.g. fused before every stream was trained: nothing to seal yet
+            print(f"fuse: no model bundle written: {error}")
     print(summary_table(result))
     print(f"fuse: models, predictions/ and anomaly/ → {cfg.paths.output}")
     return 0
