@@ -9,12 +9,16 @@ so that no model lands on a GPU that Ray did not count. Mixed precision is bfloa
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a model runs: decode and write actors start without it
+    import torch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" → cuda when available, else cpu; anything else as given ("cuda" without a GPU raises)."""
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -39,6 +43,8 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     """The autocast dtype on `device` (bf16, or fp16 where bf16 is unsupported), None where AMP is off."""
     if not enabled or device.type != "cuda":
         return None
+    import torch
+
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -47,4 +53,6 @@ def autocast(device: torch.device, enabled: bool = True):
     dtype = amp_dtype(device, enabled)
     if dtype is None:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device.type, dtype=dtype)

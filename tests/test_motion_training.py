@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from multistream.config import ConfigError
+from multistream.device import actor_device
 from multistream.motion import make_plan
 from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
 from multistream.motion_training import check_motion_resources, fit_motion_cnn, motion_device, training_meta
@@ -90,10 +91,11 @@ def test_saved_model_loads_back(tmp_path, toy, fitted):
 
 
 def test_the_motion_cnn_follows_its_own_device_key():
-    # outside Ray "auto" stays "auto" (resolve_device decides); spatial.device never moves the motion CNN
+    # spatial.device never moves the motion CNN ("auto" resolves the same way whatever the spatial stream says)
     assert motion_device(config(1, "spatial.device=cpu", "motion_cnn.device=cuda")) == "cuda"
     assert motion_device(config(1, "spatial.device=cuda", "motion_cnn.device=cpu")) == "cpu"
-    assert motion_device(config(1, "spatial.device=cpu")) == "auto"
+    assert (motion_device(config(1, "spatial.device=cpu")) == motion_device(config(1, "spatial.device=cuda"))
+            == actor_device("auto"))
 
 
 def test_cuda_without_gpus_and_odd_batches_are_refused_before_work():

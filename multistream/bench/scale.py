@@ -167,6 +167,8 @@ class CountingS3:
         self.env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.server.server_port}",
                     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1"}
+        # this process's S3 clients point at it until stop() puts the environment back as it was
+        self.saved = {name: os.environ.get(name) for name in [*self.env, "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"]}
         os.environ.update(self.env)
         os.environ.pop("AWS_ENDPOINT_URL_S3", None)
         os.environ.pop("AWS_PROFILE", None)
@@ -194,6 +196,11 @@ class CountingS3:
 
     def stop(self) -> None:
         self.server.shutdown()
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def measure(overrides: list[str], sizes=(500, 2500), resume=(10_000, 100_000), plan=1_000_000,
