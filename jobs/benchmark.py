@@ -25,13 +25,11 @@ from multistream.bench.inputs import benchmark_entries
 from multistream.cli import job_parser, parse_job_args
 from multistream.layout import RunRoot
 
-REPORT = "benchmark.json"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Benchmark the pipeline against baselines measured in the same run", __doc__)
     parser.add_argument("--demo-sets", type=int, default=4,
-                        help="demo sets (54 clips each) when no --input: enough that start-up is not the story")
+                        help="demo sets (68 clips each) when no --input: enough that start-up is not the story")
     parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return scale.run(args.config, args.overrides, cfg.paths.output)
     scratch = tempfile.mkdtemp(prefix="benchmark-")
     entries = benchmark_entries(cfg, args.demo_sets) if args.extraction or not args.training_root else []
-    out = RunRoot(cfg.paths.output).report(REPORT)
+    out = RunRoot(cfg.paths.output).benchmark
     report = json.loads(storage.read_text(out)) if storage.exists(out) else {}
     lines = []
     if args.extraction:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from multistream import schema, storage
 
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
+METRICS_FILE = "metrics.json"
 LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
@@ -110,7 +111,23 @@ class RunRoot:
 
     @property
     def metrics(self) -> str:
-        return self.report("metrics.json")
+        return self.report(METRICS_FILE)
+
+    @property
+    def benchmark(self) -> str:
+        return self.report("benchmark.json")
+
+    @property
+    def scale(self) -> str:
+        return self.report("scale.json")
+
+    @property
+    def sweep_csv(self) -> str:
+        return self.report("sweep.csv")
+
+    @property
+    def sweep_md(self) -> str:
+        return self.report("sweep.md")
 
     @property
     def report_html(self) -> str:

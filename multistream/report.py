@@ -187,7 +187,7 @@ def curves_section(metrics: dict, figures: Figures) -> str:
 
 def sweep_section(root: str) -> str:
     run = RunRoot(root)
-    csv_uri, md_uri = run.report("sweep.csv"), run.report("sweep.md")
+    csv_uri, md_uri = run.sweep_csv, run.sweep_md
     if storage.exists(csv_uri):
         rows = list(csv.reader(io.StringIO(storage.read_text(csv_uri))))
         if rows:
@@ -231,7 +231,7 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
 
 
 def benchmark_section(root: str) -> str:
-    bench = read_json(RunRoot(root).report("benchmark.json"))
+    bench = read_json(RunRoot(root).benchmark)
     if not bench:
         return missing("Benchmark", "python jobs/benchmark.py")
     scalars = [[k, v] for k, v in bench.items() if isinstance(v, int | float | str | bool)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from multistream import storage
+from multistream import layout, storage
 
-METRICS = "reports/metrics.json"
+METRICS = f"{layout.REPORTS}/{layout.METRICS_FILE}"  # relative to the run root: `RunRoot.metrics`
 
 
 def read_json(root: str, relative: str) -> dict:

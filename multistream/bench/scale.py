@@ -30,7 +30,6 @@ from multistream import schema, storage
 from multistream.layout import RunRoot
 
 ROOT = Path(__file__).resolve().parents[2]
-REPORT = "scale.json"
 PER_FOLDER = 1000
 COMMIT = ["--set", "ray.write.batch_size=256"]  # videos per commit for a large archive
 RAY_START_ATTEMPTS = 5  # a local Ray that cannot start within its 30 s (an overloaded machine) is tried again
@@ -273,7 +272,7 @@ def run(config: str | None, overrides: list[str], output: str, **sizes) -> int:
     """The scale section: measure, write `reports/scale.json` under `output`, print the table."""
     arguments = (["--config", config] if config else []) + [a for pair in overrides for a in ("--set", pair)]
     report = measure(arguments, **sizes)
-    out = RunRoot(output).report(REPORT)
+    out = RunRoot(output).scale
     storage.write_text(out, json.dumps(report, indent=2))
     print("\n".join(format_lines(report)))
     print(f"→ {out}")

@@ -169,9 +169,9 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
     wall = time.perf_counter() - started
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
-    storage.write_text(run.report("sweep.csv"), buffer.getvalue())
+    storage.write_text(run.sweep_csv, buffer.getvalue())
     resources = f"{cfg.tune.cpus_per_trial:g} CPU + {cfg.tune.gpus_per_trial:g} GPU per trial"
-    storage.write_text(run.report("sweep.md"), sweep_markdown(table, stream, counts, wall, resources))
+    storage.write_text(run.sweep_md, sweep_markdown(table, stream, counts, wall, resources))
     runinfo.update_metrics(run.uri, "sweep", {"stream": stream, "wall_s": wall, "trials": len(rows) - 1,
                                               "best": best["model"], "best_hidden": best["hidden"],
                                               "resources": resources, "grid": cfg.tune.grid})
