@@ -47,13 +47,15 @@ def to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
 
 
 def from_columns(batch: dict[str, np.ndarray]) -> list[dict]:
-    """The inverse of `to_columns` (empty cells are dropped)."""
+    """The inverse of `to_columns` (empty cells are dropped). A cell may also be None: Ray Data fills a column
+    with nulls for the rows of a block that did not have it (e.g. a block of error rows, concatenated)."""
     rows = []
     for i, video in enumerate(batch["video"]):
         row = {"video": json.loads(video)}
         for name in ARRAYS:
-            if name in batch and len(batch[name][i]):
-                row[name] = unpack(batch[name][i])
+            cell = batch[name][i] if name in batch else None
+            if cell is not None and len(cell):
+                row[name] = unpack(cell)
         rows.append(row)
     return rows
 

@@ -75,6 +75,10 @@ def test_video_processor_gives_one_row_per_video_errors_included(tmp_path):
     back = from_columns(to_columns([row, bad]))
     assert back[1] == bad and back[0]["video"] == row["video"]
     np.testing.assert_array_equal(back[0]["flow"], row["flow"])
+    # blocks concatenated by Ray Data: a block of error rows had no array columns, so its cells are None
+    merged = to_columns([row, bad])
+    merged["flow"][1] = None
+    assert from_columns(merged)[1] == bad
 
 
 def test_a_failing_model_stage_makes_an_error_row_naming_it():
