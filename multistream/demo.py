@@ -42,7 +42,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from multistream.demo_render import render_anomaly, render_class_audio, render_class_video
+from multistream.demo_render import ClipSpec, render_anomaly, render_class_audio, render_class_video
 
 DEMO_CLASSES = ["WarmSlide", "WarmBob", "CoolSlide", "CoolBob"]
 CUES: dict[str, tuple[str, str, str]] = {  # class -> (appearance, motion, audio)
@@ -74,24 +74,6 @@ FORMATS = [
     Format("avi", ("mpeg4",), ("pcm_s16le",), 16000),
     Format("mkv", ("mpeg4",), ("flac",), 16000),
 ]
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """One clip to generate: where, what, and how it is encoded."""
-
-    uri: str  # relative to the dataset root
-    label: str
-    split: str  # train | test | anomaly
-    key: tuple[int, ...]  # (seed, kind, index): seeds the clip's content
-    ext: str
-    video_codec: str  # encoder name
-    audio_codec: str | None  # None: no audio track
-    audio_rate: int
-    width: int
-    height: int
-    fps: int
-    n_frames: int
 
 
 def _encoder(candidates: tuple[str, ...]) -> str:

@@ -5,13 +5,29 @@ Everything is drawn from a generator seeded by the clip's `ClipSpec.key`, so a c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from multistream.demo import ClipSpec
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip to generate: where, what, and how it is encoded."""
+
+    uri: str  # relative to the dataset root
+    label: str
+    split: str  # train | val | test | anomaly
+    key: tuple[int, ...]  # (seed, kind, index): seeds the clip's content
+    ext: str
+    video_codec: str  # encoder name
+    audio_codec: str | None  # None: no audio track
+    audio_rate: int
+    width: int
+    height: int
+    fps: int
+    n_frames: int
+
 
 _SHAPE_COLOURS = {
     "warm": np.array([[225, 45, 35], [245, 135, 25], [235, 205, 45]], np.float32),
