@@ -1,7 +1,7 @@
 """A Ray cluster of several nodes on this machine, each node its own raylet, for the fault tests.
 
     with MultiNodeCluster([{"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 2}], env) as cluster:
-        env = {**os.environ, "RAY_ADDRESS": cluster.address}    # a job run with this env joins it
+        env = cluster.client_env(os.environ)                   # a job run with this env joins it
         cluster.kill_node_hosting("FusedStage")                 # SIGKILL of every process of that node
 
 Ray's `cluster_utils.Cluster` runs in a child process of its own (`python -m tests.ray_cluster`), driven over
@@ -46,6 +46,14 @@ class MultiNodeCluster:
                 if attempt == 2:
                     raise
         self.address = started["address"]
+
+    def client_env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` with what a process needs to join this cluster as a driver.
+
+        Ray turns a 127.0.0.1 address into the machine's routable IP before connecting, where these nodes do
+        not listen; Ray's switch for single-machine clusters keeps the driver on the loopback address."""
+        return {**base, "RAY_ADDRESS": self.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
     def _reply(self, timeout_s: float = 120) -> dict:
         line = self._process.stdout.readline()

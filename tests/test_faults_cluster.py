@@ -67,8 +67,7 @@ def cluster(proxy):
 
 
 def job_env(cluster, proxy) -> dict[str, str]:
-    return {**os.environ, "RAY_ADDRESS": cluster.address, "AWS_ENDPOINT_URL": proxy.endpoint,
-            "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    return cluster.client_env({**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint})
 
 
 def start_job(job: str, cluster, proxy, *args: str, log=None) -> subprocess.Popen:

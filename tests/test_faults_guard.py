@@ -13,7 +13,8 @@ from multistream import s3config, storage
 from multistream.config import load_config
 from multistream.layout import RunRoot
 from multistream.lease import Lease, this_process
-from multistream.ray.guard import JobRefused, check_lease, start_job, storage_error
+from multistream.preflight import JobRefused, check_lease, check_shared_paths, storage_error
+from multistream.ray.guard import start_job
 
 
 def config(tmp_path, output: str | None = None, *overrides: str):
@@ -97,3 +98,14 @@ def test_an_output_storage_error_mid_job_is_one_clear_line_and_other_errors_pass
         with start_job(cfg, "extract", uses_ray=False):
             raise ValueError("not a storage error")
     assert storage.list_files(RunRoot(cfg.paths.output).lease, (".json",)) == []
+
+
+def test_local_paths_are_refused_on_several_nodes_unless_declared_shared(tmp_path):
+    local = config(tmp_path)
+    check_shared_paths(local, "extract", reads_input=True, nodes=1)
+    with pytest.raises(JobRefused, match=r"extract: --input .* is a local path, but the Ray cluster has 3 nodes"):
+        check_shared_paths(local, "extract", reads_input=True, nodes=3)
+    with pytest.raises(JobRefused, match="fuse: --output .* is a local path"):
+        check_shared_paths(local, "fuse", reads_input=False, nodes=3)
+    check_shared_paths(config(tmp_path, None, "paths.shared_filesystem=true"), "extract", True, nodes=3)
+    check_shared_paths(config(tmp_path, "s3://bucket/run"), "train_rnn", reads_input=False, nodes=3)

@@ -1,75 +1,26 @@
-"""The checks every job makes before any work, and the run root's lease held while it works.
+"""A job's start on Ray: the checks of `multistream.preflight` around the Ray session.
 
     with start_job(cfg, "extract", reads_input=True):
         run_extract(cfg)
 
 In order: the config's S3 retry settings are applied (and travel to the workers: `s3config`); `--input` must
 be readable; Ray is started or joined; on a cluster of several nodes a local `--input`/`--output` is refused
-unless `paths.shared_filesystem` says every node sees it; the lease of `--output` is taken
-(`multistream.lease`), which is also the check that `--output` is writable. Any of these failing stops the
-job with one line naming the path and the reason (`JobRefused`, a SystemExit: no traceback). While the job
-runs, an error of the output's storage (disk full, read-only, access denied) is reported the same way; what
-was committed before it stays readable, and running the job again resumes. Nested calls for the same run
-root (a pipeline running each job in turn) share the outer call's lease.
+unless `paths.shared_filesystem` says every node sees it; the lease of `--output` is taken, which is also the
+check that `--output` is writable.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import logging
 import os
 from contextlib import contextmanager
 
 import ray
 
-from multistream import s3config, storage
+from multistream import preflight, s3config
 from multistream.config import Config
-from multistream.layout import RunRoot, absolute
-from multistream.lease import Lease, LeaseHeld, this_process
+from multistream.layout import absolute
 from multistream.ray.session import init_ray
-
-log = logging.getLogger(__name__)
-
-STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
-                  errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
-
-_held: dict[str, list] = {}  # run root → [lease, depth]
-
-
-class JobRefused(SystemExit):
-    """A job stopped before (or instead of) doing harm; the message names the path and the reason."""
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def check_input(cfg: Config, job: str) -> None:
-    uri = cfg.paths.input
-    try:
-        found = storage.exists(uri)
-    except (PermissionError, OSError) as error:
-        raise JobRefused(f"{job}: cannot read --input {uri}: {error}") from error
-    if not found:
-        raise JobRefused(f"{job}: --input {uri} does not exist (or its bucket does not)")
-
-
-def check_shared_paths(cfg: Config, job: str, reads_input: bool) -> None:
-    """Refuse local paths on a cluster of several alive nodes, unless declared shared."""
-    if cfg.paths.shared_filesystem:
-        return
-    nodes = sum(1 for node in ray.nodes() if node["Alive"])
-    if nodes <= 1:
-        return
-    paths = [("--input", cfg.paths.input)] if reads_input else []
-    for flag, uri in [*paths, ("--output", cfg.paths.output)]:
-        if _is_local(uri):
-            raise JobRefused(
-                f"{job}: {flag} {uri} is a local path, but the Ray cluster has {nodes} nodes, each of which "
-                f"would use its own disk: give an s3:// URI, or --set paths.shared_filesystem=true where "
-                f"every node mounts it at the same path (NFS, EFS)")
 
 
 def _ray_job() -> str | None:
@@ -81,68 +32,19 @@ def _ray_job() -> str | None:
     return f"{job_id} ({submission})" if submission else job_id
 
 
-def storage_error(error: BaseException) -> str | None:
-    """The reason when `error` (or one it wraps, Ray's task errors included) is an error of the storage."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            return f"{STORAGE_ERRNOS[error.errno]} ({error})"
-        if isinstance(error, PermissionError):
-            return f"access denied ({error})"
-        for code, reason in STORAGE_ERRNOS.items():
-            if f"[Errno {code}]" in str(error):
-                return reason
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
-    return None
-
-
-def check_lease(uri: str) -> None:
-    """Raise where this process holds run root `uri` through `start_job` and has lost its lease since: call it
-    before a step that must not race another job, such as the end-of-run removal of stray commits."""
-    held = _held.get(absolute(uri))
-    if held is not None:
-        held[0].check()
-
-
 @contextmanager
 def start_job(cfg: Config, job: str, *, reads_input: bool = False, uses_ray: bool = True):
     """Run the block as `job` on `cfg.paths.output`: checks first, the lease held throughout (yields it).
 
     reads_input: check `--input` too (extraction). uses_ray: False for a job that runs in its own process only
     (fusion): Ray is neither started nor asked about its nodes."""
-    root = RunRoot(absolute(cfg.paths.output))
-    if root.uri in _held:
-        _held[root.uri][1] += 1
-        try:
-            yield _held[root.uri][0]
-        finally:
-            _held[root.uri][1] -= 1
-        return
-    s3config.configure(cfg.storage)
-    if reads_input:
-        check_input(cfg, job)
-    if uses_ray:
-        init_ray(cfg)
-        check_shared_paths(cfg, job, reads_input)
-    lease = Lease(root.lease, this_process(job, _ray_job()), ttl_s=cfg.storage.lease_ttl_s,
-                  wait_s=cfg.storage.lease_wait_s)
-    try:
-        lease.acquire()
-    except LeaseHeld as error:
-        raise JobRefused(f"{job}: {error}") from error
-    except OSError as error:  # the first write under --output
-        reason = storage_error(error) or error
-        raise JobRefused(f"{job}: cannot write --output {root.uri}: {reason}") from error
-    _held[root.uri] = [lease, 0]
-    try:
+    if not preflight.holds(absolute(cfg.paths.output)):
+        s3config.configure(cfg.storage)
+        if reads_input:
+            preflight.check_input(cfg, job)
+        if uses_ray:
+            init_ray(cfg)
+            nodes = sum(1 for node in ray.nodes() if node["Alive"])
+            preflight.check_shared_paths(cfg, job, reads_input, nodes)
+    with preflight.hold_run_root(cfg, job, _ray_job()) as lease:
         yield lease
-    except Exception as error:
-        reason = storage_error(error)
-        if reason is None:
-            raise
-        raise JobRefused(f"{job}: writing under --output {root.uri} failed: {reason}. What was committed "
-                         f"before stays; run the job again to resume once the output is writable") from error
-    finally:
-        del _held[root.uri]
-        lease.release()
