@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from multistream import embeddings, layout, modelio
-from multistream.config import RNNConfig
+from multistream.config import Config, RNNConfig
 from multistream.layout import RunRoot
 from multistream.rnn import SequenceClassifier
 from multistream.rnn_training import Head, embed, top_ks
@@ -41,6 +41,30 @@ def head_meta(data: StreamData, head: Head) -> dict:
             "config": dataclasses.asdict(head.rnn), "epochs": head.epoch, "best_epoch": head.best_epoch,
             "best_val_loss": best["val_loss"], "history": head.history}
     return meta
+
+
+def check_rnn_devices(cfg: Config) -> None:
+    """A head asked onto CUDA where Ray gives its workers no GPU is refused before any work starts."""
+    if cfg.rnn.device == "cuda" and not cfg.ray.train.use_gpu:
+        raise ValueError("rnn.device is cuda but ray.train.use_gpu is false: the Train workers get no GPU")
+    if cfg.rnn.device == "cuda" and not cfg.ray.embed.num_gpus:
+        raise ValueError("rnn.device is cuda but ray.embed.num_gpus is 0: the embedding task gets no GPU")
+
+
+def stream_status(run: RunRoot, streams: dict[str, StreamData]) -> dict[str, str]:
+    """What `train_rnn` does for each stream: "trained" (no saved head), "reused" (saved, with every ok video
+    embedded and the test split scored) or "embedded" (saved; videos added since are embedded)."""
+    status = {}
+    for stream, data in streams.items():
+        directory = run.model(layout.rnn_name(stream))
+        if not modelio.has_model(directory):
+            status[stream] = "trained"
+        elif set(data.all_ids) <= embeddings.embedded_ids(run, stream) and "test" in modelio.read_meta(directory):
+            status[stream] = "reused"
+            log.info("%s: already trained and embedded in %s, reusing it", stream, directory)
+        else:
+            status[stream] = "embedded"
+    return status
 
 
 def load_head(directory: str) -> tuple[SequenceClassifier, dict]:

@@ -7,15 +7,18 @@ the input, then the best with a linear SVM on its video embeddings in place of t
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 
 import numpy as np
 import pandas as pd
 
-from multistream.config import FusionConfig, TuneConfig
+from multistream import runinfo, storage
+from multistream.config import Config, FusionConfig, TuneConfig
 from multistream.fusion import FusionModel
-from multistream.rnn_training import top_ks
+from multistream.layout import RunRoot
+from multistream.rnn_training import embed, top_ks
 from multistream.training import topk_accuracy
 
 GRID = ("cell", "bidirectional", "layers", "hidden", "attention")
@@ -98,6 +101,48 @@ def svm_scores(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[
                 full[:, i] = margins[:, j]
         scores.update(split_scores(full, y, split))
     return scores
+
+
+def trial_row(variant: dict, seed: int, metrics: dict, errored: bool, model, splits: dict, batch_size: int,
+              max_epochs: int) -> dict:
+    """A trial's row: its variant, val and test scored once with its best weights `model` (None: the trial left
+    none; kept in the row as "weights" for the SVM row), its last `metrics` and why it stopped.
+
+    splits: {"val": Sequences, "test": Sequences}; `metrics` as the trial last reported."""
+    row = {"model": model_name(**variant), **variant, "head": "softmax", "seed": seed}
+    if model is None:
+        return {**row, "val_top1": float("nan"), "best_val_loss": float("nan"), "stopped_by": "error"}
+    row["weights"] = model
+    for split in ("val", "test"):
+        row.update(split_scores(embed(model, splits[split], batch_size)[1], splits[split].targets, split))
+    epochs = int(metrics.get("epoch", 0))
+    row.update(best_val_loss=metrics.get("best_val_loss"), best_epoch=metrics.get("best_epoch"), epochs=epochs,
+               stopped_by="error" if errored else "early stop" if metrics.get("early_stopped")
+               else "max epochs" if epochs >= max_epochs else "ASHA")
+    return row
+
+
+def svm_row(best: dict, splits: dict, cfg: Config, num_classes: int) -> dict:
+    """The best variant's embeddings → the fusion's linear SVM (fitted on train) in place of its softmax."""
+    embedded = {split: (embed(best["weights"], s, cfg.rnn.batch_size)[0], s.targets) for split, s in splits.items()}
+    row = {**{k: best[k] for k in (*GRID, "paper_hidden", "best_val_loss", "best_epoch", "epochs", "seed")},
+           "head": "svm", "stopped_by": best["stopped_by"], **paper_extra(best, "svm")}
+    row["model"] = model_name(**row)
+    row.update(svm_scores(embedded["train"], {s: embedded[s] for s in ("val", "test")}, num_classes, cfg.fusion))
+    return row
+
+
+def write_sweep(run: RunRoot, table: pd.DataFrame, stream: str, counts: dict[str, int], wall_s: float,
+                tune: TuneConfig, best: dict) -> None:
+    """reports/sweep.csv and sweep.md, and the "sweep" section of the metrics."""
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    storage.write_text(run.sweep_csv, buffer.getvalue())
+    resources = f"{tune.cpus_per_trial:g} CPU + {tune.gpus_per_trial:g} GPU per trial"
+    storage.write_text(run.sweep_md, sweep_markdown(table, stream, counts, wall_s, resources))
+    runinfo.update_metrics(run.uri, "sweep", {"stream": stream, "wall_s": wall_s, "trials": len(table) - 1,
+                                              "best": best["model"], "best_hidden": best["hidden"],
+                                              "resources": resources, "grid": tune.grid})
 
 
 def sweep_table(rows: list[dict]) -> pd.DataFrame:

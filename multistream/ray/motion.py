@@ -11,6 +11,7 @@ flow already, score the test split once and embed every video missing from `moti
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -19,7 +20,7 @@ import ray
 import ray.train
 import ray.train.torch
 
-from multistream import modelio, runinfo
+from multistream import modelio, run_spec, runinfo
 from multistream.config import Config
 from multistream.device import resolve_device
 from multistream.extract import read_flow
@@ -32,7 +33,7 @@ from multistream.motion import (
     read_plan,
     write_motion,
 )
-from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
+from multistream.motion_cnn import load_motion_cnn, model_meta, save_motion_cnn
 from multistream.motion_training import (
     MotionTrainer,
     MotionTraining,
@@ -90,6 +91,9 @@ def train_motion_cnn(cfg: Config, positions: dict[str, list[int]]) -> MotionTrai
         raise ValueError(f"{run.uri}: {len(plan.train)} train videos for {cfg.ray.train.num_workers} Train workers")
     log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
              len(plan.val), len(plan.test))
+    # checkpoints of another architecture, flow or class list are dropped rather than resumed
+    run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(
+        model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px), sort_keys=True))
     init_ray(cfg)
     run_training(train_loop, {"cfg": cfg, "plan": plan, "positions": positions}, cfg, MOTION_CNN)
     training = MotionTraining.from_dict(modelio.read_meta(run.model(MOTION_CNN))["training"])

@@ -19,7 +19,7 @@ import ray
 import ray.train
 import ray.train.torch
 
-from multistream import embeddings, layout, modelio, runinfo, storage
+from multistream import embeddings, layout, modelio, run_spec, runinfo
 from multistream.config import Config, RNNConfig
 from multistream.device import actor_device, resolve_device
 from multistream.layout import RunRoot
@@ -29,17 +29,16 @@ from multistream.rnn_models import (
     StreamResult,
     TrainRNNResult,
     architecture,
+    check_rnn_devices,
     embed_stream,
     head_meta,
     load_head,
+    stream_status,
 )
 from multistream.rnn_training import Head, frame_moments, input_statistics
 from multistream.streams import MissingStreamError, StreamData, ok_videos, read_sequences, shard, stream_data
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "multistream_model.json"  # beside a Ray Train run's checkpoints: the models they belong to
-
 
 def train_loop(config: dict) -> None:
     """Ray Train worker: every head of `config["streams"]` epoch by epoch, then (rank 0) save and embed."""
@@ -63,9 +62,10 @@ def train_loop(config: dict) -> None:
         heads[data.stream] = head
         splits[data.stream] = (train, read_sequences(data, shard(data.val_ids, rank, world)))
     state = restore_state()
-    for stream, head in heads.items():
-        if state is not None:
+    if state is not None:
+        for stream, head in heads.items():
             head.load_state_dict(state[stream])
+        log.info("resumed after epoch %s", ", ".join(f"{s} {h.epoch}" for s, h in heads.items()))
     last = time.perf_counter()
     while not all(head.done for head in heads.values()):
         training = [stream for stream, head in heads.items() if not head.done]
@@ -82,22 +82,12 @@ def train_loop(config: dict) -> None:
             embed_stream(run, data, head.best_model(), head_meta(data, head), rnn.batch_size, device)
 
 
-def _drop_stale_checkpoints(run: RunRoot, name: str, spec: str) -> None:
-    """Checkpoints of another architecture, input or class list cannot be resumed: remove them, start over."""
-    spec_uri = storage.join(run.checkpoint(name), SPEC_FILE)
-    if storage.exists(run.checkpoint(name)) and not (storage.exists(spec_uri) and storage.read_text(spec_uri) == spec):
-        log.warning("the checkpoints in %s are of other models; training starts over", run.checkpoint(name))
-        fs, path = storage.filesystem(run.checkpoint(name))
-        fs.rm(path, recursive=True)
-    storage.write_text(spec_uri, spec)
-
-
 def train_streams(cfg: Config, run: RunRoot, streams: list[StreamData]) -> None:
     """One Ray Train run (`checkpoints/rnn_<stream>[-<stream>...]`) for `streams`; saves and embeds each."""
     name = layout.rnn_name("-".join(data.stream for data in streams))
     spec = json.dumps({"streams": {d.stream: {"input_dim": d.input_dim, "classes": d.classes} for d in streams},
                        **architecture(cfg.rnn)}, sort_keys=True)
-    _drop_stale_checkpoints(run, name, spec)
+    run_spec.drop_stale(run.checkpoint(name), spec)
     for data in streams:
         log.info("%s: %d classes, %d train / %d val / %d test videos, input %d-d", data.stream, len(data.classes),
                  len(data.train_ids), len(data.val_ids), len(data.test_ids), data.input_dim)
@@ -116,21 +106,13 @@ def _embed_task(run: RunRoot, data: StreamData, device: str, batch_size: int, to
     return embed_stream(run, data, model, meta, batch_size, resolve_device(actor_device(device)))
 
 
-def _check_devices(cfg: Config) -> None:
-    """A head asked onto CUDA where Ray gives its workers no GPU is refused before any work starts."""
-    if cfg.rnn.device == "cuda" and not cfg.ray.train.use_gpu:
-        raise ValueError("rnn.device is cuda but ray.train.use_gpu is false: the Train workers get no GPU")
-    if cfg.rnn.device == "cuda" and not cfg.ray.embed.num_gpus:
-        raise ValueError("rnn.device is cuda but ray.embed.num_gpus is 0: the embedding task gets no GPU")
-
-
 def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -> TrainRNNResult:
     """Train (one Ray Train run), embed or reuse each stream's head, then rebuild `embeddings/`.
 
     A stream whose table is missing raises MissingStreamError, or with `skip_missing` is listed in `missing`.
     """
     started = time.perf_counter()
-    _check_devices(cfg)
+    check_rnn_devices(cfg)
     run = RunRoot(layout.absolute(cfg.paths.output))
     cfg = cfg.replace(**{"paths.output": run.uri})
     videos = ok_videos(run)
@@ -143,16 +125,7 @@ def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -
                 raise
             log.warning("%s", error)
             missing[stream] = str(error)
-    status = {}
-    for stream, data in found.items():
-        directory = run.model(layout.rnn_name(stream))
-        if not modelio.has_model(directory):
-            status[stream] = "trained"
-        elif set(data.all_ids) <= embeddings.embedded_ids(run, stream) and "test" in modelio.read_meta(directory):
-            status[stream] = "reused"
-            log.info("%s: already trained and embedded in %s, reusing it", stream, directory)
-        else:
-            status[stream] = "embedded"
+    status = stream_status(run, found)
     if any(s != "reused" for s in status.values()):
         init_ray(cfg)
     to_train = [found[s] for s, state in status.items() if state == "trained"]

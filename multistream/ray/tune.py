@@ -14,7 +14,6 @@ several on a core or a GPU). Re-running the same sweep restores its experiments 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import tempfile
@@ -27,30 +26,28 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from safetensors.torch import load_file, save_file
 
-from multistream import layout, runinfo, storage
+from multistream import layout, run_spec, storage
 from multistream.config import Config, RNNConfig
 from multistream.device import actor_device
 from multistream.layout import RunRoot
 from multistream.ray.session import init_ray, worker_setup
 from multistream.rnn import SequenceClassifier
-from multistream.rnn_training import Head, embed, frame_moments, input_statistics
-from multistream.streams import StreamData, ok_videos, read_sequences, stream_data
+from multistream.rnn_training import Head, frame_moments, input_statistics
+from multistream.streams import ok_videos, read_sequences, stream_data
 from multistream.sweep import (
     GRID,
     best_row,
-    model_name,
     paper_extra,
-    split_scores,
-    svm_scores,
-    sweep_markdown,
+    svm_row,
     sweep_table,
+    trial_row,
     variants,
+    write_sweep,
 )
 
 log = logging.getLogger(__name__)
 
 NAME = "tune_rnn"
-SPEC_FILE = "multistream_sweep.json"  # the sweep a restorable experiment was started with
 WEIGHTS = "best.safetensors"
 
 
@@ -76,10 +73,9 @@ def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, 
 def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spec: dict) -> tune.ResultGrid:
     """One Tuner over the variants of `space` (restored where the same experiment exists)."""
     storage_path, filesystem = storage.arrow_location(run.checkpoints)
-    spec_uri = storage.join(run.checkpoint(name), SPEC_FILE)
     spec_text = json.dumps({**spec, "space": space}, sort_keys=True, default=str)
     if (tune.Tuner.can_restore(storage.join(storage_path, name), storage_filesystem=filesystem)
-            and storage.exists(spec_uri) and storage.read_text(spec_uri) == spec_text):
+            and run_spec.matches(run.checkpoint(name), spec_text)):
         log.info("restoring the sweep in %s", run.checkpoint(name))
         tuner = tune.Tuner.restore(storage.join(storage_path, name), trainable, resume_errored=True,
                                    storage_filesystem=filesystem)
@@ -93,7 +89,7 @@ def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spe
             max_concurrent_trials=cfg.tune.max_concurrent or None),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
-        storage.write_text(spec_uri, spec_text)
+        run_spec.record(run.checkpoint(name), spec_text)
     return tuner.fit()
 
 
@@ -106,26 +102,16 @@ def _model(result, variant: dict, rnn: RNNConfig, input_dim: int, num_classes: i
     return model.eval()
 
 
-def _rows(results: tune.ResultGrid, data: StreamData, splits: dict, cfg: Config) -> list[dict]:
-    """One row per trial in the order of the space; val and test scored once with the trial's best weights
-    (kept in the row as "weights" for the SVM row)."""
+def _rows(results: tune.ResultGrid, splits: dict, cfg: Config, input_dim: int, num_classes: int) -> list[dict]:
+    """One row per trial in the order of the space (`sweep.trial_row`), scored with the trial's best weights."""
     rows = []
     for result in sorted(results, key=lambda r: (r.config["variant"]["index"], r.config["seed"])):
-        variant, metrics = result.config["variant"], result.metrics or {}
-        row = {"model": model_name(**variant), **variant, "head": "softmax", "seed": result.config["seed"]}
+        variant = result.config["variant"]
         if result.checkpoint is None:
             log.warning("trial %s left no weights: %s", result.path, result.error)
-            rows.append({**row, "val_top1": float("nan"), "best_val_loss": float("nan"), "stopped_by": "error"})
-            continue
-        model = row["weights"] = _model(result, variant, cfg.rnn, data.input_dim, len(data.classes))
-        for split in ("val", "test"):
-            row.update(split_scores(embed(model, splits[split], cfg.rnn.batch_size)[1], splits[split].targets,
-                                    split))
-        epochs = int(metrics.get("epoch", 0))
-        row.update(best_val_loss=metrics.get("best_val_loss"), best_epoch=metrics.get("best_epoch"), epochs=epochs,
-                   stopped_by="error" if result.error else "early stop" if metrics.get("early_stopped")
-                   else "max epochs" if epochs >= cfg.tune.epochs else "ASHA")
-        rows.append(row)
+        model = None if result.checkpoint is None else _model(result, variant, cfg.rnn, input_dim, num_classes)
+        rows.append(trial_row(variant, result.config["seed"], result.metrics or {}, result.error is not None, model,
+                              splits, cfg.rnn.batch_size, cfg.tune.epochs))
     return rows
 
 
@@ -157,33 +143,17 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
             "classes": data.classes, "counts": counts}
     init_ray(cfg)
     space = [{**v, "index": i} for i, v in enumerate(variants(cfg.tune))]
-    rows = _rows(_fit(cfg, run, NAME, space, trainable, spec), data, splits, cfg)
+    rows = _rows(_fit(cfg, run, NAME, space, trainable, spec), splits, cfg, data.input_dim, len(data.classes))
     best = best_row(rows)
     attention = {**{k: best[k] for k in (*GRID, "paper_hidden")}, "attention": True, "index": len(space),
                  **paper_extra(best, "attention")}
-    rows += _rows(_fit(cfg, run, f"{NAME}_attention", [attention], trainable, spec), data, splits, cfg)
-    rows.append(_svm_row(best, splits, cfg, len(data.classes)))
+    rows += _rows(_fit(cfg, run, f"{NAME}_attention", [attention], trainable, spec), splits, cfg, data.input_dim,
+                  len(data.classes))
+    rows.append(svm_row(best, splits, cfg, len(data.classes)))
     for row in rows:
         row["best"] = row is best
     table = sweep_table(rows)
     wall = time.perf_counter() - started
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    storage.write_text(run.sweep_csv, buffer.getvalue())
-    resources = f"{cfg.tune.cpus_per_trial:g} CPU + {cfg.tune.gpus_per_trial:g} GPU per trial"
-    storage.write_text(run.sweep_md, sweep_markdown(table, stream, counts, wall, resources))
-    runinfo.update_metrics(run.uri, "sweep", {"stream": stream, "wall_s": wall, "trials": len(rows) - 1,
-                                              "best": best["model"], "best_hidden": best["hidden"],
-                                              "resources": resources, "grid": cfg.tune.grid})
+    write_sweep(run, table, stream, counts, wall, cfg.tune, best)
     return SweepResult(table, best["model"], wall)
-
-
-def _svm_row(best: dict, splits: dict, cfg: Config, num_classes: int) -> dict:
-    """The best variant's embeddings → the fusion's linear SVM (fitted on train) in place of its softmax."""
-    embedded = {split: (embed(best["weights"], s, cfg.rnn.batch_size)[0], s.targets) for split, s in splits.items()}
-    row = {**{k: best[k] for k in (*GRID, "paper_hidden", "best_val_loss", "best_epoch", "epochs", "seed")},
-           "head": "svm", "stopped_by": best["stopped_by"], **paper_extra(best, "svm")}
-    row["model"] = model_name(**row)
-    row.update(svm_scores(embedded["train"], {s: embedded[s] for s in ("val", "test")}, num_classes, cfg.fusion))
-    return row
 
