@@ -39,7 +39,7 @@ def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, n
     """Fit `loop` on `cfg.ray.train` workers; checkpoints live under `<run root>/checkpoints/<name>`."""
     # A worker's report blocks until the controller polls it (every 2 s by default): a floor of 2 s per epoch,
     # longer than a demo epoch. The controller reads this at start-up (Ray Train propagates RAY_TRAIN_* vars).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     resources = cfg.ray.train
     storage_path, filesystem = _storage(RunRoot(cfg.paths.output).checkpoints)
     trainer = TorchTrainer(
