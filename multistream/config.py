@@ -177,6 +177,9 @@ class TrainResources:
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1.0
     max_failures: int = 2
+    # the pipeline on a fresh run root fits the motion CNN and the RNN heads in one Ray Train run
+    # (`multistream.ray.chain`): one worker-group start-up instead of two
+    chain: bool = True
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Every step resumes, or skips itself, when its outputs are complete: extraction s
 motion CNN and each stream's RNN reuse a saved model and embed only what is missing; fusion refits only
 when `embeddings/` changed since it last ran; the report is always rewritten. A run interrupted anywhere
 continues where it stopped when started again with the same output. Per-step and total seconds are logged
-and kept in the "pipeline" section of `reports/metrics.json`.
+and kept in the "pipeline" section of `reports/metrics.json`. On a fresh run root the motion CNN and the RNN
+heads are fitted in one Ray Train run (`ray.train.chain`, `multistream.ray.chain`): the train_motion step
+then holds both, and train_rnn shows "chained".
 
 The step functions are imported inside each step, so a missing or broken job module fails that step with
 its own error instead of breaking `import multistream.pipeline`.
@@ -29,7 +31,7 @@ RNN_STREAMS = ["spatial", "temporal", "audio"]
 @dataclass
 class StepResult:
     step: str
-    status: Literal["ran", "skipped"]
+    status: Literal["ran", "skipped", "chained"]  # chained: done in the previous step's Ray Train run
     seconds: float
     figures: dict = field(default_factory=dict)  # the step's headline figures (counts, accuracies)
 
@@ -50,17 +52,27 @@ def _extract(cfg: Config) -> dict:
 
 
 def _train_motion(cfg: Config) -> dict:
+    from multistream.ray.chain import can_chain, run_train_chain
     from multistream.ray.motion import run_train_motion
 
-    result = run_train_motion(cfg)
+    if cfg.ray.train.chain and can_chain(cfg, RNN_STREAMS):
+        chained = run_train_chain(cfg, RNN_STREAMS)
+        result, heads = chained.motion, _rnn_figures(chained.rnn)
+        heads["status"] = "chained"  # train_rnn's work, done in this step's Ray Train run
+    else:
+        result, heads = run_train_motion(cfg), None
     return {"status": "ran" if result.trained or result.embedded else "skipped", "embedded": result.embedded,
-            "val_accuracy": result.training.val_accuracy, "test_accuracy": result.training.test_accuracy}
+            "val_accuracy": result.training.val_accuracy, "test_accuracy": result.training.test_accuracy,
+            "rnn": heads}
 
 
-def _train_rnn(cfg: Config) -> dict:
+def _train_rnn(cfg: Config, chained: dict | None = None) -> dict:
     from multistream.ray.rnn import run_train_rnn
 
-    result = run_train_rnn(cfg, RNN_STREAMS)
+    return chained or _rnn_figures(run_train_rnn(cfg, RNN_STREAMS))
+
+
+def _rnn_figures(result) -> dict:
     return {"status": "skipped" if all(r.status == "reused" for r in result.streams.values()) else "ran",
             "top1": {stream: r.top1 for stream, r in result.streams.items()}}
 
@@ -99,13 +111,14 @@ def run_pipeline(cfg: Config) -> PipelineResult:
     """
     started = time.perf_counter()
     steps: list[StepResult] = []
-    report = ""
+    report, chained = "", None
     for name, step in STEPS:
         if name == "report":
             _record(cfg, steps, time.perf_counter() - started)
         log.info("pipeline: %s ...", name)
         step_started = time.perf_counter()
-        figures = step(cfg)
+        figures = step(cfg, chained) if name == "train_rnn" else step(cfg)
+        chained = figures.pop("rnn", None)
         status = figures.pop("status")
         report = figures.get("report", report)
         steps.append(StepResult(name, status, time.perf_counter() - step_started, figures))

@@ -39,7 +39,9 @@ def test_pipeline_runs_every_step_then_skips_them_all(ray_session, tmp_path, cap
     first = run_pipeline(cfg)
 
     assert [s.step for s in first.steps] == ["extract", "train_motion", "train_rnn", "fuse", "report"]
-    assert all(s.status == "ran" for s in first.steps), first.steps
+    # the motion CNN and the heads in one Ray Train run (ray.train.chain): train_rnn's work is in train_motion's
+    assert [s.status for s in first.steps] == ["ran", "ran", "chained", "ran", "ran"], first.steps
+    assert first.steps[2].figures["top1"].keys() == {"spatial", "temporal", "audio"}
     assert first.steps[0].figures["ok"] == 14 and first.steps[0].figures["errors"] == 0
     assert Path(first.report).is_file()
     metrics = runinfo.read_json(str(root), runinfo.METRICS)
@@ -61,3 +63,49 @@ def test_pipeline_runs_every_step_then_skips_them_all(ray_session, tmp_path, cap
     assert {name: (root / name).stat().st_mtime_ns for name in OUTPUTS} == stamps
     out = capsys.readouterr().out
     assert "Spatial+Temporal+Audio" in out and "report.html" in out
+
+
+@pytest.mark.slow
+def test_a_worker_killed_in_the_chained_run_s_rnn_phase_resumes_the_heads_not_the_motion_cnn(tmp_path):
+    """kill -9 of the Train worker after the motion CNN is saved and a head checkpoint is written: Ray Train
+    restarts the group, which skips the motion phase and resumes the heads from their last epoch."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    data = generate_demo(tmp_path / "data", clips_per_class=3, n_anomalies=2)
+    root = tmp_path / "run"
+    slow_heads = [o for o in SMALL if not o.startswith(("rnn.epochs", "motion_cnn.epochs"))] + [
+        "rnn.epochs=60", "rnn.patience=100", "motion_cnn.epochs=3"]
+    command = [sys.executable, str(REPO / "jobs" / "pipeline.py"), f"--input={data}", f"--output={root}",
+               *(f"--set={o}" for o in slow_heads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+    model, checkpoints = root / "models" / "motion_cnn" / "model.json", root / "checkpoints" / "motion_rnn"
+    killed, deadline = None, time.time() + 600
+    try:
+        while killed is None and time.time() < deadline and process.poll() is None:
+            saved = model.exists() and model.stat().st_mtime
+            # two head checkpoints: the first is surely registered by Ray Train (the newest may not be yet)
+            if saved and sum(p.stat().st_mtime > saved for p in checkpoints.glob("checkpoint_*")) >= 2:
+                workers = [p for p in psutil.Process(process.pid).children(recursive=True)
+                           if "RayTrainWorker" in " ".join(p.cmdline())]
+                if workers:
+                    killed = workers[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert killed is not None, "no training worker was found in the heads' phase:\n" + output[-4000:]
+    assert process.returncode == 0, output[-4000:]
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics["motion_cnn"]["history"]] == [1, 2, 3]  # trained once, not again
+    for stream in ("spatial", "temporal", "audio"):
+        assert [m["epoch"] for m in metrics[f"rnn_{stream}"]["history"]] == list(range(1, 61)), stream
+    assert "resumed after epoch spatial" in output, output[-3000:]

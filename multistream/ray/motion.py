@@ -27,6 +27,7 @@ from multistream.extract import read_flow
 from multistream.layout import MOTION_CNN, RunRoot, absolute
 from multistream.motion import (
     FlowSource,
+    MotionPlan,
     embed_video,
     embed_videos,
     pending_positions,
@@ -83,22 +84,37 @@ def train_loop(config: dict) -> None:
         save_motion_cnn(run.model(MOTION_CNN), loop.best_state, meta)
 
 
-def train_motion_cnn(cfg: Config, positions: dict[str, list[int]]) -> MotionTraining:
-    """Fit the motion CNN on Ray Train, embedding `positions` at the end; returns its training record."""
+def prepare_motion(cfg: Config, positions: dict[str, list[int]]) -> tuple[MotionPlan, dict]:
+    """(plan, train_loop's config) for fitting the motion CNN and embedding `positions` at the end; checkpoints
+    of another architecture, flow or class list under `checkpoints/<name>` are dropped rather than resumed."""
     run = RunRoot(cfg.paths.output)
     plan = read_plan(run)
     if len(plan.train) < cfg.ray.train.num_workers:
         raise ValueError(f"{run.uri}: {len(plan.train)} train videos for {cfg.ray.train.num_workers} Train workers")
     log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
              len(plan.val), len(plan.test))
-    # checkpoints of another architecture, flow or class list are dropped rather than resumed
-    run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(
-        model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px), sort_keys=True))
-    init_ray(cfg)
-    run_training(train_loop, {"cfg": cfg, "plan": plan, "positions": positions}, cfg, MOTION_CNN)
+    return plan, {"cfg": cfg, "plan": plan, "positions": positions}
+
+
+def motion_spec(plan: MotionPlan, cfg: Config) -> dict:
+    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px)
+
+
+def record_motion(run: RunRoot) -> MotionTraining:
+    """The saved motion CNN's training record, also written to the "motion_cnn" metrics."""
     training = MotionTraining.from_dict(modelio.read_meta(run.model(MOTION_CNN))["training"])
     runinfo.update_metrics(run.uri, "motion_cnn", training.to_dict())
     return training
+
+
+def train_motion_cnn(cfg: Config, positions: dict[str, list[int]]) -> MotionTraining:
+    """Fit the motion CNN on Ray Train, embedding `positions` at the end; returns its training record."""
+    run = RunRoot(cfg.paths.output)
+    plan, loop_config = prepare_motion(cfg, positions)
+    run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(motion_spec(plan, cfg), sort_keys=True))
+    init_ray(cfg)
+    run_training(train_loop, loop_config, cfg, MOTION_CNN)
+    return record_motion(run)
 
 
 class EmbedStage:

@@ -62,7 +62,7 @@ def train_loop(config: dict) -> None:
         heads[data.stream] = head
         splits[data.stream] = (train, read_sequences(data, shard(data.val_ids, rank, world)))
     state = restore_state()
-    if state is not None:
+    if state is not None and set(heads) <= set(state):  # not another phase's (`multistream.ray.chain`)
         for stream, head in heads.items():
             head.load_state_dict(state[stream])
         log.info("resumed after epoch %s", ", ".join(f"{s} {h.epoch}" for s, h in heads.items()))
@@ -82,19 +82,27 @@ def train_loop(config: dict) -> None:
             embed_stream(run, data, head.best_model(), head_meta(data, head), rnn.batch_size, device)
 
 
+def rnn_spec(cfg: Config, streams: dict[str, dict]) -> dict:
+    """What the checkpoints of these heads belong to: {stream: {input_dim, classes}} and the architecture."""
+    return {"streams": streams, **architecture(cfg.rnn)}
+
+
+def loop_config(cfg: Config, run: RunRoot) -> dict:
+    """train_loop's config, less "streams"; a worker computes on every CPU it holds (ray.torch_threads is the
+    floor)."""
+    return {"rnn": cfg.rnn, "root": run.uri,
+            "torch_threads": max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))}
+
+
 def train_streams(cfg: Config, run: RunRoot, streams: list[StreamData]) -> None:
     """One Ray Train run (`checkpoints/rnn_<stream>[-<stream>...]`) for `streams`; saves and embeds each."""
     name = layout.rnn_name("-".join(data.stream for data in streams))
-    spec = json.dumps({"streams": {d.stream: {"input_dim": d.input_dim, "classes": d.classes} for d in streams},
-                       **architecture(cfg.rnn)}, sort_keys=True)
-    run_spec.drop_stale(run.checkpoint(name), spec)
+    spec = rnn_spec(cfg, {d.stream: {"input_dim": d.input_dim, "classes": d.classes} for d in streams})
+    run_spec.drop_stale(run.checkpoint(name), json.dumps(spec, sort_keys=True))
     for data in streams:
         log.info("%s: %d classes, %d train / %d val / %d test videos, input %d-d", data.stream, len(data.classes),
                  len(data.train_ids), len(data.val_ids), len(data.test_ids), data.input_dim)
-    # a worker computes on every CPU it holds (ray.torch_threads is the floor)
-    threads = max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))
-    loop_config = {"rnn": cfg.rnn, "streams": streams, "root": run.uri, "torch_threads": threads}
-    result = run_training(train_loop, loop_config, cfg, name)
+    result = run_training(train_loop, {**loop_config(cfg, run), "streams": streams}, cfg, name)
     if result.error is not None:
         raise RuntimeError(f"training {name} failed: {result.error}")
 
@@ -104,6 +112,18 @@ def _embed_task(run: RunRoot, data: StreamData, device: str, batch_size: int, to
     worker_setup(torch_threads)
     model, meta = load_head(run.model(layout.rnn_name(data.stream)))
     return embed_stream(run, data, model, meta, batch_size, resolve_device(actor_device(device)))
+
+
+def record_streams(run: RunRoot, status: dict[str, str]) -> dict[str, StreamResult]:
+    """Each stream's result from its saved head (metrics updated where it was trained or embedded now), then
+    `embeddings/` rebuilt."""
+    results = {}
+    for stream, state in status.items():
+        results[stream] = StreamResult.from_meta(modelio.read_meta(run.model(layout.rnn_name(stream))), state)
+        if state != "reused":
+            runinfo.update_metrics(run.uri, layout.rnn_name(stream), results[stream].metrics())
+    embeddings.write_embeddings(run)
+    return results
 
 
 def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -> TrainRNNResult:
@@ -135,10 +155,5 @@ def run_train_rnn(cfg: Config, streams: list[str], skip_missing: bool = False) -
     ray.get([_embed_task.options(num_cpus=embed.num_cpus, num_gpus=embed.num_gpus).remote(
         run, found[s], cfg.rnn.device, cfg.rnn.batch_size, cfg.ray.torch_threads)
         for s, state in status.items() if state == "embedded"])
-    results = {}
-    for stream, state in status.items():
-        results[stream] = StreamResult.from_meta(modelio.read_meta(run.model(layout.rnn_name(stream))), state)
-        if state != "reused":
-            runinfo.update_metrics(run.uri, layout.rnn_name(stream), results[stream].metrics())
-    embeddings.write_embeddings(run)
+    results = record_streams(run, status)
     return TrainRNNResult(results, missing, time.perf_counter() - started)

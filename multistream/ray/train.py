@@ -80,7 +80,7 @@ class EpochLoop:
 
     def resume(self) -> None:
         state = restore_state()
-        if state is None:
+        if state is None or "model" not in state:  # none, or another phase's (`multistream.ray.chain`)
             return
         _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,84 @@
+"""The motion CNN and every stream's RNN head in ONE Ray Train run, for the pipeline on a fresh run root: one
+worker-group start-up instead of two, which on a small archive is most of what training costs.
+
+The workers fit the motion CNN and embed every video into `motion/` (`ray.motion.train_loop`), then read the
+streams — the temporal one from the `motion/` table just written — and fit the heads (`ray.rnn.train_loop`).
+Both phases checkpoint every epoch under `checkpoints/motion_rnn/`: a restarted worker group skips the motion
+phase once its model is saved, and each phase resumes only from a checkpoint of its own. The models, tables
+and metrics are those of `jobs/train_motion.py` followed by `jobs/train_rnn.py`, which stay as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from multistream import modelio, run_spec, schema
+from multistream.config import Config
+from multistream.layout import MOTION_CNN, RunRoot, absolute, rnn_name
+from multistream.motion import pending_positions
+from multistream.motion_training import TrainMotionResult, check_motion_resources
+from multistream.ray import motion, rnn
+from multistream.ray.session import init_ray
+from multistream.ray.train import run_training
+from multistream.rnn_models import TrainRNNResult, check_rnn_devices
+from multistream.streams import ok_videos, stream_data
+
+NAME = "motion_rnn"
+
+
+def chain_loop(config: dict) -> None:
+    """Ray Train worker: the motion CNN's epochs and embedding pass, then every head's (see the module)."""
+    run = RunRoot(config["root"])
+    if not modelio.has_model(run.model(MOTION_CNN)):
+        motion.train_loop(config["motion"])
+    videos = ok_videos(run)
+    rnn.train_loop({**config["rnn"], "streams": [stream_data(run, s, videos) for s in config["streams"]]})
+
+
+def can_chain(cfg: Config, streams: list[str]) -> bool:
+    """Whether nothing of either step is saved yet and the streams other than the temporal one are extracted:
+    a run root the chained run trains from scratch."""
+    run = RunRoot(absolute(cfg.paths.output))
+    if modelio.has_model(run.model(MOTION_CNN)) or any(modelio.has_model(run.model(rnn_name(s))) for s in streams):
+        return False
+    videos = ok_videos(run)
+    try:
+        for stream in streams:
+            if stream != "temporal":
+                stream_data(run, stream, videos)
+    except (ValueError, FileNotFoundError):  # MissingStreamError among them: the separate steps say why
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    motion: TrainMotionResult
+    rnn: TrainRNNResult
+
+
+def run_train_chain(cfg: Config, streams: list[str]) -> ChainResult:
+    """Fit the motion CNN and `streams`' heads in one Ray Train run; records as the two jobs would."""
+    started = time.perf_counter()
+    check_motion_resources(cfg)
+    check_rnn_devices(cfg)
+    cfg = cfg.replace(**{"paths.output": absolute(cfg.paths.output)})  # workers must not depend on the cwd
+    run = RunRoot(cfg.paths.output)
+    positions = pending_positions(run)
+    plan, motion_config = motion.prepare_motion(cfg, positions)
+    videos = ok_videos(run)
+    inputs = {s: {"input_dim": schema.MOTION_DIM, "classes": list(plan.classes)} if s == "temporal" else
+              {"input_dim": (data := stream_data(run, s, videos)).input_dim, "classes": data.classes}
+              for s in streams}
+    spec = {"motion": motion.motion_spec(plan, cfg), "rnn": rnn.rnn_spec(cfg, inputs)}
+    run_spec.drop_stale(run.checkpoint(NAME), json.dumps(spec, sort_keys=True))
+    init_ray(cfg)
+    result = run_training(chain_loop, {"root": run.uri, "motion": motion_config, "rnn": rnn.loop_config(cfg, run),
+                                       "streams": streams}, cfg, NAME)
+    if result.error is not None:
+        raise RuntimeError(f"training {NAME} failed: {result.error}")
+    trained = TrainMotionResult(motion.record_motion(run), True, len(positions))
+    heads = rnn.record_streams(run, dict.fromkeys(streams, "trained"))
+    return ChainResult(trained, TrainRNNResult(heads, {}, time.perf_counter() - started))
