@@ -109,3 +109,19 @@ def test_local_paths_are_refused_on_several_nodes_unless_declared_shared(tmp_pat
         check_shared_paths(local, "fuse", reads_input=False, nodes=3)
     check_shared_paths(config(tmp_path, None, "paths.shared_filesystem=true"), "extract", True, nodes=3)
     check_shared_paths(config(tmp_path, "s3://bucket/run"), "train_rnn", reads_input=False, nodes=3)
+
+
+def test_a_job_with_no_cluster_to_join_starts_no_ray_until_it_has_work(tmp_path):
+    """Joining happens at the start (to count a cluster's nodes); a local Ray is the job's to start, so that a
+    re-run with nothing to do never waits for one."""
+    import subprocess
+    import sys
+
+    script = ("import ray\nfrom multistream.config import load_config\nfrom multistream.ray.guard import start_job\n"
+              f"cfg = load_config(overrides=['paths.input={tmp_path}', 'paths.output={tmp_path / 'run'}', "
+              "'paths.demo=false'])\nwith start_job(cfg, 'extract', reads_input=True):\n"
+              "    print('ray started:', ray.is_initialized())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": "local"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ray started: False" in done.stdout

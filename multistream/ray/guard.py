@@ -4,9 +4,9 @@
         run_extract(cfg)
 
 In order: the config's S3 retry settings are applied (and travel to the workers: `s3config`); `--input` must
-be readable; Ray is started or joined; on a cluster of several nodes a local `--input`/`--output` is refused
-unless `paths.shared_filesystem` says every node sees it; the lease of `--output` is taken, which is also the
-check that `--output` is writable.
+be readable; a running Ray cluster is joined (a local Ray is started later, by the job, if it has work); on a
+cluster of several nodes a local `--input`/`--output` is refused unless `paths.shared_filesystem` says every
+node sees it; the lease of `--output` is taken, which is also the check that `--output` is writable.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ray
 from multistream import preflight, s3config
 from multistream.config import Config
 from multistream.layout import absolute
-from multistream.ray.session import init_ray
+from multistream.ray.session import join_cluster
 
 
 def _ray_job() -> str | None:
@@ -42,8 +42,9 @@ def start_job(cfg: Config, job: str, *, reads_input: bool = False, uses_ray: boo
         s3config.configure(cfg.storage)
         if reads_input:
             preflight.check_input(cfg, job)
-        if uses_ray:
-            init_ray(cfg)
+        # a cluster is joined now, to count its nodes; a local Ray (one node) is started only where the job
+        # has work for it, so that a re-run with nothing to do never waits for one
+        if uses_ray and join_cluster(cfg):
             nodes = sum(1 for node in ray.nodes() if node["Alive"])
             preflight.check_shared_paths(cfg, job, reads_input, nodes)
     with preflight.hold_run_root(cfg, job, _ray_job()) as lease:

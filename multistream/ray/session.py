@@ -33,27 +33,33 @@ def worker_env(torch_threads: int) -> dict[str, str]:
     return {**WORKER_ENV, "OMP_NUM_THREADS": str(torch_threads)}
 
 
-def init_ray(cfg: Config) -> None:
-    """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`, else start a local Ray.
-
-    The address "local" always starts a new local Ray, even where a cluster runs on the machine.
-    """
+def join_cluster(cfg: Config) -> bool:
+    """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`; False where there is none to
+    join (no address and no running cluster, or the address "local"): a local Ray would be started."""
     if ray.is_initialized():
-        return
+        return True
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     # a cluster's workers do not inherit the driver's environment: the S3 settings travel with the job
     joined_env = {"env_vars": s3config.env(s3config.current())}
     if address and address != "local":
         ray.init(address=address, log_to_driver=True, runtime_env=joined_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
-        return
+        return True
     if not address:
         try:
             ray.init(address="auto", log_to_driver=True, runtime_env=joined_env)
             log.info("joined the running Ray cluster: %s", ray.cluster_resources())
-            return
+            return True
         except ConnectionError:
             pass
+    return False
+
+
+def init_ray(cfg: Config) -> None:
+    """Join a cluster (`join_cluster`), else start a local Ray. The address "local" always starts a new local
+    Ray, even where a cluster runs on the machine."""
+    if join_cluster(cfg):
+        return
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
     log.info("started a local Ray: %s", ray.cluster_resources())
