@@ -101,3 +101,31 @@ def run_job_main(job: str, *args: str) -> int:
     finally:
         sys.path.remove(str(ROOT / "jobs"))
     return module.main([*args, *SMALL_EXTRACTION])
+
+
+def kill_train_worker_when(process, ready, timeout_s: float = 400) -> tuple[int | None, str]:
+    """Once `ready()` holds, SIGKILL one Ray Train worker of the job `process` (started with
+    start_new_session=True); wait for the job to end. Returns (the killed pid or None, the job's output)."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    killed, deadline = None, time.time() + timeout_s
+    try:
+        while killed is None and time.time() < deadline and process.poll() is None:
+            if ready():
+                workers = [p for p in psutil.Process(process.pid).children(recursive=True)
+                           if "RayTrainWorker" in " ".join(p.cmdline())]
+                if workers:
+                    killed = workers[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        output, _ = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        output = ""
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return killed, output

@@ -41,7 +41,7 @@ def remount(mount, options: str) -> None:
 
 def extract(inputs, out) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--input", str(inputs),
-               "--output", str(out), "--set", "ray.fused.batch_size=1", "--set", "ray.fused.max_actors=1",
+               "--output", str(out), "--set", "ray.fused={num_cpus: 1, min_actors: 1, max_actors: 1, batch_size: 1}",
                *SMALL_EXTRACTION]
     return subprocess.run(command, env={**os.environ, "RAY_ADDRESS": "local"}, cwd=ROOT, capture_output=True,
                           text=True, timeout=400)
@@ -61,9 +61,12 @@ def test_a_full_then_read_only_output_disk_stops_the_job_clearly_and_keeps_what_
         write_test_video(inputs / f"v{i}.mp4", frames=20, seed=i, audio_tone_hz=440)
     out = small_disk / "run"
     started = time.monotonic()
-    # room for a few videos' parts only (each writes ~60 kB of flow, features and videos rows)
+    # room for part of the run only: what a whole run writes is measured first, on the test's own disk
+    probe = extract(inputs.parent, tmp_path / "probe")
+    assert probe.returncode == 0, (probe.stdout + probe.stderr)[-4000:]
+    whole = sum(f.stat().st_size for f in (tmp_path / "probe").rglob("*") if f.is_file())
     free = shutil.disk_usage(small_disk).free
-    (small_disk / "filler").write_bytes(b"\0" * (free - 200_000))
+    (small_disk / "filler").write_bytes(b"\0" * (free - whole // 2))
     full = extract(inputs.parent, out)
     output = full.stdout + full.stderr
     assert full.returncode != 0 and "no space left on the device" in output, output[-4000:]

@@ -10,6 +10,7 @@ from multistream import runinfo
 from multistream.config import load_config
 from multistream.demo import generate_demo
 from multistream.pipeline import run_pipeline
+from tests.helpers import kill_train_worker_when
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["flow.size=[64, 60]", "spatial.image_size=32", "sampling.max_seq_len=8", "sampling.segments=4",
@@ -71,11 +72,7 @@ def test_a_worker_killed_in_the_chained_run_s_rnn_phase_resumes_the_heads_not_th
     restarts the group, which skips the motion phase and resumes the heads from their last epoch."""
     import json
     import os
-    import signal
     import subprocess
-    import time
-
-    import psutil
 
     data = generate_demo(tmp_path / "data", clips_per_class=3, n_anomalies=2)
     root = tmp_path / "run"
@@ -86,22 +83,12 @@ def test_a_worker_killed_in_the_chained_run_s_rnn_phase_resumes_the_heads_not_th
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
     model, checkpoints = root / "models" / "motion_cnn" / "model.json", root / "checkpoints" / "motion_rnn"
-    killed, deadline = None, time.time() + 600
-    try:
-        while killed is None and time.time() < deadline and process.poll() is None:
-            saved = model.exists() and model.stat().st_mtime
-            # two head checkpoints: the first is surely registered by Ray Train (the newest may not be yet)
-            if saved and sum(p.stat().st_mtime > saved for p in checkpoints.glob("checkpoint_*")) >= 2:
-                workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-                           if "RayTrainWorker" in " ".join(p.cmdline())]
-                if workers:
-                    killed = workers[0].pid
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.05)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+
+    def two_head_checkpoints() -> bool:  # the first is surely registered by Ray Train (the newest may not be)
+        saved = model.exists() and model.stat().st_mtime
+        return bool(saved) and sum(p.stat().st_mtime > saved for p in checkpoints.glob("checkpoint_*")) >= 2
+
+    killed, output = kill_train_worker_when(process, two_head_checkpoints, timeout_s=600)
     assert killed is not None, "no training worker was found in the heads' phase:\n" + output[-4000:]
     assert process.returncode == 0, output[-4000:]
     metrics = json.loads((root / "reports" / "metrics.json").read_text())

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from multistream import schema, storage
 from multistream.config import ConfigError
 from multistream.layout import MOTION_CNN, RunRoot
 from multistream.ray.motion import run_train_motion
+from tests.helpers import kill_train_worker_when
 from tests.motion_fixtures import OVERRIDES, SIZE, config, make_run_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,28 +87,14 @@ def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):
 @pytest.mark.slow
 def test_a_killed_training_worker_does_not_lose_the_run(tmp_path):
     EPOCHS = 16  # noqa: N806 - an epoch takes about a second: time to find the worker and kill it
-    import psutil
-
     make_run_root(tmp_path, videos_per_class=9)
     command = [sys.executable, str(ROOT / "jobs" / "train_motion.py"), "--output", str(tmp_path),
                *[arg for o in OVERRIDES for arg in ("--set", o)], "--set", f"motion_cnn.epochs={EPOCHS}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
     checkpoints = tmp_path / "checkpoints" / "motion_cnn"
-    killed, deadline = None, time.time() + 400
-    try:
-        while killed is None and time.time() < deadline and process.poll() is None:
-            if checkpoints.exists() and any(p.name.startswith("checkpoint_") for p in checkpoints.iterdir()):
-                workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-                           if "RayTrainWorker" in " ".join(p.cmdline())]
-                if workers:
-                    killed = workers[0].pid
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    killed, output = kill_train_worker_when(
+        process, lambda: checkpoints.exists() and any(p.name.startswith("checkpoint_") for p in checkpoints.iterdir()))
     assert killed is not None, "no training worker was found to kill:\n" + output[-4000:]
     assert process.returncode == 0, output[-4000:]
     history = json.loads((tmp_path / "reports" / "metrics.json").read_text())["motion_cnn"]["history"]
