@@ -69,7 +69,7 @@ def test_two_workers_split_the_videos_and_the_batch(tmp_path, ray_session):
     for row in rows:  # 5 train videos: 3 and 2 for the workers, which still take equal steps
         row["status"] = "error" if row["video_id"] == "c1/v6.mp4" else row["status"]
     storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), str(tmp_path / "videos"), "part-0")
-    result = run_train_motion(config(tmp_path, 2, "ray.train.num_workers=2"))
+    result = run_train_motion(config(tmp_path, 2, "ray.train.num_workers=2", "ray.train.cpus_per_worker=1"))
     assert [m["epoch"] for m in result.training.history] == [1, 2] and result.embedded == len(ids)
     assert result.training.n_train == 5
     assert sorted(storage.read_table(str(tmp_path / "motion"))["video_id"].to_pylist()) == sorted(ids)
@@ -99,3 +99,14 @@ def test_a_killed_training_worker_does_not_lose_the_run(tmp_path):
     assert process.returncode == 0, output[-4000:]
     history = json.loads((tmp_path / "reports" / "metrics.json").read_text())["motion_cnn"]["history"]
     assert [m["epoch"] for m in history] == list(range(1, EPOCHS + 1))
+
+
+def test_a_worker_group_larger_than_the_local_ray_is_refused_not_waited_for(tmp_path):
+    make_run_root(tmp_path, videos_per_class=5)
+    command = [sys.executable, str(ROOT / "jobs" / "train_motion.py"), "--output", str(tmp_path),
+               *[arg for o in OVERRIDES for arg in ("--set", o)], "--set", "ray.num_cpus=2",
+               "--set", "ray.train.num_workers=2", "--set", "ray.train.cpus_per_worker=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": "local"})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "= 4 CPUs, but this local Ray has 2" in output, output[-3000:]

@@ -62,7 +62,16 @@ def init_ray(cfg: Config) -> None:
         return
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
+    _started_local.append(True)
     log.info("started a local Ray: %s", ray.cluster_resources())
+
+
+_started_local: list[bool] = []  # non-empty once this process started its own local Ray (it cannot grow)
+
+
+def fixed_size() -> bool:
+    """Whether the Ray of this process is a local one it started: its resources are all there will be."""
+    return bool(_started_local) and ray.is_initialized()
 
 
 def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, batch_size: int | None = None,

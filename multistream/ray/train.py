@@ -25,8 +25,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from multistream import storage
-from multistream.config import Config
+from multistream.config import Config, ConfigError
 from multistream.layout import RunRoot
+from multistream.ray.session import fixed_size
 from multistream.training import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, n
     # longer than a demo epoch. The controller reads this at start-up (Ray Train propagates RAY_TRAIN_* vars).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     resources = cfg.ray.train
+    need, have = resources.num_workers * resources.cpus_per_worker, ray.cluster_resources().get("CPU", 0)
+    if need > have and fixed_size():  # Ray Train would wait for the worker group forever
+        raise ConfigError(f"ray.train: {resources.num_workers} workers x {resources.cpus_per_worker:g} CPUs = "
+                          f"{need:g} CPUs, but this local Ray has {have:g}: lower ray.train.num_workers or "
+                          f"ray.train.cpus_per_worker")
     storage_path, filesystem = _storage(RunRoot(cfg.paths.output).checkpoints)
     trainer = TorchTrainer(
         loop,
