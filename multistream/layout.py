@@ -21,6 +21,7 @@ LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
 BUNDLE_FILE = "bundle.json"
+CHECKPOINT_SPEC = "multistream_spec.json"  # checkpoints/<name>/: the models those checkpoints belong to
 
 
 def rnn_name(stream: str) -> str:

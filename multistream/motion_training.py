@@ -151,10 +151,14 @@ def summarize(plan: MotionPlan, history: list[dict], test: Mapping[str, float]) 
                           1 / len(plan.classes))
 
 
+def plan_meta(plan: MotionPlan, cfg: Config) -> dict:
+    """The network's architecture, flow and classes for `plan` (what its checkpoints belong to)."""
+    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px)
+
+
 def training_meta(plan: MotionPlan, cfg: Config, training: MotionTraining) -> dict:
     """model.json of a trained motion CNN: architecture, flow, classes and the training record."""
-    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px) | {
-        "training": training.to_dict()}
+    return plan_meta(plan, cfg) | {"training": training.to_dict()}
 
 
 @dataclass

@@ -52,11 +52,11 @@ def _extract(cfg: Config) -> dict:
 
 
 def _train_motion(cfg: Config) -> dict:
-    from multistream.ray.chain import can_chain, run_train_chain
+    from multistream.ray.chain import run_train_chain
     from multistream.ray.motion import run_train_motion
 
-    if cfg.ray.train.chain and can_chain(cfg, RNN_STREAMS):
-        chained = run_train_chain(cfg, RNN_STREAMS)
+    chained = run_train_chain(cfg, RNN_STREAMS) if cfg.ray.train.chain else None
+    if chained is not None:
         result, heads = chained.motion, _rnn_figures(chained.rnn)
         heads["status"] = "chained"  # train_rnn's work, done in this step's Ray Train run
     else:

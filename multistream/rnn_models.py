@@ -33,6 +33,11 @@ def architecture(rnn: RNNConfig) -> dict:
     return {name: getattr(rnn, name) for name in ARCHITECTURE}
 
 
+def heads_spec(rnn: RNNConfig, streams: dict[str, dict]) -> dict:
+    """What the checkpoints of these heads belong to: {stream: {input_dim, classes}} and the architecture."""
+    return {"streams": streams, **architecture(rnn)}
+
+
 def head_meta(data: StreamData, head: Head) -> dict:
     """model.json of a trained head (`embed_stream` adds the scores and saves it with the best weights)."""
     best = {m["epoch"]: m for m in head.history}[head.best_epoch]

@@ -1,4 +1,4 @@
-"""The spec beside a named run's checkpoints (`checkpoints/<name>/multistream_spec.json`): what models and data
+"""The spec beside a named run's checkpoints (`layout.CHECKPOINT_SPEC` in `checkpoints/<name>/`): what models and data
 they belong to, so that a re-run resumes only checkpoints of the same models (Ray Train's and Ray Tune's
 restore would otherwise load weights of another architecture, input or class list)."""
 
@@ -7,20 +7,19 @@ from __future__ import annotations
 import logging
 
 from multistream import storage
+from multistream.layout import CHECKPOINT_SPEC
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "multistream_spec.json"
 
 
 def matches(directory: str, spec: str) -> bool:
     """Whether the checkpoints in `directory` were written for `spec` (a JSON text)."""
-    uri = storage.join(directory, SPEC_FILE)
+    uri = storage.join(directory, CHECKPOINT_SPEC)
     return storage.exists(uri) and storage.read_text(uri) == spec
 
 
 def record(directory: str, spec: str) -> None:
-    storage.write_text(storage.join(directory, SPEC_FILE), spec)
+    storage.write_text(storage.join(directory, CHECKPOINT_SPEC), spec)
 
 
 def drop_stale(directory: str, spec: str) -> None:

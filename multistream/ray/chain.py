@@ -18,12 +18,12 @@ from multistream import modelio, run_spec, schema
 from multistream.config import Config
 from multistream.layout import MOTION_CNN, RunRoot, absolute, rnn_name
 from multistream.motion import pending_positions
-from multistream.motion_training import TrainMotionResult, check_motion_resources
+from multistream.motion_training import TrainMotionResult, check_motion_resources, plan_meta
 from multistream.ray import motion, rnn
 from multistream.ray.session import init_ray
 from multistream.ray.train import run_training
-from multistream.rnn_models import TrainRNNResult, check_rnn_devices
-from multistream.streams import ok_videos, stream_data
+from multistream.rnn_models import TrainRNNResult, check_rnn_devices, heads_spec
+from multistream.streams import StreamData, ok_videos, stream_data
 
 NAME = "motion_rnn"
 
@@ -37,42 +37,41 @@ def chain_loop(config: dict) -> None:
     rnn.train_loop({**config["rnn"], "streams": [stream_data(run, s, videos) for s in config["streams"]]})
 
 
-def can_chain(cfg: Config, streams: list[str]) -> bool:
-    """Whether nothing of either step is saved yet and the streams other than the temporal one are extracted:
-    a run root the chained run trains from scratch."""
-    run = RunRoot(absolute(cfg.paths.output))
-    if modelio.has_model(run.model(MOTION_CNN)) or any(modelio.has_model(run.model(rnn_name(s))) for s in streams):
-        return False
-    videos = ok_videos(run)
-    try:
-        for stream in streams:
-            if stream != "temporal":
-                stream_data(run, stream, videos)
-    except (ValueError, FileNotFoundError):  # MissingStreamError among them: the separate steps say why
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class ChainResult:
     motion: TrainMotionResult
     rnn: TrainRNNResult
 
 
-def run_train_chain(cfg: Config, streams: list[str]) -> ChainResult:
-    """Fit the motion CNN and `streams`' heads in one Ray Train run; records as the two jobs would."""
+def _fresh_inputs(run: RunRoot, streams: list[str]) -> dict[str, StreamData] | None:
+    """The extracted streams (all but the temporal one, which the chain's motion phase writes) where nothing of
+    either step is saved yet; None otherwise: that run root is left to the separate steps, which say why."""
+    if modelio.has_model(run.model(MOTION_CNN)) or any(modelio.has_model(run.model(rnn_name(s))) for s in streams):
+        return None
+    videos = ok_videos(run)
+    try:
+        return {s: stream_data(run, s, videos) for s in streams if s != "temporal"}
+    except (ValueError, FileNotFoundError):  # MissingStreamError among them
+        return None
+
+
+def run_train_chain(cfg: Config, streams: list[str]) -> ChainResult | None:
+    """Fit the motion CNN and `streams`' heads in one Ray Train run, recording as the two jobs would; None (and
+    nothing done) where the run root is not fresh."""
     started = time.perf_counter()
-    check_motion_resources(cfg)
-    check_rnn_devices(cfg)
     cfg = cfg.replace(**{"paths.output": absolute(cfg.paths.output)})  # workers must not depend on the cwd
     run = RunRoot(cfg.paths.output)
+    extracted = _fresh_inputs(run, streams)
+    if extracted is None:
+        return None
+    check_motion_resources(cfg)
+    check_rnn_devices(cfg)
     positions = pending_positions(run)
     plan, motion_config = motion.prepare_motion(cfg, positions)
-    videos = ok_videos(run)
-    inputs = {s: {"input_dim": schema.MOTION_DIM, "classes": list(plan.classes)} if s == "temporal" else
-              {"input_dim": (data := stream_data(run, s, videos)).input_dim, "classes": data.classes}
-              for s in streams}
-    spec = {"motion": motion.motion_spec(plan, cfg), "rnn": rnn.rnn_spec(cfg, inputs)}
+    inputs = {s: {"input_dim": data.input_dim, "classes": data.classes} for s, data in extracted.items()}
+    if "temporal" in streams:
+        inputs["temporal"] = {"input_dim": schema.MOTION_DIM, "classes": list(plan.classes)}
+    spec = {"motion": plan_meta(plan, cfg), "rnn": heads_spec(cfg.rnn, inputs)}
     run_spec.drop_stale(run.checkpoint(NAME), json.dumps(spec, sort_keys=True))
     init_ray(cfg)
     result = run_training(chain_loop, {"root": run.uri, "motion": motion_config, "rnn": rnn.loop_config(cfg, run),

@@ -34,7 +34,7 @@ from multistream.motion import (
     read_plan,
     write_motion,
 )
-from multistream.motion_cnn import load_motion_cnn, model_meta, save_motion_cnn
+from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
 from multistream.motion_training import (
     MotionTrainer,
     MotionTraining,
@@ -42,6 +42,7 @@ from multistream.motion_training import (
     check_motion_resources,
     motion_device,
     new_model,
+    plan_meta,
     summarize,
     training_meta,
 )
@@ -85,8 +86,7 @@ def train_loop(config: dict) -> None:
 
 
 def prepare_motion(cfg: Config, positions: dict[str, list[int]]) -> tuple[MotionPlan, dict]:
-    """(plan, train_loop's config) for fitting the motion CNN and embedding `positions` at the end; checkpoints
-    of another architecture, flow or class list under `checkpoints/<name>` are dropped rather than resumed."""
+    """(plan, train_loop's config) for fitting the motion CNN and embedding `positions` at the end."""
     run = RunRoot(cfg.paths.output)
     plan = read_plan(run)
     if len(plan.train) < cfg.ray.train.num_workers:
@@ -94,10 +94,6 @@ def prepare_motion(cfg: Config, positions: dict[str, list[int]]) -> tuple[Motion
     log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
              len(plan.val), len(plan.test))
     return plan, {"cfg": cfg, "plan": plan, "positions": positions}
-
-
-def motion_spec(plan: MotionPlan, cfg: Config) -> dict:
-    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px)
 
 
 def record_motion(run: RunRoot) -> MotionTraining:
@@ -111,7 +107,7 @@ def train_motion_cnn(cfg: Config, positions: dict[str, list[int]]) -> MotionTrai
     """Fit the motion CNN on Ray Train, embedding `positions` at the end; returns its training record."""
     run = RunRoot(cfg.paths.output)
     plan, loop_config = prepare_motion(cfg, positions)
-    run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(motion_spec(plan, cfg), sort_keys=True))
+    run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(plan_meta(plan, cfg), sort_keys=True))
     init_ray(cfg)
     run_training(train_loop, loop_config, cfg, MOTION_CNN)
     return record_motion(run)

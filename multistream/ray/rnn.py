@@ -28,10 +28,10 @@ from multistream.ray.train import report, restore_state, run_training, sum_over_
 from multistream.rnn_models import (
     StreamResult,
     TrainRNNResult,
-    architecture,
     check_rnn_devices,
     embed_stream,
     head_meta,
+    heads_spec,
     load_head,
     stream_status,
 )
@@ -82,11 +82,6 @@ def train_loop(config: dict) -> None:
             embed_stream(run, data, head.best_model(), head_meta(data, head), rnn.batch_size, device)
 
 
-def rnn_spec(cfg: Config, streams: dict[str, dict]) -> dict:
-    """What the checkpoints of these heads belong to: {stream: {input_dim, classes}} and the architecture."""
-    return {"streams": streams, **architecture(cfg.rnn)}
-
-
 def loop_config(cfg: Config, run: RunRoot) -> dict:
     """train_loop's config, less "streams"; a worker computes on every CPU it holds (ray.torch_threads is the
     floor)."""
@@ -97,7 +92,7 @@ def loop_config(cfg: Config, run: RunRoot) -> dict:
 def train_streams(cfg: Config, run: RunRoot, streams: list[StreamData]) -> None:
     """One Ray Train run (`checkpoints/rnn_<stream>[-<stream>...]`) for `streams`; saves and embeds each."""
     name = layout.rnn_name("-".join(data.stream for data in streams))
-    spec = rnn_spec(cfg, {d.stream: {"input_dim": d.input_dim, "classes": d.classes} for d in streams})
+    spec = heads_spec(cfg.rnn, {d.stream: {"input_dim": d.input_dim, "classes": d.classes} for d in streams})
     run_spec.drop_stale(run.checkpoint(name), json.dumps(spec, sort_keys=True))
     for data in streams:
         log.info("%s: %d classes, %d train / %d val / %d test videos, input %d-d", data.stream, len(data.classes),

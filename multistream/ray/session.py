@@ -33,6 +33,9 @@ def worker_env(torch_threads: int) -> dict[str, str]:
     return {**WORKER_ENV, "OMP_NUM_THREADS": str(torch_threads)}
 
 
+_started_local = False  # True once this process started its own local Ray (whose resources cannot grow)
+
+
 def join_cluster(cfg: Config) -> bool:
     """Join `ray.address` / $RAY_ADDRESS / a cluster started with `ray start`; False where there is none to
     join (no address and no running cluster, or the address "local"): a local Ray would be started."""
@@ -58,20 +61,18 @@ def join_cluster(cfg: Config) -> bool:
 def init_ray(cfg: Config) -> None:
     """Join a cluster (`join_cluster`), else start a local Ray. The address "local" always starts a new local
     Ray, even where a cluster runs on the machine."""
+    global _started_local
     if join_cluster(cfg):
         return
     ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
              runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
-    _started_local.append(True)
+    _started_local = True
     log.info("started a local Ray: %s", ray.cluster_resources())
-
-
-_started_local: list[bool] = []  # non-empty once this process started its own local Ray (it cannot grow)
 
 
 def fixed_size() -> bool:
     """Whether the Ray of this process is a local one it started: its resources are all there will be."""
-    return bool(_started_local) and ray.is_initialized()
+    return _started_local and ray.is_initialized()
 
 
 def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, batch_size: int | None = None,
