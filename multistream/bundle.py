@@ -90,7 +90,7 @@ def _fusion_meta(models_uri: str) -> dict:
     folder = storage.join(models_uri, layout.SVM)
     if storage.exists(storage.join(folder, modelio.META_FILE)):
         return modelio.read_meta(folder)
-    return json.loads(storage.read_text(storage.join(folder, "svm.json")))
+    return json.loads(storage.read_text(storage.join(folder, layout.LEGACY_SVM_META)))
 
 
 def write_bundle(root: str, cfg: Config) -> str:

@@ -19,9 +19,13 @@ MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
 METRICS_FILE = "metrics.json"
 LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
+MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"  # models/<name>/: `multistream.modelio`
+LEGACY_SVM_META = "svm.json"  # models/svm/ of run roots written before the SVM was saved with modelio
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
 BUNDLE_FILE = "bundle.json"
 CHECKPOINT_SPEC = "multistream_spec.json"  # checkpoints/<name>/: the models those checkpoints belong to
+CHECKPOINT_STATE = "state.pt"  # in each Ray Train checkpoint: the training state (tensors and JSON strings)
+TRIAL_WEIGHTS = "best.safetensors"  # in each Ray Tune trial checkpoint: the trial's best weights so far
 
 
 def rnn_name(stream: str) -> str:

@@ -16,8 +16,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from multistream import storage
-
-WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
+from multistream.layout import MODEL_META as META_FILE
+from multistream.layout import MODEL_WEIGHTS as WEIGHTS_FILE
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -1,8 +1,8 @@
 """Training the motion CNN without Ray: one epoch (random stacks of the train split, then validation), the
 final test scoring, the plain loop over epochs, and the record kept in model.json and metrics.json.
 
-`MotionTrainer` does the same work in a Ray Train worker (`multistream.ray.motion` adds per-epoch
-checkpoints and sums over the workers) and in `fit_motion_cnn`, the plain one-process loop. Model choice
+`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it per-epoch checkpoints
+and sums over the workers) and, with its defaults, the plain one-process loop. Model choice
 reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
 lower one; `test` is scored once, with the best epoch's weights.
 """
@@ -10,19 +10,24 @@ lower one; `test` is scored once, with the best epoch's weights.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from multistream import modelio, runinfo
 from multistream.config import Config, ConfigError
 from multistream.device import actor_device, resolve_device
-from multistream.motion import FlowSource, MotionPlan, epoch_batches
+from multistream.epoch_loop import EpochLoop, Report, no_report
+from multistream.layout import MOTION_CNN, RunRoot
+from multistream.motion import FlowSource, MotionPlan, epoch_batches, read_plan
 from multistream.motion_cnn import MotionCNN, model_meta
-from multistream.training import EarlyStopping, evaluate, motion_optimizer, seed_everything, train_epoch
+from multistream.training import evaluate, motion_optimizer, seed_everything, train_epoch
+
+log = logging.getLogger(__name__)
 
 Reduce = Callable[[dict[str, float]], dict[str, float]]
 
@@ -161,6 +166,24 @@ def training_meta(plan: MotionPlan, cfg: Config, training: MotionTraining) -> di
     return plan_meta(plan, cfg) | {"training": training.to_dict()}
 
 
+def training_plan(run: RunRoot, workers: int) -> MotionPlan:
+    """The videos the motion CNN trains, selects and is tested on under `run` (refused where fewer train
+    videos than Train workers)."""
+    plan = read_plan(run)
+    if len(plan.train) < workers:
+        raise ValueError(f"{run.uri}: {len(plan.train)} train videos for {workers} Train workers")
+    log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
+             len(plan.val), len(plan.test))
+    return plan
+
+
+def record_motion(run: RunRoot) -> MotionTraining:
+    """The saved motion CNN's training record, also written to the "motion_cnn" metrics."""
+    training = MotionTraining.from_dict(modelio.read_meta(run.model(MOTION_CNN))["training"])
+    runinfo.update_metrics(run.uri, MOTION_CNN, training.to_dict())
+    return training
+
+
 @dataclass
 class TrainMotionResult:
     """What `jobs/train_motion.py` did."""
@@ -172,28 +195,33 @@ class TrainMotionResult:
 
 @dataclass
 class MotionFit:
-    state: dict[str, torch.Tensor]  # the best epoch's weights (CPU)
+    model: MotionCNN  # with the best epoch's weights, in eval mode
+    state: dict[str, torch.Tensor]  # those weights (CPU)
     training: MotionTraining
 
 
 def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPlan, cfg: Config,
-                   device: str | torch.device = "auto") -> MotionFit:
-    """The motion CNN trained in this process, without Ray: the same model, stacks, epochs and selection
-    rule as on Ray Train, over flow in memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`."""
+                   device: str | torch.device = "auto", *, report: Report = no_report, state: dict | None = None,
+                   rank: int = 0, world: int = 1, wrap: Callable | None = None, reduce: Reduce | None = None,
+                   ) -> MotionFit:
+    """The motion CNN's epochs, then the test split scored once with the best epoch's weights, over flow in
+    memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`.
+
+    With the defaults, the plain one-process loop. A Ray Train worker passes its `rank` of `world` (it trains on
+    its share of `plan`), `wrap` (the model → its DDP wrapper), `reduce` (sums over the workers), `report`
+    (checkpoints each epoch's `EpochLoop` state) and the `state` it resumes from: the same model, stacks,
+    epochs and selection rule either way."""
     source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
-    device = resolve_device(device)
+    mc, device = cfg.motion_cnn, resolve_device(device)
     model = new_model(plan, cfg).to(device)
-    optimizer = motion_optimizer(model, cfg.motion_cnn)
-    trainer = MotionTrainer(model, optimizer, source, plan, cfg, device)
-    stopping, history, best = EarlyStopping(cfg.motion_cnn.patience), [], None
-    for epoch in range(1, cfg.motion_cnn.epochs + 1):
-        started = time.perf_counter()
-        metrics = trainer.epoch(epoch)
-        if stopping.step(metrics["val_loss"]):
-            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        history.append(metrics | {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                  "seconds": time.perf_counter() - started})
-        if stopping.should_stop:
-            break
-    model.load_state_dict(best)
-    return MotionFit(best, summarize(plan, history, trainer.score(plan.test)))
+    wrapped = wrap(model) if wrap is not None else model
+    optimizer = motion_optimizer(wrapped, mc)
+    loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience)
+    loop.resume(state)
+    pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
+    trainer = MotionTrainer(model, optimizer, source, plan.shard(rank, world), cfg, device, rank, world, wrapped,
+                            reduce, pad_to)
+    while loop.epoch < mc.epochs and not loop.done:
+        loop.end_epoch(trainer.epoch(loop.epoch + 1))
+    model.load_state_dict(loop.best_state)
+    return MotionFit(model.eval(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))

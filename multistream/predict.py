@@ -17,6 +17,7 @@ import posixpath
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -117,6 +118,57 @@ def predictions_table(ids: list[str], labels: list, splits: list, scores: np.nda
 def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray) -> pa.Table:
     return pa.table({"video_id": ids, "split": splits, "score": scores.astype(np.float32), "is_anomaly": flagged},
                     schema=schema.ANOMALY_SCHEMA)
+
+
+def temporal_table(run: RunRoot, item: dict, embed: TemporalEmbedder) -> pa.Table:
+    """One work item (`pending`) → per video: video_id, label, split, spatial, audio and the temporal sequence."""
+    features, flows = read_inputs(run, item)
+    positions = features["frame_index"].to_pylist()
+    temporal = [embed(flows[v], np.asarray(p, np.int64)) for v, p in zip(item["video_id"], positions, strict=True)]
+    text = {key: pa.array(item[key], pa.string()) for key in ("video_id", "label", "split")}
+    return pa.table({**text, "spatial": features["spatial"], "audio": features["audio"],
+                     "temporal": schema.sequence_array(temporal, schema.MOTION_DIM)})
+
+
+def heads_table(table: pa.Table, embed: VideoEmbedder) -> pa.Table:
+    """`temporal_table` rows → `embeddings/` rows (each stream's RNN head)."""
+    vectors = embed(stream_inputs(table, schema.column_to_sequences(table["temporal"])))
+    return embeddings_table(table["video_id"].to_pylist(), table["label"].to_pylist(), table["split"].to_pylist(),
+                            vectors)
+
+
+def commit_group(run: RunRoot, table: pa.Table, streams: tuple[str, ...], classifier: Classifier | None,
+                 detector: Detector | None) -> str:
+    """A group's `embeddings/` rows written, then (unless embed-only: no classifier) scored into its
+    `predictions/` and, last, its `anomaly/` part; returns the part's name."""
+    ids, splits = table["video_id"].to_pylist(), table["split"].to_pylist()
+    name = part_name(ids)
+    table = table.cast(schema.embeddings_schema(table.schema.field(schema.STREAMS[0]).type.list_size))
+    storage.write_part(table, run.embeddings, name)
+    if classifier is not None:
+        vectors = {s: table[s].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+                   for s in streams}
+        scores = classifier(vectors)
+        storage.write_part(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier),
+                           run.predictions, name)
+        storage.write_part(anomaly_table(ids, splits, *detector(vectors)), run.anomaly, name)
+    return name
+
+
+def check_predict_devices(cfg: Config) -> None:
+    """Refuse a model that must run on CUDA in a pool given no GPU, before any work starts."""
+    for key, section, pool in (("motion_cnn", cfg.motion_cnn, "embed"), ("rnn", cfg.rnn, "embed"),
+                               ("anomaly", cfg.anomaly, "write")):
+        if section.device == "cuda" and not getattr(cfg.ray, pool).num_gpus:
+            raise ConfigError(f"{key}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
+
+
+@dataclass
+class PredictSummary:
+    extract: object  # the extraction's ExtractSummary
+    predicted: int  # videos given results by this run
+    pending: int  # videos that had none when it started
+    seconds: float
 
 
 def evaluate(root: str, classes: list[str]) -> dict:

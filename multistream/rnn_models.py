@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from multistream import embeddings, layout, modelio
+from multistream import embeddings, layout, modelio, runinfo
 from multistream.config import Config, RNNConfig
+from multistream.epoch_loop import Report
 from multistream.layout import RunRoot
 from multistream.rnn import SequenceClassifier
-from multistream.rnn_training import Head, embed, top_ks
-from multistream.streams import StreamData, read_sequences
+from multistream.rnn_training import Head, Reduce, embed, frame_moments, input_statistics, top_ks
+from multistream.streams import MissingStreamError, StreamData, ok_videos, read_sequences, shard, stream_data
 from multistream.training import topk_accuracy
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,85 @@ def stream_status(run: RunRoot, streams: dict[str, StreamData]) -> dict[str, str
         else:
             status[stream] = "embedded"
     return status
+
+
+def find_streams(run: RunRoot, streams: list[str], skip_missing: bool = False,
+                 ) -> tuple[dict[str, StreamData], dict[str, str]]:
+    """({stream: its data}, {stream: why it has no table}) over the ok videos; a missing table raises
+    MissingStreamError unless `skip_missing`."""
+    videos, found, missing = ok_videos(run), {}, {}
+    for stream in streams:
+        try:
+            data = found[stream] = stream_data(run, stream, videos)
+            log.info("%s: %d classes, %d train / %d val / %d test videos, input %d-d", stream, len(data.classes),
+                     len(data.train_ids), len(data.val_ids), len(data.test_ids), data.input_dim)
+        except MissingStreamError as error:
+            if not skip_missing:
+                raise
+            log.warning("%s", error)
+            missing[stream] = str(error)
+    return found, missing
+
+
+class HeadGroup:
+    """Several streams' heads trained side by side by worker `rank` of `world`, which reads its shard of every
+    stream's train and val videos once. Each epoch trains every head not done one epoch (`Head`, the recipe
+    shared with the sweep), then reports once, with one state holding every head.
+
+    reduce: sums over the workers (None in one process); wrap: a head's model → what trains (DDP), or None."""
+
+    def __init__(self, streams: list[StreamData], rnn: RNNConfig, device: torch.device, rank: int = 0,
+                 world: int = 1, reduce: Reduce = None, wrap: Callable | None = None):
+        self.streams, self.reduce = streams, reduce
+        self.heads, self.splits = {}, {}
+        for data in streams:
+            own = shard(data.train_ids, rank, world)
+            train = read_sequences(data, shard(data.train_ids, rank, world, pad=True))
+            moments = frame_moments(train.seqs[:len(own)])  # the padding repeats videos: left out
+            moments = reduce(moments) if reduce is not None else moments
+            head = Head(rnn, data.input_dim, len(data.classes), input_statistics(moments), device, world)
+            if wrap is not None:
+                head.network = wrap(head.model)
+            self.heads[data.stream] = head
+            self.splits[data.stream] = (train, read_sequences(data, shard(data.val_ids, rank, world)))
+
+    def resume(self, state: dict | None) -> None:
+        """Continue from a checkpoint holding every head; None, or another phase's (`ray.chain`), starts afresh."""
+        if state is None or not set(self.heads) <= set(state):
+            return
+        for stream, head in self.heads.items():
+            head.load_state_dict(state[stream])
+        log.info("resumed after epoch %s", ", ".join(f"{s} {h.epoch}" for s, h in self.heads.items()))
+
+    def fit(self, report: Report) -> None:
+        """Epochs until every head is done; each epoch's metrics are "<stream>/<key>"."""
+        last = time.perf_counter()
+        while not all(head.done for head in self.heads.values()):
+            training = [stream for stream, head in self.heads.items() if not head.done]
+            metrics = {f"{stream}/{key}": value for stream in training
+                       for key, value in self.heads[stream].run_epoch(*self.splits[stream], self.reduce).items()}
+            for stream in training:  # "seconds": the head's own epoch; "run_s": every head's + the last report
+                self.heads[stream].history[-1]["run_s"] = time.perf_counter() - last
+            report(metrics, {stream: head.state_dict() for stream, head in self.heads.items()})
+            last = time.perf_counter()
+
+    def save_and_embed(self, run: RunRoot, batch_size: int) -> None:
+        """Every head's best model saved and every ok video embedded with it (`embed_stream`)."""
+        for data in self.streams:
+            head = self.heads[data.stream]
+            embed_stream(run, data, head.best_model(), head_meta(data, head), batch_size, head.device)
+
+
+def record_streams(run: RunRoot, status: dict[str, str]) -> dict[str, StreamResult]:
+    """Each stream's result from its saved head (metrics updated where it was trained or embedded now), then
+    `embeddings/` rebuilt."""
+    results = {}
+    for stream, state in status.items():
+        results[stream] = StreamResult.from_meta(modelio.read_meta(run.model(layout.rnn_name(stream))), state)
+        if state != "reused":
+            runinfo.update_metrics(run.uri, layout.rnn_name(stream), results[stream].metrics())
+    embeddings.write_embeddings(run)
+    return results
 
 
 def load_head(directory: str) -> tuple[SequenceClassifier, dict]:

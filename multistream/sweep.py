@@ -7,18 +7,22 @@ the input, then the best with a linear SVM on its video embeddings in place of t
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from multistream import runinfo, storage
-from multistream.config import Config, FusionConfig, TuneConfig
+from multistream.config import Config, FusionConfig, RNNConfig, TuneConfig
 from multistream.fusion import FusionModel
 from multistream.layout import RunRoot
-from multistream.rnn_training import embed, top_ks
+from multistream.rnn import SequenceClassifier
+from multistream.rnn_training import Head, embed, top_ks
 from multistream.training import topk_accuracy
 
 GRID = ("cell", "bidirectional", "layers", "hidden", "attention")
@@ -78,6 +82,27 @@ def paper_extra(row: dict, kind: str) -> dict:
     return {"paper_top1": p1, "paper_top5": p5}
 
 
+def attention_variant(best: dict, index: int) -> dict:
+    """The best plain variant with an attention layer after the input: the second phase's one variant."""
+    return {**{k: best[k] for k in (*GRID, "paper_hidden")}, "attention": True, "index": index,
+            **paper_extra(best, "attention")}
+
+
+def variant_model(weights: dict[str, torch.Tensor], variant: dict, rnn: RNNConfig, input_dim: int,
+                  num_classes: int) -> SequenceClassifier:
+    """A trial's best weights in its variant's network, in eval mode."""
+    model = SequenceClassifier.from_config(dataclasses.replace(rnn, **{k: variant[k] for k in GRID}), input_dim,
+                                           num_classes)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def trial_metrics(head: Head, metrics: dict) -> dict:
+    """What a trial reports for an epoch: the head's metrics, its best epoch so far and why it may stop."""
+    return {**metrics, "best_epoch": head.best_epoch, "early_stopped": head.stopping.should_stop,
+            "best_val_loss": head.stopping.best}
+
+
 def split_scores(logits: np.ndarray, targets: np.ndarray, prefix: str) -> dict:
     """{prefix_top1, prefix_top5} (top-5 NaN where there are 5 classes or fewer)."""
     ks = top_ks(logits.shape[1])
@@ -130,6 +155,13 @@ def svm_row(best: dict, splits: dict, cfg: Config, num_classes: int) -> dict:
     row["model"] = model_name(**row)
     row.update(svm_scores(embedded["train"], {s: embedded[s] for s in ("val", "test")}, num_classes, cfg.fusion))
     return row
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    table: pd.DataFrame  # sweep.csv: one row per variant in Table I's order (`COLUMNS`)
+    best: str  # the variant chosen on val, e.g. "S. BiGRU" (its row has best=True)
+    wall_s: float
 
 
 def write_sweep(run: RunRoot, table: pd.DataFrame, stream: str, counts: dict[str, int], wall_s: float,

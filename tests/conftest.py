@@ -57,7 +57,7 @@ def ray_session(s3_server):
     Started after the S3 server, so that its workers inherit the AWS environment pointing at it."""
     import ray
 
-    from multistream.ray.session import worker_env
+    from multistream.worker_env import worker_env
 
     ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
              runtime_env={"env_vars": worker_env(1)})

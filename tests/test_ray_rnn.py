@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from multistream import layout, modelio, runinfo, schema, storage
-from multistream.layout import RunRoot
+from multistream.layout import CHECKPOINT_STATE, RunRoot
 from multistream.ray.rnn import run_train_rnn
-from multistream.ray.train import STATE_FILE
 from multistream.rnn_models import load_head
 from multistream.streams import MissingStreamError
 from tests.rnn_fixtures import CLASSES, DIM, HIDDEN, make_run_root, toy_config, write_videos
@@ -25,7 +24,7 @@ def _steps(history: list[dict]) -> list[dict]:
 
 def _checkpoint_epochs(root, run_name: str, stream: str) -> list[int]:
     """Epochs of `stream`'s head in the checkpoints Ray Train kept for a run."""
-    states = (root / "checkpoints" / run_name).rglob(STATE_FILE)
+    states = (root / "checkpoints" / run_name).rglob(CHECKPOINT_STATE)
     return sorted(len(json.loads(torch.load(s, weights_only=True)[stream]["bookkeeping"])["history"]) for s in states)
 
 
@@ -114,4 +113,4 @@ def test_runs_on_an_object_store(s3_bucket, ray_session):
     assert meta["epochs"] == 2 and model.embedding_dim == 2 * HIDDEN
     table = storage.read_table(storage.join(root, schema.EMBEDDINGS))
     assert sorted(table["video_id"].to_pylist()) == sorted(splits) and table["spatial"].null_count == 0
-    assert storage.list_files(storage.join(root, "checkpoints", "rnn_spatial"), extensions=(STATE_FILE,))
+    assert storage.list_files(storage.join(root, "checkpoints", "rnn_spatial"), extensions=(CHECKPOINT_STATE,))

@@ -128,7 +128,7 @@ def measure(cfg: Config, entries: list[VideoEntry], config_path: str | None, ove
     allocator settings (so that what the pipeline gains from them alone shows), and the stages standalone on
     one thread with the workers' settings (the ceiling is what the pipeline's own workers could reach).
     """
-    from multistream.ray.session import worker_env
+    from multistream.worker_env import worker_env
 
     n, env = len(entries), worker_env(cfg.ray.torch_threads)
     request = {"entries": [asdict(entry) for entry in entries]}

@@ -57,8 +57,9 @@ def _probe_loop(config: dict) -> None:
     import ray.train
     import torch
 
+    from multistream.epoch_loop import EpochLoop
     from multistream.ray.session import worker_setup
-    from multistream.ray.train import EpochLoop
+    from multistream.ray.train import report
 
     worker_setup(config["torch_threads"])
     model = config["build"]()
@@ -66,7 +67,7 @@ def _probe_loop(config: dict) -> None:
     for p in model.parameters():  # one step on zero gradients: the optimizer's state has its real size
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    loop, seconds = EpochLoop(model, optimizer, patience=PROBE_REPORTS + 1), 0.0
+    loop, seconds = EpochLoop(model, optimizer, report, patience=PROBE_REPORTS + 1), 0.0
     for _ in range(PROBE_REPORTS):
         started = time.perf_counter()
         loop.end_epoch({"val_loss": 1.0})
@@ -173,7 +174,7 @@ def copy_tables(source: str, target: str) -> None:
 def measure(cfg: Config, config_path: str | None, overrides: list[str], motion_epochs: int,
             rnn_epochs: int) -> dict:
     """{motion_cnn: TrainingFigures, rnn: TrainingFigures} as dicts, on the run root `cfg.paths.output`."""
-    from multistream.ray.session import worker_env
+    from multistream.worker_env import worker_env
 
     env = worker_env(cfg.ray.torch_threads)
     return {"motion_cnn": asdict(motion_cnn(cfg, config_path, overrides, env, motion_epochs)),

@@ -18,11 +18,17 @@ from multistream import modelio, run_spec, schema
 from multistream.config import Config
 from multistream.layout import MOTION_CNN, RunRoot, absolute, rnn_name
 from multistream.motion import pending_positions
-from multistream.motion_training import TrainMotionResult, check_motion_resources, plan_meta
+from multistream.motion_training import (
+    TrainMotionResult,
+    check_motion_resources,
+    plan_meta,
+    record_motion,
+    training_plan,
+)
 from multistream.ray import motion, rnn
 from multistream.ray.session import init_ray
 from multistream.ray.train import run_training
-from multistream.rnn_models import TrainRNNResult, check_rnn_devices, heads_spec
+from multistream.rnn_models import TrainRNNResult, check_rnn_devices, heads_spec, record_streams
 from multistream.streams import StreamData, ok_videos, stream_data
 
 NAME = "motion_rnn"
@@ -67,17 +73,15 @@ def run_train_chain(cfg: Config, streams: list[str]) -> ChainResult | None:
     check_motion_resources(cfg)
     check_rnn_devices(cfg)
     positions = pending_positions(run)
-    plan, motion_config = motion.prepare_motion(cfg, positions)
+    plan = training_plan(run, cfg.ray.train.num_workers)
     inputs = {s: {"input_dim": data.input_dim, "classes": data.classes} for s, data in extracted.items()}
     if "temporal" in streams:
         inputs["temporal"] = {"input_dim": schema.MOTION_DIM, "classes": list(plan.classes)}
     spec = {"motion": plan_meta(plan, cfg), "rnn": heads_spec(cfg.rnn, inputs)}
     run_spec.drop_stale(run.checkpoint(NAME), json.dumps(spec, sort_keys=True))
     init_ray(cfg)
-    result = run_training(chain_loop, {"root": run.uri, "motion": motion_config, "rnn": rnn.loop_config(cfg, run),
-                                       "streams": streams}, cfg, NAME)
-    if result.error is not None:
-        raise RuntimeError(f"training {NAME} failed: {result.error}")
-    trained = TrainMotionResult(motion.record_motion(run), True, len(positions))
-    heads = rnn.record_streams(run, dict.fromkeys(streams, "trained"))
+    run_training(chain_loop, {"root": run.uri, "motion": {"cfg": cfg, "plan": plan, "positions": positions},
+                                       "rnn": rnn.loop_config(cfg, run), "streams": streams}, cfg, NAME)
+    trained = TrainMotionResult(record_motion(run), True, len(positions))
+    heads = record_streams(run, dict.fromkeys(streams, "trained"))
     return ChainResult(trained, TrainRNNResult(heads, {}, time.perf_counter() - started))

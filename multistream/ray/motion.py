@@ -13,42 +13,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import numpy as np
 import ray
 import ray.train
 import ray.train.torch
 
-from multistream import modelio, run_spec, runinfo
+from multistream import modelio, run_spec
 from multistream.config import Config
 from multistream.device import resolve_device
+from multistream.epoch_loop import sum_metrics
 from multistream.extract import read_flow
 from multistream.layout import MOTION_CNN, RunRoot, absolute
 from multistream.motion import (
     FlowSource,
-    MotionPlan,
     embed_video,
     embed_videos,
     pending_positions,
-    read_plan,
     write_motion,
 )
 from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
 from multistream.motion_training import (
-    MotionTrainer,
     MotionTraining,
     TrainMotionResult,
     check_motion_resources,
+    fit_motion_cnn,
     motion_device,
-    new_model,
     plan_meta,
-    summarize,
+    record_motion,
     training_meta,
+    training_plan,
 )
 from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
-from multistream.ray.train import EpochLoop, mean_over_workers, run_training
-from multistream.training import motion_optimizer
+from multistream.ray.train import report, restore_state, run_training
 
 log = logging.getLogger(__name__)
 
@@ -60,56 +57,25 @@ def train_loop(config: dict) -> None:
     worker_setup(max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker)))  # every CPU it holds
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = resolve_device(motion_device(cfg))
-    model = new_model(plan, cfg).to(device)
-    wrapped = ray.train.torch.prepare_model(model, move_to_device=device)
-    optimizer = motion_optimizer(wrapped, mc)
-    loop = EpochLoop(wrapped, optimizer, patience=mc.patience)
-    loop.resume()
-
-    def summed(sums: dict) -> dict:
-        return {k: v * world for k, v in mean_over_workers(sums, device).items()}
-
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
-    trainer = MotionTrainer(model, optimizer, source, plan.shard(rank, world), cfg, device, rank, world, wrapped,
-                            summed, pad_to=mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None)
-    while loop.epoch < mc.epochs and not loop.done:
-        loop.end_epoch(trainer.epoch(loop.epoch + 1))
-
-    model.load_state_dict(loop.best_state)
-    training = summarize(plan, loop.history, trainer.score(trainer.plan.test))
-    meta = training_meta(plan, cfg, training)
+    fit = fit_motion_cnn(source, plan, cfg, device, report=report, state=restore_state(), rank=rank, world=world,
+                         wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device),
+                         reduce=lambda sums: sum_metrics(sums, device))
+    meta = training_meta(plan, cfg, fit.training)
     mine = {v: positions[v] for v in sorted(positions)[rank::world]}
-    embed_videos(model.eval(), meta, source, mine, run, device, mc.embed_batch_size, cfg.ray.embed.batch_size)
-    summed({"n": len(mine)})  # every worker waits here until all have written their motion/ parts
+    embed_videos(fit.model, meta, source, mine, run, device, mc.embed_batch_size, cfg.ray.embed.batch_size)
+    sum_metrics({"n": len(mine)}, device)  # every worker waits here until all have written their motion/ parts
     if rank == 0:
-        save_motion_cnn(run.model(MOTION_CNN), loop.best_state, meta)
-
-
-def prepare_motion(cfg: Config, positions: dict[str, list[int]]) -> tuple[MotionPlan, dict]:
-    """(plan, train_loop's config) for fitting the motion CNN and embedding `positions` at the end."""
-    run = RunRoot(cfg.paths.output)
-    plan = read_plan(run)
-    if len(plan.train) < cfg.ray.train.num_workers:
-        raise ValueError(f"{run.uri}: {len(plan.train)} train videos for {cfg.ray.train.num_workers} Train workers")
-    log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
-             len(plan.val), len(plan.test))
-    return plan, {"cfg": cfg, "plan": plan, "positions": positions}
-
-
-def record_motion(run: RunRoot) -> MotionTraining:
-    """The saved motion CNN's training record, also written to the "motion_cnn" metrics."""
-    training = MotionTraining.from_dict(modelio.read_meta(run.model(MOTION_CNN))["training"])
-    runinfo.update_metrics(run.uri, "motion_cnn", training.to_dict())
-    return training
+        save_motion_cnn(run.model(MOTION_CNN), fit.state, meta)
 
 
 def train_motion_cnn(cfg: Config, positions: dict[str, list[int]]) -> MotionTraining:
     """Fit the motion CNN on Ray Train, embedding `positions` at the end; returns its training record."""
     run = RunRoot(cfg.paths.output)
-    plan, loop_config = prepare_motion(cfg, positions)
+    plan = training_plan(run, cfg.ray.train.num_workers)
     run_spec.drop_stale(run.checkpoint(MOTION_CNN), json.dumps(plan_meta(plan, cfg), sort_keys=True))
     init_ray(cfg)
-    run_training(train_loop, loop_config, cfg, MOTION_CNN)
+    run_training(train_loop, {"cfg": cfg, "plan": plan, "positions": positions}, cfg, MOTION_CNN)
     return record_motion(run)
 
 

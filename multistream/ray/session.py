@@ -9,29 +9,12 @@ import ray
 
 from multistream import s3config
 from multistream.config import Config, StageResources
+from multistream.worker_env import WORKER_ENV, worker_env
 
 log = logging.getLogger(__name__)
 
-# glibc's default malloc returns large buffers to the OS after every free, so every batch of CPU inference
-# page-faults its buffers back in (25-29% of inference time measured here). Keep them mapped instead; and
-# keep every thread on the main heap: Ray Data calls a map actor's function from a non-main thread, whose
-# own malloc arena was unmapped and faulted back in on every batch whatever the thresholds (spatial CNN
-# inside the pipeline: 0.36 → 0.25 core-s per video, ~60-90k → 0 page faults per batch).
-WORKER_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": "4000000000",
-    "MALLOC_TRIM_THRESHOLD_": "100000000000",
-    "MALLOC_ARENA_MAX": "1",
-    "PYTHONWARNINGS": "ignore::DeprecationWarning",
-}
-
 # Every worker logs like the driver (INFO, same format); Ray forwards it to the driver's output.
 WORKER_RUNTIME_ENV = {"env_vars": WORKER_ENV, "worker_process_setup_hook": "multistream.cli.setup_logging"}
-
-
-def worker_env(torch_threads: int) -> dict[str, str]:
-    """The environment of every worker of a local Ray (and of the benchmark's baselines beside it)."""
-    return {**WORKER_ENV, "OMP_NUM_THREADS": str(torch_threads)}
-
 
 _started_local = False  # True once this process started its own local Ray (whose resources cannot grow)
 
@@ -85,15 +68,6 @@ def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, b
         batch_format=batch_format, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
         runtime_env=WORKER_RUNTIME_ENV)
-
-
-def actor_device(device: str) -> str:
-    """`device` for a model inside a Ray actor, task or trial: "auto" is the GPU only where Ray gave this
-    process one, so that no model lands on a GPU that Ray did not count (whether Ray hides the GPUs from a
-    process that asked for none depends on its version and RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO)."""
-    if device != "auto":
-        return device
-    return "cuda" if ray.get_gpu_ids() else "cpu"
 
 
 def worker_setup(torch_threads: int) -> None:

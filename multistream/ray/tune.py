@@ -18,10 +18,8 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from safetensors.torch import load_file, save_file
@@ -29,18 +27,20 @@ from safetensors.torch import load_file, save_file
 from multistream import layout, run_spec, storage
 from multistream.config import Config, RNNConfig
 from multistream.device import actor_device
-from multistream.layout import RunRoot
+from multistream.layout import TRIAL_WEIGHTS, RunRoot
 from multistream.ray.session import init_ray, worker_setup
-from multistream.rnn import SequenceClassifier
 from multistream.rnn_training import Head, frame_moments, input_statistics
 from multistream.streams import ok_videos, read_sequences, stream_data
 from multistream.sweep import (
     GRID,
+    SweepResult,
+    attention_variant,
     best_row,
-    paper_extra,
     svm_row,
     sweep_table,
+    trial_metrics,
     trial_row,
+    variant_model,
     variants,
     write_sweep,
 )
@@ -48,7 +48,6 @@ from multistream.sweep import (
 log = logging.getLogger(__name__)
 
 NAME = "tune_rnn"
-WEIGHTS = "best.safetensors"
 
 
 def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, num_classes: int,
@@ -59,14 +58,12 @@ def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, 
     head = Head(dataclasses.replace(rnn, seed=config["seed"], **{name: variant[name] for name in GRID}), input_dim,
                 num_classes, statistics, actor_device(rnn.device))
     while not head.done:
-        metrics = head.run_epoch(train, val)
-        report = {**metrics, "best_epoch": head.best_epoch, "early_stopped": head.stopping.should_stop,
-                  "best_val_loss": head.stopping.best}
+        report = trial_metrics(head, head.run_epoch(train, val))
         if head.best_epoch != head.epoch:
             tune.report(report)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            save_file({k: v.contiguous() for k, v in head.best.items()}, str(Path(directory) / WEIGHTS))
+            save_file({k: v.contiguous() for k, v in head.best.items()}, str(Path(directory) / TRIAL_WEIGHTS))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -93,15 +90,6 @@ def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spe
     return tuner.fit()
 
 
-def _model(result, variant: dict, rnn: RNNConfig, input_dim: int, num_classes: int) -> SequenceClassifier:
-    with result.checkpoint.as_directory() as directory:
-        weights = load_file(str(Path(directory) / WEIGHTS))
-    model = SequenceClassifier.from_config(dataclasses.replace(rnn, **{k: variant[k] for k in GRID}), input_dim,
-                                           num_classes)
-    model.load_state_dict(weights)
-    return model.eval()
-
-
 def _rows(results: tune.ResultGrid, splits: dict, cfg: Config, input_dim: int, num_classes: int) -> list[dict]:
     """One row per trial in the order of the space (`sweep.trial_row`), scored with the trial's best weights."""
     rows = []
@@ -109,17 +97,14 @@ def _rows(results: tune.ResultGrid, splits: dict, cfg: Config, input_dim: int, n
         variant = result.config["variant"]
         if result.checkpoint is None:
             log.warning("trial %s left no weights: %s", result.path, result.error)
-        model = None if result.checkpoint is None else _model(result, variant, cfg.rnn, input_dim, num_classes)
+        model = None
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as directory:
+                weights = load_file(str(Path(directory) / TRIAL_WEIGHTS))
+            model = variant_model(weights, variant, cfg.rnn, input_dim, num_classes)
         rows.append(trial_row(variant, result.config["seed"], result.metrics or {}, result.error is not None, model,
                               splits, cfg.rnn.batch_size, cfg.tune.epochs))
     return rows
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    table: pd.DataFrame  # sweep.csv: one row per variant in Table I's order (`sweep.COLUMNS`)
-    best: str  # the variant chosen on val, e.g. "S. BiGRU" (its row has best=True)
-    wall_s: float
 
 
 def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
@@ -145,9 +130,7 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
     space = [{**v, "index": i} for i, v in enumerate(variants(cfg.tune))]
     rows = _rows(_fit(cfg, run, NAME, space, trainable, spec), splits, cfg, data.input_dim, len(data.classes))
     best = best_row(rows)
-    attention = {**{k: best[k] for k in (*GRID, "paper_hidden")}, "attention": True, "index": len(space),
-                 **paper_extra(best, "attention")}
-    rows += _rows(_fit(cfg, run, f"{NAME}_attention", [attention], trainable, spec), splits, cfg, data.input_dim,
+    rows += _rows(_fit(cfg, run, f"{NAME}_attention", [attention_variant(best, len(space))], trainable, spec), splits, cfg, data.input_dim,
                   len(data.classes))
     rows.append(svm_row(best, splits, cfg, len(data.classes)))
     for row in rows:

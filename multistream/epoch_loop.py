@@ -1,0 +1,104 @@
+"""What a data-parallel training worker does apart from its framework: one model's epochs (`EpochLoop`: early
+stopping on the val loss, the best weights, the history and the state a checkpoint holds) and sums over the
+workers' process group (torch.distributed, set up by Ray Train; the identity in one process).
+
+The framework comes in as two plain values: `report(metrics, state)` is called after every epoch (Ray Train
+checkpoints `state` there; the plain loop passes `no_report`), and the state a run resumes from is handed to
+`EpochLoop.resume` (None on a fresh run).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from multistream.training import EarlyStopping
+
+log = logging.getLogger(__name__)
+
+# (an epoch's metrics, the checkpoint state: tensors and JSON strings, loadable with weights_only=True)
+Report = Callable[[dict, dict], None]
+
+
+def no_report(metrics: dict, state: dict) -> None:
+    """The plain loop's report: nothing is checkpointed."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself where it is not wrapped)."""
+    return model.module if hasattr(model, "module") else model
+
+
+@dataclass
+class EpochLoop:
+    """One model's epochs: `end_epoch` records, keeps the best weights and reports with the whole state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    report: Report = no_report
+    patience: int = 10
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.stopping = EarlyStopping(self.patience)
+        self._started = time.perf_counter()
+
+    def resume(self, state: dict | None) -> None:
+        """Continue from a checkpoint's state; None, or another phase's state (`ray.chain`), starts afresh."""
+        if state is None or "model" not in state:
+            return
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stopping.load_state_dict(json.loads(state["stopping"]))
+        self.epoch, self.history, self.best_state = state["epoch"], json.loads(state["history"]), state["best"]
+        log.info("resumed after epoch %d (best validation loss %.4f)", self.epoch, self.stopping.best)
+
+    @property
+    def done(self) -> bool:
+        return self.stopping.should_stop
+
+    def end_epoch(self, metrics: dict) -> None:
+        """Record an epoch's metrics (must include `val_loss`; "seconds" is the wall since the last report),
+        then report them with the state to resume from."""
+        self.epoch += 1
+        if self.stopping.step(metrics["val_loss"]):
+            self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()}
+        now = time.perf_counter()
+        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                   "seconds": now - self._started}
+        self._started = now
+        self.history.append(metrics)
+        self.report(metrics, {
+            "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "stopping": json.dumps(self.stopping.state_dict()),
+            "history": json.dumps(self.history), "best": self.best_state,
+        })
+
+
+def world_size() -> int:
+    """Workers in this process's torch.distributed group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over_workers(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """(K,) float64 summed over the workers (the identity on one)."""
+    if world_size() == 1:
+        return values
+    total = torch.as_tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.cpu().numpy()
+
+
+def sum_metrics(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each figure summed over the workers, so that every rank takes the same decisions."""
+    totals = sum_over_workers(np.array(list(metrics.values()), np.float64), device)
+    return dict(zip(metrics, np.asarray(totals).tolist(), strict=True))
