@@ -1,11 +1,14 @@
 """Anomaly detection on video embeddings (paper §VII): an autoencoder's reconstruction error is the score.
 
 The autoencoder learns to reconstruct the (standardized) embeddings of a mostly normal archive through a
-narrow bottleneck; videos unlike the majority reconstruct worse. Fitting and calibrating are two steps:
-`fit` trains on one set of normal videos, `calibrate` sets the threshold on ANOTHER set of normal videos
-at a target false-positive rate. The threshold must come from videos the models upstream were not fitted
-on either: an autoencoder (and an RNN before it) reproduces the videos it was fitted on far better than
-new normal ones, so a threshold from those would flag most new videos. NaN entries (a missing stream) are
+narrow bottleneck; videos unlike the majority reconstruct worse. The threshold is set at a target
+false-positive rate on scores of normal videos the scoring autoencoder was not fitted on: an autoencoder
+reproduces the videos it was fitted on far better than new normal ones (to ~1e-6 on the demo), so a
+threshold from those would flag most new videos. Two ways (`anomaly.calibrate`):
+- "cross_fit" (`cross_fit`): the detector is fitted on every normal video given; each of them is scored by
+  an autoencoder fitted on the other folds (folds of whole groups), and those out-of-fold scores set the
+  threshold: every normal video is used for fitting and for calibrating, none for both at once;
+- "val": `fit` on one set of normal videos, `calibrate` on ANOTHER. NaN entries (a missing stream) are
 imputed with the training mean, i.e. 0 after standardization. Saved through `multistream.modelio`: the
 weights and the scaler as tensors, the architecture, the threshold and how it was calibrated as metadata.
 """
@@ -102,8 +105,12 @@ class AnomalyDetector:
     def calibrate(self, normal: np.ndarray, target_fpr: float, split: str) -> float:
         """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on
         (`split` names where they come from), flagging at most `target_fpr` of them; → the threshold."""
-        self.threshold = calibrate_threshold(self.score(normal), target_fpr)
-        self.calibration = {"split": split, "n": int(len(normal)), "target_fpr": float(target_fpr)}
+        return self.calibrate_scores(self.score(normal), target_fpr, split)
+
+    def calibrate_scores(self, scores: np.ndarray, target_fpr: float, split: str) -> float:
+        """`calibrate` from the scores (N,) of normal videos, each given by an autoencoder not fitted on it."""
+        self.threshold = calibrate_threshold(scores, target_fpr)
+        self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr)}
         return self.threshold
 
     @torch.no_grad()
@@ -146,6 +153,21 @@ class AnomalyDetector:
         model = Autoencoder(meta["input_dim"], meta["hidden"], meta["bottleneck"])
         model.load_state_dict(tensors)
         return cls(model, mean, scale, meta["threshold"], meta["history"], device, meta["calibration"])
+
+
+def cross_fit(embeddings: np.ndarray, folds: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
+              ) -> tuple[AnomalyDetector, np.ndarray]:
+    """(a detector fitted on every row of embeddings (N, D), out-of-fold scores (N,) float64): row i scored by
+    an autoencoder fitted on the rows whose fold (N,) int differs from its own. Fold by group, so that a video
+    is never scored by a model fitted on its near-duplicates. The detector's threshold is still NaN."""
+    x, folds = np.asarray(embeddings), np.asarray(folds)
+    if len(set(folds.tolist())) < 2:
+        raise ValueError(f"cross-fitting needs two folds or more, got {sorted(set(folds.tolist()))}")
+    scores = np.full(len(x), np.nan)
+    for fold in sorted(set(folds.tolist())):
+        held = folds == fold
+        scores[held] = AnomalyDetector.fit(x[~held], cfg, device).score(x[held])
+    return AnomalyDetector.fit(x, cfg, device), scores
 
 
 def roc_auc(scores: np.ndarray, is_anomalous: np.ndarray) -> float:

@@ -9,6 +9,7 @@ Unknown keys, wrong types and out-of-range values raise `ConfigError("flow.backe
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,6 +25,7 @@ from multistream.config_loader import (
     PosInt,
     apply,
     build,
+    in_range,
     min_side,
 )
 
@@ -151,8 +153,12 @@ class AnomalyConfig:
     epochs: PosInt = 200
     lr: PosFloat = 1e-3
     batch_size: PosInt = 64
-    target_fpr: Fraction = 0.05  # false-positive rate the threshold is calibrated to, on the normal val videos
-    calibration: Fraction = 0.25  # without a val split only: share of the train videos held out to calibrate on
+    target_fpr: Fraction = 0.05  # false-positive rate the threshold is calibrated to
+    # "cross_fit": fitted on every normal train and val video, the threshold from their out-of-fold scores
+    # (`folds` folds of whole groups); "val": fitted on train, the threshold from the val videos' scores
+    calibrate: Literal["cross_fit", "val"] = "cross_fit"
+    folds: Annotated[int, in_range(2, math.inf)] = 5
+    calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on
     seed: int = 0
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
 

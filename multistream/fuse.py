@@ -36,13 +36,14 @@ import pyarrow as pa
 import torch
 
 from multistream import layout, modelio, runinfo, schema, storage
-from multistream.anomaly import AnomalyDetector, roc_auc
+from multistream.anomaly import AnomalyDetector, cross_fit, roc_auc
 from multistream.config import Config
 from multistream.demo import cue_ceiling
 from multistream.fuse_data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse_results import AnomalyResult, FuseResult, FusionResult
 from multistream.fusion import FusionModel, evaluate_predictions, stream_ablation
 from multistream.layout import RunRoot
+from multistream.splits import group_folds
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,32 @@ def _calibration_rows(cfg: Config, data: Embeddings) -> tuple[np.ndarray, np.nda
     return fit & ~calibration, calibration, f"{FIT} (held out of the autoencoder only)"
 
 
+def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
+                         ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str]:
+    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), the calibration videos'
+    scores (M,), each from an autoencoder not fitted on that video, and the name of the fit split)."""
+    ac = cfg.anomaly
+    if ac.calibrate == "cross_fit":
+        pool = data.split_mask(FIT) | data.split_mask(CALIBRATE)
+        fit_split = f"{FIT}+{CALIBRATE}" if data.split_mask(CALIBRATE).any() else FIT
+        ids = [data.video_id[i] for i in np.flatnonzero(pool)]
+        detector, scores = cross_fit(x[pool], group_folds(ids, ac.folds, ac.seed), ac)
+        detector.calibrate_scores(scores, ac.target_fpr, f"{fit_split}, out-of-fold ({ac.folds} folds)")
+        return detector, pool, pool, scores, fit_split
+    fit, calibration, calibration_split = _calibration_rows(cfg, data)
+    detector = AnomalyDetector.fit(x[fit], ac)
+    detector.calibrate(x[calibration], ac.target_fpr, calibration_split)
+    return detector, fit, calibration, detector.score(x[calibration]), FIT
+
+
 def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
                  ) -> tuple[np.ndarray, np.ndarray, AnomalyResult]:
     """→ per-video scores (N,) float64, flags (N,) bool and the anomaly result."""
     started = time.perf_counter()
     x = np.concatenate([data.features[s] for s in streams], axis=1)  # (N, sum D_s)
-    fit, calibration, calibration_split = _calibration_rows(cfg, data)
-    test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
-    detector = AnomalyDetector.fit(x[fit], cfg.anomaly)
-    detector.calibrate(x[calibration], cfg.anomaly.target_fpr, calibration_split)
+    detector, fit, calibration, calibration_scores, fit_split = _calibrated_detector(cfg, data, x)
     detector.save(run.model(layout.AUTOENCODER))
+    test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
     scores = detector.score(x)
     flagged = detector.is_anomaly(scores)
     evaluated = test | anomalous
@@ -129,12 +146,12 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
         streams=list(streams), input_dim=int(x.shape[1]), n_fit=int(fit.sum()),
         n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
         threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr,
-        calibration_fpr=float(flagged[calibration].mean()),
+        calibration_fpr=float(detector.is_anomaly(calibration_scores).mean()),
         false_positive_rate=float(flagged[test].mean()) if test.any() else None,
         detection_rate=float(flagged[anomalous].mean()) if anomalous.any() else None,
         roc_auc=None if np.isnan(auc) else auc,
         flagged={split: int(flagged[data.split_mask(split)].sum()) for split in sorted({str(s) for s in data.split})},
-        splits={"fit": FIT, "calibrate": calibration_split, "score": f"{TEST} + {ANOMALY}"},
+        splits={"fit": fit_split, "calibrate": detector.calibration["split"], "score": f"{TEST} + {ANOMALY}"},
         history=detector.history, device=str(detector.device), seconds=time.perf_counter() - started)
     return scores, flagged, result
 

@@ -204,6 +204,13 @@ def _maybe_float(value: str):
         return value
 
 
+def _calibration_note(splits: dict) -> str:
+    if "out-of-fold" in splits["calibrate"]:
+        return (" (cross-fitting: the autoencoder kept is fitted on all of them; each was scored by one fitted on "
+                "the other folds)")
+    return ", nor any model upstream" if splits["calibrate"] == "val" else ""
+
+
 def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
     info = metrics.get("anomaly")
     scored = storage.read_table(RunRoot(root).anomaly, schema=schema.ANOMALY_SCHEMA).to_pylist()
@@ -219,8 +226,9 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
         table(["ROC AUC (test normal vs anomaly)", "threshold", "autoencoder fitted on"],
               [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
         f'<p class="note">The threshold is the lowest score that flags at most {100 * info["target_fpr"]:g} % of '
-        f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, which no model was fitted on; the "
-        f"test and anomalous videos are scored once with it. Flagged per split: "
+        f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, each scored by an autoencoder that "
+        f"was not fitted on it{_calibration_note(splits)}; the test and anomalous videos are scored once with it. "
+        f"Flagged per split: "
         f"{esc(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
     by_split: dict[str, list[float]] = {}
     for row in scored:

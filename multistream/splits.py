@@ -16,22 +16,35 @@ import posixpath
 import re
 from collections import defaultdict
 
+import numpy as np
+
 SPLITS = ("train", "val", "test", "anomaly")
 UCF101_NAME = re.compile(r"^v_(?P<label>[A-Za-z0-9]+)_g(?P<group>\d+)_c\d+\.\w+$")
 
 
 def group_of(entry) -> str:
     """The group a manifest entry belongs to (see the module docstring)."""
-    if entry.group:
-        return entry.group
-    match = UCF101_NAME.match(posixpath.basename(entry.video_id))
+    return entry.group or video_group(entry.video_id)
+
+
+def video_group(video_id: str) -> str:
+    """The group a video id alone tells: UCF101's `<class>_gXX`, else the video itself."""
+    match = UCF101_NAME.match(posixpath.basename(video_id))
     if match is not None:
         return f"{match['label'].lower()}_g{int(match['group']):02d}"
-    return entry.video_id
+    return video_id
 
 
 def _rank(seed: int, group: str) -> bytes:
     return hashlib.sha1(f"{seed}\0{group}".encode()).digest()
+
+
+def group_folds(video_ids: list[str], folds: int, seed: int = 0) -> np.ndarray:
+    """(N,) int64: each video's fold in 0..folds-1, whole groups (`video_group`) at a time, dealt in a seeded
+    hash order, so that fold sizes differ by about one group."""
+    groups = sorted({video_group(v) for v in video_ids}, key=lambda group: _rank(seed, group))
+    fold = {group: i % folds for i, group in enumerate(groups)}
+    return np.array([fold[video_group(v)] for v in video_ids], np.int64)
 
 
 def carve_validation(entries: list, fraction: float, seed: int = 0) -> list:

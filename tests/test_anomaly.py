@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from multistream.anomaly import AnomalyDetector, Autoencoder, calibrate_threshold, roc_auc
+from multistream.anomaly import AnomalyDetector, Autoencoder, calibrate_threshold, cross_fit, roc_auc
 from multistream.config import AnomalyConfig
 
 CFG = AnomalyConfig(hidden=32, bottleneck=4, epochs=60, lr=3e-3, batch_size=32, device="cpu")
@@ -126,3 +126,18 @@ def test_roc_auc():
     assert roc_auc([0.9, 0.8, 0.1, 0.2], [False, False, True, True]) == 0.0
     assert roc_auc([0.5, 0.5, 0.5, 0.5], [False, True, False, True]) == 0.5
     assert np.isnan(roc_auc([0.1, 0.2], [False, False]))
+
+
+def test_cross_fitting_calibrates_on_every_normal_video_without_scoring_one_with_its_own_model():
+    # the memorizing case above: the out-of-fold scores of the 40 fitted videos stand in for new ones
+    rng = np.random.default_rng(0)
+    normal, fresh = rng.normal(size=(40, 64)), rng.normal(size=(400, 64))
+    cfg = AnomalyConfig(hidden=256, bottleneck=32, epochs=300, lr=3e-3, batch_size=16, device="cpu")
+    detector, scores = cross_fit(normal, np.arange(40) % 5, cfg)
+    assert scores.shape == (40,) and np.isnan(detector.threshold)
+    assert np.median(scores) > 20 * np.median(detector.score(normal))  # none was scored by a model fitted on it
+    detector.calibrate_scores(scores, 0.1, "train, out-of-fold")
+    assert detector.calibration == {"split": "train, out-of-fold", "n": 40, "target_fpr": 0.1}
+    assert np.mean(detector.is_anomaly(detector.score(fresh))) < 0.25
+    with pytest.raises(ValueError, match="two folds"):
+        cross_fit(normal, np.zeros(40, int), cfg)

@@ -96,8 +96,9 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert np.sum(fusion.confusion) == 30 and set(fusion.per_class) == set(CLASSES)
     assert fusion.splits == {"fit": "train", "score": "test"}
     assert anomaly.roc_auc > 0.8 and anomaly.n_anomaly == 8 and anomaly.n_test_normal == 30
-    assert (anomaly.n_fit, anomaly.n_calibration) == (60, 30)
-    assert anomaly.splits == {"fit": "train", "calibrate": "val", "score": "test + anomaly"}
+    assert (anomaly.n_fit, anomaly.n_calibration) == (90, 90)  # cross-fitted on every normal train and val video
+    calibrated_on = "train+val, out-of-fold (5 folds)"
+    assert anomaly.splits == {"fit": "train+val", "calibrate": calibrated_on, "score": "test + anomaly"}
     assert anomaly.target_fpr == 0.05 and anomaly.calibration_fpr <= 0.05
     assert anomaly.detection_rate >= 0.75
     assert anomaly.false_positive_rate <= 0.2  # val and test are drawn alike: the calibrated rate carries over
@@ -125,16 +126,27 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     for row in scored.to_pylist():
         flagged[row["split"]].append(row["is_anomaly"])
     assert np.mean(flagged["anomaly"]) > np.mean(flagged["test"])
-    assert np.mean(flagged["val"]) == pytest.approx(anomaly.calibration_fpr)
     detector = AnomalyDetector.load(f"{root}/models/autoencoder")
     assert detector.threshold == pytest.approx(anomaly.threshold)
-    assert detector.calibration == {"split": "val", "n": 30, "target_fpr": 0.05}
+    assert detector.calibration == {"split": calibrated_on, "n": 90, "target_fpr": 0.05}
     for name in ("svm", "autoencoder"):
         assert sorted(p.name for p in Path(root, "models", name).iterdir()) == ["model.json", "model.safetensors"]
         assert modelio.read_meta(f"{root}/models/{name}")["kind"] in ("linear_svm", "autoencoder")
     assert not list(Path(root).rglob("*.pkl"))
     text = summary_table(result)
-    assert "top-5" not in text and "calibrated on 30 val videos" in text and "false-positive rate" in text
+    assert "top-5" not in text and f"calibrated on 90 {calibrated_on} videos" in text and "false-positive rate" in text
+
+
+def test_calibrating_on_val_fits_the_autoencoder_on_train_and_scores_val_with_it(tmp_path):
+    root = str(tmp_path / "run")
+    write_synthetic_embeddings(root)
+    anomaly = run_fuse(fuse_config(root).replace(**{"anomaly.calibrate": "val"})).anomaly
+    assert (anomaly.n_fit, anomaly.n_calibration) == (60, 30)
+    assert anomaly.splits == {"fit": "train", "calibrate": "val", "score": "test + anomaly"}
+    assert anomaly.calibration_fpr <= 0.05 and anomaly.detection_rate >= 0.75
+    assert anomaly.false_positive_rate <= 0.2
+    scored = ds.dataset(f"{root}/anomaly").to_table().to_pylist()
+    assert np.mean([r["is_anomaly"] for r in scored if r["split"] == "val"]) == pytest.approx(anomaly.calibration_fpr)
 
 
 def test_fuse_job_refits_in_place_and_reports_table_ii(tmp_path):
@@ -201,7 +213,7 @@ def _poisoned(rows: list[dict], split: str) -> list[dict]:
 
 
 def test_no_choice_reads_the_test_split(tmp_path):
-    """The SVM is fitted on train and the threshold calibrated on val: poisoning the test (and anomaly)
+    """The SVM is fitted on train and the threshold cross-fitted on train+val: poisoning the test (and anomaly)
     embeddings changes neither, poisoning val moves the threshold but not the SVM."""
     cfg = load_config(None, [*SETTINGS, "anomaly.epochs=20"])
     rows = synthetic_videos(seed=2, train=10, val=8, test=6, anomalies=4)
@@ -217,16 +229,17 @@ def test_no_choice_reads_the_test_split(tmp_path):
     np.testing.assert_array_equal(test_svm.coef, svm.coef)
     assert test.fusion.top1 < clean.fusion.top1  # the poisoned test videos were scored, just never chosen on
     assert test.anomaly.false_positive_rate > clean.anomaly.false_positive_rate
-    assert val.anomaly.threshold > 10 * clean.anomaly.threshold
+    assert val.anomaly.threshold != clean.anomaly.threshold  # val is fitted and calibrated on
     np.testing.assert_array_equal(val_svm.coef, svm.coef)
 
 
-def test_without_a_val_split_the_threshold_comes_from_held_out_train_videos_and_says_so(tmp_path):
+def test_calibrating_on_val_without_a_val_split_holds_out_train_videos_and_says_so(tmp_path):
     root = str(tmp_path / "run")
     rows = synthetic_videos(seed=3, train=12, val=0, test=4, anomalies=2)
     storage.write_part(_table(rows, schema.STREAMS), f"{root}/embeddings", "part-0")
 
-    result = run_fuse(load_config(None, [f"paths.output={root}", *SETTINGS, "anomaly.epochs=5"]))
+    result = run_fuse(load_config(None, [f"paths.output={root}", *SETTINGS, "anomaly.epochs=5",
+                                         "anomaly.calibrate=val"]))
 
     assert result.anomaly.splits["calibrate"].startswith("train (held out")
     assert (result.anomaly.n_fit, result.anomaly.n_calibration) == (27, 9)  # anomaly.calibration = 0.25 of 36
@@ -241,7 +254,7 @@ def test_the_svm_is_fitted_on_the_splits_fusion_fit_names(tmp_path):
     for fit, n in (("train", 18), ("val", 18), ("train+val", 36)):
         result = run_fuse(cfg.replace(**{"fusion.fit": fit}))
         assert (result.fusion.splits["fit"], result.fusion.n_train) == (fit, n)
-        assert result.anomaly.splits["fit"] == "train" and result.anomaly.n_fit == 18
+        assert result.anomaly.splits["fit"] == "train+val" and result.anomaly.n_fit == 36
 
 
 def test_audio_tracks_come_from_the_videos_table(tmp_path):

@@ -2,6 +2,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from multistream import storage
@@ -235,3 +236,17 @@ def test_a_million_line_listing_streams(tmp_path):
     stream = iter_files(root)
     assert next(stream).endswith("a/1.mp4")  # a generator: nothing listed ahead of what is read
     assert [p.rsplit("/", 2)[-2] for p in [*stream]] == ["b"]
+
+
+def test_group_folds_keep_each_ucf101_group_in_one_fold():
+    from multistream.splits import group_folds
+
+    ids = [f"v_Archery_g{g:02d}_c{c:02d}.avi" for g in range(1, 11) for c in range(1, 4)] + ["clip_a", "clip_b"]
+    folds = group_folds(ids, 4, seed=0)
+    assert folds.shape == (32,) and set(folds.tolist()) == {0, 1, 2, 3}
+    for g in range(10):
+        assert len(set(folds[3 * g:3 * g + 3].tolist())) == 1  # a group's clips share their fold
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 3  # fold sizes differ by about one group (3 clips)
+    np.testing.assert_array_equal(folds, group_folds(ids, 4, seed=0))
+    assert not np.array_equal(folds, group_folds(ids, 4, seed=1))
