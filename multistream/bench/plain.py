@@ -29,6 +29,11 @@ class PlainRun:
         return asdict(self) | {"samples_per_s": self.samples_per_s}
 
 
+def _worker_threads(cfg: Config) -> int:
+    """A Train worker's torch threads: every CPU it holds (`ray.torch_threads` the floor), as its loop sets."""
+    return max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))
+
+
 def _threads(cfg: Config, per_worker: int) -> int:
     """The Ray Train run's torch threads in all (`per_worker` on each of its workers), set in this process."""
     import torch
@@ -49,7 +54,7 @@ def motion_cnn(cfg: Config, root: str) -> dict:
     from multistream.motion import read_flows, read_plan
     from multistream.motion_training import fit_motion_cnn
 
-    threads, run = _threads(cfg, max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))), RunRoot(root)
+    threads, run = _threads(cfg, _worker_threads(cfg)), RunRoot(root)
     started = time.perf_counter()
     plan = read_plan(run)
     flows = read_flows(run.flow, plan.train + plan.val + plan.test)
@@ -65,7 +70,7 @@ def rnn(cfg: Config, root: str, stream: str) -> dict:
     from multistream.rnn_training import train_head
     from multistream.streams import ok_videos, read_sequences, stream_data
 
-    threads, run = _threads(cfg, cfg.ray.torch_threads), RunRoot(root)
+    threads, run = _threads(cfg, _worker_threads(cfg)), RunRoot(root)
     started = time.perf_counter()
     data = stream_data(run, stream, ok_videos(run))
     train, val = read_sequences(data, data.train_ids), read_sequences(data, data.val_ids)
