@@ -19,3 +19,9 @@ WORKER_ENV = {
 def worker_env(torch_threads: int) -> dict[str, str]:
     """The environment of every worker of a local Ray (and of the benchmark's baselines beside it)."""
     return {**WORKER_ENV, "OMP_NUM_THREADS": str(torch_threads)}
+
+
+def train_worker_threads(torch_threads: int, cpus_per_worker: float) -> int:
+    """A Ray Train worker's torch threads: every CPU it holds, `ray.torch_threads` the floor (the plain-loop
+    baselines run on as many)."""
+    return max(torch_threads, int(cpus_per_worker))

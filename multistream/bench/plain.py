@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from multistream.config import Config
+from multistream.worker_env import train_worker_threads
 
 
 @dataclass
@@ -30,8 +31,7 @@ class PlainRun:
 
 
 def _worker_threads(cfg: Config) -> int:
-    """A Train worker's torch threads: every CPU it holds (`ray.torch_threads` the floor), as its loop sets."""
-    return max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))
+    return train_worker_threads(cfg.ray.torch_threads, cfg.ray.train.cpus_per_worker)
 
 
 def _threads(cfg: Config, per_worker: int) -> int:

@@ -46,6 +46,7 @@ from multistream.motion_training import (
 )
 from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import report, restore_state, run_training
+from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def train_loop(config: dict) -> None:
     """One Ray Train worker: the epochs (resumed from the last checkpoint), then test, embedding and the model."""
     cfg, plan, positions = config["cfg"], config["plan"], config["positions"]
     mc, run = cfg.motion_cnn, RunRoot(cfg.paths.output)
-    worker_setup(max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker)))  # every CPU it holds
+    worker_setup(train_worker_threads(cfg.ray.torch_threads, cfg.ray.train.cpus_per_worker))
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = resolve_device(motion_device(cfg))
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)

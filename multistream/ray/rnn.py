@@ -2,10 +2,10 @@
 
 The streams still to train share one worker group (`rnn_models.HeadGroup`): each worker reads its shard of
 every stream's train and val videos once, and each epoch trains every head that is not done one epoch, then
-reports once with one checkpoint holding every head, so that a re-run or a restarted worker continues from the last epoch (checkpoints of a different
-architecture, input or class list are dropped instead). Rank 0 then embeds every ok video with each best
-model and scores val and test once (`rnn_models.embed_stream`). A saved model whose stream has videos added
-since is only re-embedded, in one Ray task; a stream saved and fully embedded is reused as it is.
+reports once with one checkpoint holding every head, so that a re-run or a restarted worker continues from
+the last epoch (checkpoints of a different architecture, input or class list are dropped instead). Rank 0
+then embeds every ok video with each best model and scores val and test once (`rnn_models.embed_stream`).
+A saved model whose stream has videos added since is only re-embedded, in one Ray task; a stream saved and fully embedded is reused as it is.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from multistream.rnn_models import (
     stream_status,
 )
 from multistream.streams import StreamData
+from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def loop_config(cfg: Config, run: RunRoot) -> dict:
     """train_loop's config, less "streams"; a worker computes on every CPU it holds (ray.torch_threads is the
     floor)."""
     return {"rnn": cfg.rnn, "root": run.uri,
-            "torch_threads": max(cfg.ray.torch_threads, int(cfg.ray.train.cpus_per_worker))}
+            "torch_threads": train_worker_threads(cfg.ray.torch_threads, cfg.ray.train.cpus_per_worker)}
 
 
 def train_streams(cfg: Config, run: RunRoot, streams: list[StreamData]) -> None:
