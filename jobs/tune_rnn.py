@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["model", "hidden", "val_top1", "test_top1", "paper_top1", "epochs", "stopped_by"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"sweep of {len(table)} rows in {result.wall_s:.1f} s, best on val: {result.best} → "
-          f"{RunRoot(cfg.paths.output).report('sweep.md')}")
+          f"{RunRoot(cfg.paths.output).sweep_md}")
     return 0
 
 

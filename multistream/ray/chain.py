@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
-from multistream import modelio, run_spec, schema
+from multistream import modelio, run_spec
+from multistream.chain_plan import ChainResult, chain_spec, fresh_inputs, record_chain
 from multistream.config import Config
-from multistream.layout import MOTION_CNN, RunRoot, absolute, rnn_name
+from multistream.layout import MOTION_CNN, RunRoot, absolute
 from multistream.motion import pending_positions
-from multistream.motion_training import (
-    TrainMotionResult,
-    check_motion_resources,
-    plan_meta,
-    record_motion,
-    training_plan,
-)
+from multistream.motion_training import check_motion_resources, training_plan
 from multistream.ray import motion, rnn
 from multistream.ray.session import init_ray
 from multistream.ray.train import run_training
-from multistream.rnn_models import TrainRNNResult, check_rnn_devices, heads_spec, record_streams
-from multistream.streams import StreamData, ok_videos, stream_data
+from multistream.rnn_models import check_rnn_devices
+from multistream.streams import ok_videos, stream_data
 
 NAME = "motion_rnn"
 
@@ -43,45 +37,22 @@ def chain_loop(config: dict) -> None:
     rnn.train_loop({**config["rnn"], "streams": [stream_data(run, s, videos) for s in config["streams"]]})
 
 
-@dataclass(frozen=True)
-class ChainResult:
-    motion: TrainMotionResult
-    rnn: TrainRNNResult
-
-
-def _fresh_inputs(run: RunRoot, streams: list[str]) -> dict[str, StreamData] | None:
-    """The extracted streams (all but the temporal one, which the chain's motion phase writes) where nothing of
-    either step is saved yet; None otherwise: that run root is left to the separate steps, which say why."""
-    if modelio.has_model(run.model(MOTION_CNN)) or any(modelio.has_model(run.model(rnn_name(s))) for s in streams):
-        return None
-    videos = ok_videos(run)
-    try:
-        return {s: stream_data(run, s, videos) for s in streams if s != "temporal"}
-    except (ValueError, FileNotFoundError):  # MissingStreamError among them
-        return None
-
-
 def run_train_chain(cfg: Config, streams: list[str]) -> ChainResult | None:
     """Fit the motion CNN and `streams`' heads in one Ray Train run, recording as the two jobs would; None (and
     nothing done) where the run root is not fresh."""
     started = time.perf_counter()
     cfg = cfg.replace(**{"paths.output": absolute(cfg.paths.output)})  # workers must not depend on the cwd
     run = RunRoot(cfg.paths.output)
-    extracted = _fresh_inputs(run, streams)
+    extracted = fresh_inputs(run, streams)
     if extracted is None:
         return None
     check_motion_resources(cfg)
     check_rnn_devices(cfg)
     positions = pending_positions(run)
     plan = training_plan(run, cfg.ray.train.num_workers)
-    inputs = {s: {"input_dim": data.input_dim, "classes": data.classes} for s, data in extracted.items()}
-    if "temporal" in streams:
-        inputs["temporal"] = {"input_dim": schema.MOTION_DIM, "classes": list(plan.classes)}
-    spec = {"motion": plan_meta(plan, cfg), "rnn": heads_spec(cfg.rnn, inputs)}
-    run_spec.drop_stale(run.checkpoint(NAME), json.dumps(spec, sort_keys=True))
+    run_spec.drop_stale(run.checkpoint(NAME), json.dumps(chain_spec(cfg, plan, extracted, streams), sort_keys=True))
     init_ray(cfg)
-    run_training(chain_loop, {"root": run.uri, "motion": {"cfg": cfg, "plan": plan, "positions": positions},
-                                       "rnn": rnn.loop_config(cfg, run), "streams": streams}, cfg, NAME)
-    trained = TrainMotionResult(record_motion(run), True, len(positions))
-    heads = record_streams(run, dict.fromkeys(streams, "trained"))
-    return ChainResult(trained, TrainRNNResult(heads, {}, time.perf_counter() - started))
+    loop_config = {"root": run.uri, "motion": {"cfg": cfg, "plan": plan, "positions": positions},
+                   "rnn": rnn.loop_config(cfg, run), "streams": streams}
+    run_training(chain_loop, loop_config, cfg, NAME)
+    return record_chain(run, streams, len(positions), started)
