@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
     parser.add_argument("--training", action=on_off, default=True, help="the training section (default: on)")
-    parser.add_argument("--motion-epochs", type=int, default=4, help="motion CNN epochs in the training section")
-    parser.add_argument("--rnn-epochs", type=int, default=20, help="RNN head epochs in the training section")
+    parser.add_argument("--motion-epochs", type=int, default=12,
+                        help="motion CNN epochs in the training section (the demo config's)")
+    parser.add_argument("--rnn-epochs", type=int, default=60,
+                        help="RNN head epochs in the training section (the demo config's most)")
     parser.add_argument("--training-root", default=None,
                         help="an extracted local run root whose tables the training section copies and trains "
                              "on (default: the extraction section's, or a fresh extraction)")

@@ -67,21 +67,20 @@ class EpochLoop:
         return self.stopping.should_stop
 
     def end_epoch(self, metrics: dict) -> None:
-        """Record an epoch's metrics (must include `val_loss`; "seconds" is the wall since the last report),
-        then report them with the state to resume from."""
+        """Record an epoch's metrics (must include `val_loss`; "seconds" is the epoch's work: the wall since the
+        last report returned), then report them with the state to resume from."""
         self.epoch += 1
+        seconds = time.perf_counter() - self._started
         if self.stopping.step(metrics["val_loss"]):
             self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()}
-        now = time.perf_counter()
-        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-                   "seconds": now - self._started}
-        self._started = now
+        metrics = {**metrics, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds}
         self.history.append(metrics)
         self.report(metrics, {
             "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "stopping": json.dumps(self.stopping.state_dict()),
             "history": json.dumps(self.history), "best": self.best_state,
         })
+        self._started = time.perf_counter()  # the report and its checkpoint are not the next epoch's work
 
 
 def world_size() -> int:

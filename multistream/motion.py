@@ -119,6 +119,16 @@ class FlowSource:
                 self.kept_bytes += flow.nbytes
         return [self.kept[v] if v in self.kept else read[v] for v in ids]
 
+    def preload(self, ids, chunk: int = 256) -> int:
+        """Read `ids`' flow into memory, `chunk` videos a read, until the budget is full (a training worker
+        reads its data before the first epoch, as the plain loop does); returns how many videos are kept."""
+        todo = [v for v in dict.fromkeys(ids) if v not in self.kept] if self.uri is not None else []
+        for start in range(0, len(todo), chunk):
+            if self.kept_bytes >= self.budget:
+                break
+            self.get(todo[start:start + chunk])
+        return len(self.kept)
+
 
 def stack_centers(pairs: int, count: int, rng: np.random.Generator | None) -> np.ndarray:
     """(count,) int centres in [0, pairs]: random with `rng`, evenly spaced without it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -212,15 +213,18 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     (checkpoints each epoch's `EpochLoop` state) and the `state` it resumes from: the same model, stacks,
     epochs and selection rule either way."""
     source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
-    mc, device = cfg.motion_cnn, resolve_device(device)
+    mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)
+    started = time.perf_counter()
+    kept = source.preload(shard.train + shard.val + shard.test)
+    log.info("motion CNN: %d videos' flow in memory (%.2f GB) after %.1f s", kept, source.kept_bytes / 2**30,
+             time.perf_counter() - started)
     model = new_model(plan, cfg).to(device)
     wrapped = wrap(model) if wrap is not None else model
     optimizer = motion_optimizer(wrapped, mc)
     loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience)
     loop.resume(state)
     pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
-    trainer = MotionTrainer(model, optimizer, source, plan.shard(rank, world), cfg, device, rank, world, wrapped,
-                            reduce, pad_to)
+    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, rank, world, wrapped, reduce, pad_to)
     while loop.epoch < mc.epochs and not loop.done:
         loop.end_epoch(trainer.epoch(loop.epoch + 1))
     model.load_state_dict(loop.best_state)

@@ -4,6 +4,7 @@ through a plain `report` and resumed from the state it was handed."""
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import torch
@@ -55,6 +56,17 @@ def test_epoch_loop_keeps_the_lowest_val_loss_and_resumes_from_a_report():
     assert torch.equal(resumed.model.weight, weights[2]) and torch.equal(resumed.best_state["weight"], weights[1])
     resumed.end_epoch({"val_loss": 0.9})
     assert resumed.done  # the stopping counter came back with the state
+
+
+def test_an_epochs_seconds_leave_its_report_out():
+    model = torch.nn.Linear(3, 2)
+    slow_report = lambda metrics, state: time.sleep(0.3)  # noqa: E731 (a checkpoint that takes its time)
+    loop = EpochLoop(model, torch.optim.SGD(model.parameters(), lr=0.1), slow_report, patience=5)
+    started = time.perf_counter()
+    for _ in range(3):
+        loop.end_epoch({"val_loss": 1.0})
+    assert time.perf_counter() - started >= 0.9
+    assert all(m["seconds"] < 0.25 for m in loop.history)
 
 
 def test_epoch_loop_ignores_a_state_of_another_phase():

@@ -74,6 +74,16 @@ def test_flow_is_read_by_video_and_kept_within_the_budget(tmp_path, monkeypatch)
     with pytest.raises(KeyError):
         FlowSource.of({}).get(["x"])
 
+    reads.clear()
+    ahead = FlowSource(uri)
+    assert ahead.preload(ids, chunk=3) == len(ids) and reads == [ids[:3], ids[3:]]
+    ahead.get(ids)
+    assert sum(map(len, reads)) == len(ids)  # the epochs read nothing more
+    reads.clear()
+    full = FlowSource(uri, budget_bytes=flows[ids[0]].nbytes)
+    assert full.preload(ids, chunk=1) == 1 and reads == [ids[:1]]  # stops once the budget is full
+    assert FlowSource.of(flows).preload(ids) == len(flows)
+
 
 def test_stack_centers():
     assert stack_centers(10, 4, None).tolist() == [2, 4, 6, 8]

@@ -2,17 +2,15 @@
 
 For each model, on the same run root, config and epochs (early stopping off, so both run every epoch):
 - ray: the training job itself (`run_train_motion`, `run_train_rnn`); its throughput comes from the epoch
-  seconds the training loop records in its history, the job's wall minus those epochs is its fixed cost
-  (trainer start, data read, final save, embedding pass, and the per-epoch checkpoints and reports wherever
-  the loop's epoch seconds leave them out: the RNN's `Head` times the epoch's work only, the motion CNN's
-  `EpochLoop` the wall from one report to the next);
+  seconds the training loop records in its history (the epoch's work: training and validation), the job's
+  wall minus those epochs is its fixed cost (trainer start, data read into memory, the per-epoch checkpoints
+  and reports, final save, embedding pass);
 - probe: a Ray Train run of the same model that only checkpoints and reports (`EpochLoop.end_epoch`) a few
   times: the trainer's start-up and teardown, and one epoch's checkpoint + report, measured apart;
 - plain (`plain`, a fresh process with the workers' environment and threads): the same model and data in
   one process, data read into memory first.
 efficiency = ray samples/s ÷ plain samples/s (train samples per epoch x epochs ÷ Σ epoch seconds);
-efficiency_with_checkpoints charges every Ray epoch one probed checkpoint + report on top (a lower bound
-where the epoch seconds already hold it).
+efficiency_with_checkpoints charges every Ray epoch one probed checkpoint + report on top.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ class TrainingFigures:
     plain_epoch_s: list[float]
     job_s: float  # the training job's wall: Ray Train run, embedding pass, saves
     trainer_start_s: float  # a Ray Train run that does no epoch: start-up and teardown
-    checkpoint_report_s: float  # one epoch's checkpoint + report of this model's state (inside the epochs)
+    checkpoint_report_s: float  # one epoch's checkpoint + report of this model's state (between epochs)
     plain_load_s: float  # the plain loop reading its data into memory
     threads: int
 
