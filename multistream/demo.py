@@ -182,6 +182,20 @@ def cue_ceiling(streams: tuple[str, ...], labels: list[str], present: dict[str, 
     return float(np.mean(chances))
 
 
+def cue_accuracy(streams: tuple[str, ...], labels: list[str], predicted: list[str],
+                 present: dict[str, np.ndarray]) -> float | None:
+    """The share of videos of `labels` (N,) predicted as a class that carries their cues in the streams they have
+    (`present` as for `cue_ceiling`): what the cues can tell, free of the coin flip between the classes that
+    share them, so 1.0 for any streams that learned their cues. None where a label is not a demo class."""
+    if not labels or any(label not in CUES for label in labels):
+        return None
+    agree = []
+    for i, (label, guess) in enumerate(zip(labels, predicted, strict=True)):
+        seen = [STREAM_CUE[s] for s in streams if present[s][i]]
+        agree.append(guess in CUES and all(CUES[guess][c] == CUES[label][c] for c in seen))
+    return float(np.mean(agree))
+
+
 def describe() -> str:
     """The cue table as Markdown: which appearance, motion and audio cue each class carries."""
     rows = ["| class | appearance (spatial) | motion (temporal) | audio |", "|---|---|---|---|"]

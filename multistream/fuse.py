@@ -42,7 +42,7 @@ import torch
 from multistream import layout, modelio, runinfo, schema, storage
 from multistream.anomaly import AnomalyDetector, cross_fit, roc_auc
 from multistream.config import Config
-from multistream.demo import cue_ceiling
+from multistream.demo import cue_accuracy, cue_ceiling
 from multistream.fuse_data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse_results import AnomalyResult, FuseResult, FusionResult
 from multistream.fusion import FusionModel, evaluate_predictions, stream_ablation
@@ -85,14 +85,17 @@ def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: Ru
     model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams)
     model.save(run.model(layout.SVM))
     accuracy = evaluate_predictions(model.decision_scores(data.rows(test, streams)), y_test, model.classes)
-    ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
-                               cfg.fusion, streams)
     present = {s: data.present(s)[test] for s in streams}
     tracks = has_audio(run.uri, [data.video_id[i] for i in np.flatnonzero(test)])
     if "audio" in present and tracks is not None:
         present["audio"] &= tracks
-    for row in ablation:
-        row.ceiling = cue_ceiling(tuple(row.streams.split("+")), y_test, present)
+
+    def cues(subset: tuple[str, ...], predicted: list[str]) -> dict:
+        return {"ceiling": cue_ceiling(subset, y_test, present),
+                "cue_accuracy": cue_accuracy(subset, y_test, predicted, present)}
+
+    ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
+                               cfg.fusion, streams, cues)
     result = FusionResult(
         streams=list(streams), classes=model.classes, dims=model.dims, top1=accuracy.top1, top5=accuracy.top5,
         per_class=accuracy.per_class, confusion=accuracy.confusion, n_train=int(train.sum()),

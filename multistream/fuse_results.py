@@ -93,16 +93,17 @@ def summary_table(result: FuseResult) -> str:
     top5 = fusion.top5 is not None
     ceilings = any(row.ceiling is not None for row in fusion.ablation)
     header = f"{'streams (linear SVM on the RNN embeddings)':<44} {'top-1 %':>8}"
-    header += f" {'top-5 %':>8}" * top5 + f" {'ceiling %':>10}" * ceilings
+    header += f" {'top-5 %':>8}" * top5 + f" {'ceiling %':>10} {'cue acc. %':>11}" * ceilings
     lines = [header]
     for row in fusion.ablation:
         line = f"{stream_title(row.streams):<44} {_pct(row.top1):>8}"
-        line += f" {_pct(row.top5):>8}" * top5 + f" {_pct(row.ceiling):>10}" * ceilings
+        line += f" {_pct(row.top5):>8}" * top5 + f" {_pct(row.ceiling):>10} {_pct(row.cue_accuracy):>11}" * ceilings
         lines.append(line)
     lines.append(f"fitted on {fusion.n_train} {fusion.splits['fit']} videos, scored on {fusion.n_test} "
                  f"{fusion.splits['score']} videos; classes: {', '.join(fusion.classes)}")
     if ceilings:
-        lines.append("ceiling: the top-1 the streams' cues allow (multistream.demo.CUES; a missing stream is chance)")
+        lines.append("ceiling: the top-1 the streams' cues allow (multistream.demo.CUES; a missing stream is chance); "
+                     "cue acc.: predicted as a class with the video's cues (100 % where the streams learned them)")
     auc = "n/a" if anomaly.roc_auc is None else f"{anomaly.roc_auc:.3f}"
     lines.append(f"anomaly: threshold {anomaly.threshold:.4g} calibrated on {anomaly.n_calibration} "
                  f"{anomaly.splits['calibrate']} videos at a {anomaly.target_fpr:.2f} target false-positive rate "

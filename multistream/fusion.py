@@ -12,7 +12,9 @@ scoring is plain NumPy.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,17 +145,24 @@ class AblationRow:
     top1: float
     top5: float | None
     ceiling: float | None = None  # the best top-1 the subset's cues allow, where the dataset documents it
+    cue_accuracy: float | None = None  # the share predicted as a class with their cues (its ceiling: 1.0)
 
 
 def stream_ablation(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: list[str],
-                    y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS) -> list[AblationRow]:
+                    y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS,
+                    cues: Callable[[tuple[str, ...], list[str]], dict] | None = None) -> list[AblationRow]:
     """Fits and scores the SVM on every non-empty subset of `streams` present in `train`: each stream alone,
-    then pairs, then all three."""
+    then pairs, then all three. `cues(subset, predicted test labels)` gives a row's `ceiling` and
+    `cue_accuracy` where the dataset documents its cues."""
     streams = tuple(s for s in streams if s in train)
     rows = []
     for size in range(1, len(streams) + 1):
         for subset in itertools.combinations(streams, size):
             model = FusionModel.fit(train, y_train, cfg, streams=subset)
-            accuracy = evaluate_predictions(model.decision_scores(test), y_test, model.classes)
-            rows.append(AblationRow("+".join(subset), accuracy.top1, accuracy.top5))
+            scores = model.decision_scores(test)
+            accuracy = evaluate_predictions(scores, y_test, model.classes)
+            row = AblationRow("+".join(subset), accuracy.top1, accuracy.top5)
+            if cues is not None:
+                row = dataclasses.replace(row, **cues(subset, [model.classes[i] for i in scores.argmax(axis=1)]))
+            rows.append(row)
     return rows

@@ -14,7 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
-from multistream.demo import ANOMALY, CUES, DEMO_CLASSES, cue_ceiling, describe, generate_demo, plan_demo
+from multistream.demo import (
+    ANOMALY,
+    CUES,
+    DEMO_CLASSES,
+    cue_accuracy,
+    cue_ceiling,
+    describe,
+    generate_demo,
+    plan_demo,
+)
 
 CONTAINERS = {"mp4": "mp4", "avi": "avi", "mkv": "matroska"}  # extension -> part of av's format name
 
@@ -176,3 +185,18 @@ def test_cue_ceilings_follow_the_cue_table():
     assert cue_ceiling(("audio",), labels, silent) == (2 * 0.25 + 6 * 0.5) / 8
     assert cue_ceiling(("spatial", "audio"), labels, silent) == (2 * 0.5 + 6 * 1.0) / 8
     assert cue_ceiling(("spatial",), ["Archery", "WarmBob"], everything) is None  # not the demo's classes
+
+
+def test_cue_accuracy_forgives_only_what_the_cues_cannot_tell():
+    labels = ["WarmSlide", "WarmBob", "CoolSlide", "CoolBob"]
+    everything = {s: np.ones(4, bool) for s in ("spatial", "temporal", "audio")}
+    swapped = ["WarmBob", "WarmSlide", "CoolBob", "CoolSlide"]  # right colour, wrong motion: spatial can't tell
+    assert cue_accuracy(("spatial",), labels, swapped, everything) == 1.0
+    assert cue_accuracy(("temporal",), labels, swapped, everything) == 0.0
+    assert cue_accuracy(("spatial", "temporal"), labels, swapped, everything) == 0.0
+    assert cue_accuracy(("spatial", "temporal"), labels, labels, everything) == 1.0
+    silent = dict(everything, audio=np.array([False, True, True, True]))
+    # low → high (silent: nothing to miss), high → high, high → low, low → high
+    sounds = ["CoolSlide", "CoolSlide", "WarmSlide", "WarmBob"]
+    assert cue_accuracy(("audio",), labels, sounds, silent) == 0.5
+    assert cue_accuracy(("spatial",), ["Archery"], ["Archery"], everything) is None

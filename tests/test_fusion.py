@@ -137,3 +137,9 @@ def test_stream_ablation_rows():
     assert all(r.top5 is None and r.ceiling is None for r in rows)  # 4 classes, nothing documented
     two = stream_ablation({"spatial": train["spatial"], "audio": train["audio"]}, test, y_train, y_test, CFG)
     assert [r.streams for r in two] == ["spatial", "audio", "spatial+audio"]
+
+    def cues(subset, predicted):  # the rows' own predictions reach the callback
+        return {"ceiling": float(len(subset)), "cue_accuracy": float(np.mean(np.asarray(predicted) == y_test))}
+
+    judged = stream_ablation(train, test, y_train, y_test, CFG, cues=cues)
+    assert [(r.ceiling, r.cue_accuracy) for r in judged] == [(r.streams.count("+") + 1.0, r.top1) for r in rows]
