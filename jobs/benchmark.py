@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="motion CNN epochs in the training section (the demo config's)")
     parser.add_argument("--rnn-epochs", type=int, default=60,
                         help="RNN head epochs in the training section (the demo config's most)")
+    parser.add_argument("--training-repeats", type=int, default=3,
+                        help="training runs of each model (Ray, then plain); the median efficiency is reported")
     parser.add_argument("--training-root", default=None,
                         help="an extracted local run root whose tables the training section copies and trains "
                              "on (default: the extraction section's, or a fresh extraction)")
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             elif not args.extraction:
                 extraction.extract(cfg, entries, scratch)
             report["training"] = training.measure(cfg.replace(**{"paths.output": scratch}), args.config,
-                                                  args.overrides, args.motion_epochs, args.rnn_epochs)
+                                                  args.overrides, args.motion_epochs, args.rnn_epochs,
+                                                  args.training_repeats)
         except ValueError as error:  # e.g. unlabelled videos
             parser.exit(2, f"{parser.prog}: training section: {error} (--no-training skips it)\n")
         lines += training.format_lines(report["training"])

@@ -58,6 +58,14 @@ def test_training_efficiency_is_the_ratio_of_epoch_throughputs_with_the_fixed_co
     with pytest.raises(KeyError, match="seconds"):
         training.figures([{"epoch": 1}], 30, 10.0, (4.0, 0.1), plain)
 
+    faster = training.figures([dict(h, seconds=1.0) for h in history], 30, 10.0, (4.0, 0.1), plain)
+    slower = training.figures([dict(h, seconds=4.0) for h in history], 30, 10.0, (4.0, 0.1), plain)
+    median = training.median_run([faster, slower, figures])
+    assert median["efficiency"] == figures.efficiency
+    assert median["efficiency_runs"] == [faster.efficiency, slower.efficiency, figures.efficiency]
+    assert training.median_run([faster, slower])["efficiency"] == slower.efficiency  # the lower middle
+    assert "1.00 0.25 0.67" in training.format_lines({"rnn": median})[-1]
+
 
 def test_training_section_copies_only_an_extracted_local_run_root(tmp_path):
     source = tmp_path / "run"

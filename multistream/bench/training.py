@@ -170,24 +170,41 @@ def copy_tables(source: str, target: str) -> None:
 
 
 def measure(cfg: Config, config_path: str | None, overrides: list[str], motion_epochs: int,
-            rnn_epochs: int) -> dict:
-    """{motion_cnn: TrainingFigures, rnn: TrainingFigures} as dicts, on the run root `cfg.paths.output`."""
+            rnn_epochs: int, repeats: int = 1) -> dict:
+    """{motion_cnn: TrainingFigures, rnn: TrainingFigures} as dicts, on the run root `cfg.paths.output`: each the
+    run of median efficiency among `repeats` (Ray and plain in turn, each repeat on a fresh copy of the
+    tables), with every run's efficiency as `efficiency_runs`."""
     from multistream.worker_env import worker_env
 
-    env = worker_env(cfg.ray.torch_threads)
-    return {"motion_cnn": asdict(motion_cnn(cfg, config_path, overrides, env, motion_epochs)),
-            "rnn": asdict(rnn(cfg, config_path, overrides, env, rnn_epochs))}
+    env, runs = worker_env(cfg.ray.torch_threads), {"motion_cnn": [], "rnn": []}
+    for repeat in range(repeats):
+        root = cfg.paths.output
+        if repeat:
+            root = tempfile.mkdtemp(prefix="benchmark-training-")
+            copy_tables(cfg.paths.output, root)
+        run_cfg = cfg.replace(**{"paths.output": root})
+        runs["motion_cnn"].append(motion_cnn(run_cfg, config_path, overrides, env, motion_epochs))
+        runs["rnn"].append(rnn(run_cfg, config_path, overrides, env, rnn_epochs))
+    return {name: median_run(figures) for name, figures in runs.items()}
+
+
+def median_run(runs: list[TrainingFigures]) -> dict:
+    """The figures of the run of median efficiency (the lower of the middle two), every run's efficiency
+    beside them."""
+    middle = sorted(runs, key=lambda f: f.efficiency)[(len(runs) - 1) // 2]
+    return asdict(middle) | {"efficiency_runs": [f.efficiency for f in runs]}
 
 
 def format_lines(training: dict) -> list[str]:
     """The printed table of a report's `training` section."""
     lines = ["training: Ray Train vs a plain loop (same model, data, epochs, threads); efficiency = ray/plain "
-             "samples/s over all epochs (after the first); fixed = job wall - epochs",
+             "samples/s over all epochs (after the first), the median run; fixed = job wall - epochs",
              f"{'model':12}{'ray smp/s':>11}{'plain smp/s':>13}{'efficiency':>18}{'epochs':>8}{'fixed s':>9}"
-             f"{'start s':>9}{'ckpt s/ep':>11}"]
+             f"{'start s':>9}{'ckpt s/ep':>11}  every run"]
     for name, row in training.items():
         both = f"{row['efficiency']:.2f} ({row['efficiency_after_first_epoch']:.2f})"
+        every = " ".join(f"{value:.2f}" for value in row.get("efficiency_runs", [row["efficiency"]]))
         lines.append(f"{name:12}{row['ray_samples_per_s']:>11.1f}{row['plain_samples_per_s']:>13.1f}"
                      f"{both:>18}{row['epochs']:>8}{row['fixed_cost_s']:>9.1f}"
-                     f"{row['trainer_start_s']:>9.1f}{row['checkpoint_report_s']:>11.3f}")
+                     f"{row['trainer_start_s']:>9.1f}{row['checkpoint_report_s']:>11.3f}  {every}")
     return lines
