@@ -176,9 +176,8 @@ def cue_ceiling(streams: tuple[str, ...], labels: list[str], present: dict[str, 
         return None
     chances = []
     for i, label in enumerate(labels):
-        seen = [STREAM_CUE[s] for s in streams if present[s][i]]
-        k = sum(all(CUES[other][c] == CUES[label][c] for c in seen) for other in DEMO_CLASSES)
-        chances.append(1 / k)
+        seen = _seen_cues(streams, present, i)
+        chances.append(1 / sum(_share_cues(other, label, seen) for other in DEMO_CLASSES))
     return float(np.mean(chances))
 
 
@@ -189,11 +188,18 @@ def cue_accuracy(streams: tuple[str, ...], labels: list[str], predicted: list[st
     share them, so 1.0 for any streams that learned their cues. None where a label is not a demo class."""
     if not labels or any(label not in CUES for label in labels):
         return None
-    agree = []
-    for i, (label, guess) in enumerate(zip(labels, predicted, strict=True)):
-        seen = [STREAM_CUE[s] for s in streams if present[s][i]]
-        agree.append(guess in CUES and all(CUES[guess][c] == CUES[label][c] for c in seen))
+    agree = [guess in CUES and _share_cues(guess, label, _seen_cues(streams, present, i))
+             for i, (label, guess) in enumerate(zip(labels, predicted, strict=True))]
     return float(np.mean(agree))
+
+
+def _seen_cues(streams: tuple[str, ...], present: dict[str, np.ndarray], i: int) -> list[int]:
+    """The cue indices video `i` shows in `streams` (a stream it lacks shows none)."""
+    return [STREAM_CUE[s] for s in streams if present[s][i]]
+
+
+def _share_cues(one: str, other: str, cues: list[int]) -> bool:
+    return all(CUES[one][c] == CUES[other][c] for c in cues)
 
 
 def describe() -> str:

@@ -81,7 +81,11 @@ class FusionModel:
         return np.concatenate([-scores, scores], axis=1) if len(self.classes) == 2 else scores
 
     def predict(self, features: dict[str, np.ndarray]) -> list[str]:
-        return [self.classes[i] for i in self.decision_scores(features).argmax(axis=1)]
+        return self.labels_of(self.decision_scores(features))
+
+    def labels_of(self, scores: np.ndarray) -> list[str]:
+        """The predicted class of each row of decision scores (N, C)."""
+        return [self.classes[i] for i in np.asarray(scores).argmax(axis=1)]
 
     def save(self, directory: str) -> None:
         """One model folder (`multistream.modelio`) under a local path or URI."""
@@ -163,6 +167,6 @@ def stream_ablation(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y
             accuracy = evaluate_predictions(scores, y_test, model.classes)
             row = AblationRow("+".join(subset), accuracy.top1, accuracy.top5)
             if cues is not None:
-                row = dataclasses.replace(row, **cues(subset, [model.classes[i] for i in scores.argmax(axis=1)]))
+                row = dataclasses.replace(row, **cues(subset, model.labels_of(scores)))
             rows.append(row)
     return rows
