@@ -138,6 +138,6 @@ class RunRoot:
     def report_html(self) -> str:
         return self.report("report.html")
 
-    @property
-    def figures(self) -> str:
-        return self.report("figures")
+    def figure(self, name: str) -> str:
+        """`reports/figures/<name>.png`: the report's figures as files beside report.html."""
+        return self.join(REPORTS, "figures", f"{name}.png")

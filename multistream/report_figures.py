@@ -32,7 +32,7 @@ class Figures:
         fig.tight_layout()
         fig.savefig(buffer, format="png", dpi=110)
         data = buffer.getvalue()
-        storage.write_bytes(storage.join(self.run.figures, f"{name}.png"), data)
+        storage.write_bytes(self.run.figure(name), data)
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 

@@ -183,8 +183,12 @@ def measure(cfg: Config, config_path: str | None, overrides: list[str], motion_e
             root = tempfile.mkdtemp(prefix="benchmark-training-")
             copy_tables(cfg.paths.output, root)
         run_cfg = cfg.replace(**{"paths.output": root})
-        runs["motion_cnn"].append(motion_cnn(run_cfg, config_path, overrides, env, motion_epochs))
-        runs["rnn"].append(rnn(run_cfg, config_path, overrides, env, rnn_epochs))
+        try:
+            runs["motion_cnn"].append(motion_cnn(run_cfg, config_path, overrides, env, motion_epochs))
+            runs["rnn"].append(rnn(run_cfg, config_path, overrides, env, rnn_epochs))
+        finally:
+            if repeat:  # a copy of the tables, as large as flow/
+                shutil.rmtree(root, ignore_errors=True)
     return {name: median_run(figures) for name, figures in runs.items()}
 
 
