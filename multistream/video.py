@@ -20,6 +20,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from multistream.audio_track import AudioTrack
+
 log = logging.getLogger(__name__)
 
 # what PyAV/FFmpeg raise on damaged or foreign input (an empty file object gives a bare OSError)
@@ -138,10 +140,8 @@ class VideoReader:
         self._last_time: float | None = None
         self._frames_started = False
         self._audio_called = False
-        self._chunks: list[np.ndarray] = []  # resampled mono float32 audio, in order
-        self._audio_samples = 0
-        self._audio_start: float | None = None  # time of the first decoded audio frame
-        self._audio_done = self._audio_stream is None
+        self._audio = None if self._audio_stream is None else AudioTrack(
+            self._audio_stream, self.audio_rate, (self.max_seconds + 1.0) * self.audio_rate, self._decode)
         streams = [s for s in (self._video_stream, self._audio_stream) if s is not None]
         self._demuxer = self._container.demux(*streams)
 
@@ -152,7 +152,6 @@ class VideoReader:
             raise VideoError(f"{self.name}: no video stream")
         video = self._video_stream = videos[0]
         self._audio_stream = self._container.streams.audio[0] if self._container.streams.audio else None
-        self._resampler = self._new_resampler()
         ctx = video.codec_context
         ctx.thread_count = self.threads
         if not ctx.width or not ctx.height:
@@ -194,34 +193,6 @@ class VideoReader:
             log.debug("%s: skipped an undecodable %s packet: %s", self.name, stream.type, exc)
             return []
 
-    def _decode_audio(self, packet: av.Packet) -> None:
-        if self._audio_done:
-            return
-        for frame in self._decode(self._audio_stream, packet):
-            if self._audio_start is None and frame.time is not None:
-                self._audio_start = frame.time
-            self._resample(frame)
-        if packet.size == 0 or self._audio_samples >= (self.max_seconds + 1.0) * self.audio_rate:
-            self._resample(None)
-            self._audio_done = True
-
-    def _new_resampler(self) -> av.AudioResampler:
-        # rematrix_maxval=1 makes the downmix the mean of the channels instead of a sum that clips
-        return av.AudioResampler(format="flt", layout="mono", rate=self.audio_rate,
-                                 options={"rematrix_maxval": "1.0"})
-
-    def _resample(self, frame: av.AudioFrame | None) -> None:
-        try:
-            out = self._resampler.resample(frame)
-        except ValueError:  # the input format changed mid-stream: start a fresh resampler
-            self._resample(None)
-            self._resampler = self._new_resampler()
-            out = self._resampler.resample(frame)
-        for chunk in out:
-            samples = chunk.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-            self._chunks.append(samples)
-            self._audio_samples += len(samples)
-
     # -- public API -----------------------------------------------------------------------------------------
 
     def frames(self, sizes: Mapping[str, tuple[int, int] | None]) -> Iterator[Frame]:
@@ -239,7 +210,7 @@ class VideoReader:
         best_effort = _BestEffortPts(prefer_dts=self._container.format.name == "avi")
         for packet in self._packets():
             if packet.stream.type == "audio":
-                self._decode_audio(packet)
+                self._audio.feed(packet)
                 continue
             for vframe in self._decode(self._video_stream, packet):
                 pts = best_effort(vframe.pts, vframe.dts)
@@ -280,19 +251,16 @@ class VideoReader:
         Zeros when the file has no audio track. Reads on from wherever `frames()` stopped, skipping video.
         """
         self._audio_called = True
-        if not self._audio_done:
-            for packet in self._packets():
-                if packet.stream.type == "audio":
-                    self._decode_audio(packet)
-                    if self._audio_done:
-                        break
-            if not self._audio_done:
-                self._resample(None)
-                self._audio_done = True
-        wave = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        if self._audio_start is not None:  # place the track on the video's clock
-            offset = int(round((self._audio_start - (self._t0 or 0.0)) * self.audio_rate))
-            wave = np.concatenate([np.zeros(offset, np.float32), wave]) if offset > 0 else wave[-offset:]
+        wave = np.zeros(0, np.float32)
+        if self._audio is not None:
+            if not self._audio.done:
+                for packet in self._packets():
+                    if packet.stream.type == "audio":
+                        self._audio.feed(packet)
+                        if self._audio.done:
+                            break
+                self._audio.finish()
+            wave = self._audio.wave(self._t0)  # on the video's clock
         duration = self.duration_s if self.duration_s > 0 else len(wave) / self.audio_rate
         n = int(round(min(duration, self.max_seconds) * self.audio_rate))
         out = np.zeros(n, np.float32)
