@@ -183,6 +183,9 @@ class TrainResources:
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1.0
     max_failures: int = 2
+    # a training run checkpoints its epochs at most this often (0: every epoch), and always its final one; a
+    # restarted worker repeats the epochs since the last checkpoint
+    checkpoint_every_s: NonNegFloat = 0.0
     # the pipeline on a fresh run root fits the motion CNN and the RNN heads in one Ray Train run
     # (`multistream.ray.chain`): one worker-group start-up instead of two
     chain: bool = True

@@ -221,11 +221,11 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     model = new_model(plan, cfg).to(device)
     wrapped = wrap(model) if wrap is not None else model
     optimizer = motion_optimizer(wrapped, mc)
-    loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience)
+    loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience, epochs=mc.epochs)
     loop.resume(state)
     pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
     trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, rank, world, wrapped, reduce, pad_to)
-    while loop.epoch < mc.epochs and not loop.done:
+    while not loop.done:
         loop.end_epoch(trainer.epoch(loop.epoch + 1))
     model.load_state_dict(loop.best_state)
     return MotionFit(model.eval(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))

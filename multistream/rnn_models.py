@@ -132,7 +132,8 @@ class HeadGroup:
                        for key, value in self.heads[stream].run_epoch(*self.splits[stream], self.reduce).items()}
             for stream in training:  # "seconds": the head's own epoch; "run_s": every head's + the last report
                 self.heads[stream].history[-1]["run_s"] = time.perf_counter() - last
-            report(metrics, {stream: head.state_dict() for stream, head in self.heads.items()})
+            report(metrics, {stream: head.state_dict() for stream, head in self.heads.items()},
+                   all(head.done for head in self.heads.values()))
             last = time.perf_counter()
 
     def save_and_embed(self, run: RunRoot, batch_size: int) -> None:

@@ -16,7 +16,7 @@ from multistream.manifest import VideoEntry
 SIZE = (72, 64)  # (W, H): the motion CNN takes 57 px a side at the least
 OVERRIDES = [f"flow.size=[{SIZE[0]}, {SIZE[1]}]", "motion_cnn.width=0.125", "motion_cnn.stack_length=4",
              "motion_cnn.stacks_per_video=12", "motion_cnn.batch_size=16", "motion_cnn.patience=50",
-             "ray.train.max_failures=2"]
+             "ray.train.max_failures=2", "ray.train.checkpoint_every_s=0"]
 SPLITS = ("val", "test", "train", "train")  # of video i: SPLITS[i % 4]
 
 

@@ -87,5 +87,5 @@ def make_run_root(root: str, with_motion: bool = False, poison_test: bool = Fals
 def toy_config(root, epochs: int = 25, **overrides):
     values = {"paths.output": str(root), "rnn.hidden": HIDDEN, "rnn.layers": 1, "rnn.dropout": 0.1,
               "rnn.lr": 0.05, "rnn.batch_size": 4, "rnn.epochs": epochs, "rnn.patience": epochs,
-              "ray.spatial.num_cpus": 0.5, **overrides}
+              "ray.spatial.num_cpus": 0.5, "ray.train.checkpoint_every_s": 0, **overrides}
     return load_config(overrides=[f"{key}={value}" for key, value in values.items()])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from multistream.config import RNNConfig
-from multistream.epoch_loop import EpochLoop, sum_metrics, sum_over_workers
+from multistream.epoch_loop import CheckpointSchedule, EpochLoop, sum_metrics, sum_over_workers
 from multistream.layout import RunRoot
 from multistream.rnn_models import HeadGroup, find_streams
 from tests.rnn_fixtures import make_run_root
@@ -26,10 +26,11 @@ def _through_disk(state: dict) -> dict:
 
 class Recorder:
     def __init__(self):
-        self.reports = []
+        self.reports, self.finals = [], []
 
-    def __call__(self, metrics: dict, state: dict) -> None:
+    def __call__(self, metrics: dict, state: dict, final: bool = False) -> None:
         self.reports.append((metrics, _through_disk(state)))
+        self.finals.append(final)
 
 
 def test_epoch_loop_keeps_the_lowest_val_loss_and_resumes_from_a_report():
@@ -47,6 +48,7 @@ def test_epoch_loop_keeps_the_lowest_val_loss_and_resumes_from_a_report():
     assert loop.done and loop.epoch == 4  # two epochs without a lower loss: patience 2
     assert torch.equal(loop.best_state["weight"], weights[1])
     assert [m["epoch"] for m, _ in recorder.reports] == [1, 2, 3, 4]
+    assert recorder.finals == [False, False, False, True]
     assert all(m["seconds"] >= 0 and m["lr"] == 0.1 for m, _ in recorder.reports)
 
     fresh = torch.nn.Linear(3, 2)
@@ -60,13 +62,36 @@ def test_epoch_loop_keeps_the_lowest_val_loss_and_resumes_from_a_report():
 
 def test_an_epochs_seconds_leave_its_report_out():
     model = torch.nn.Linear(3, 2)
-    slow_report = lambda metrics, state: time.sleep(0.3)  # noqa: E731 (a checkpoint that takes its time)
+    slow_report = lambda metrics, state, final: time.sleep(0.3)  # noqa: E731 (a checkpoint that takes its time)
     loop = EpochLoop(model, torch.optim.SGD(model.parameters(), lr=0.1), slow_report, patience=5)
     started = time.perf_counter()
     for _ in range(3):
         loop.end_epoch({"val_loss": 1.0})
     assert time.perf_counter() - started >= 0.9
     assert all(m["seconds"] < 0.25 for m in loop.history)
+
+
+def test_epoch_loop_stops_after_its_epochs_and_says_the_last_is_final():
+    recorder = Recorder()
+    loop = EpochLoop(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), recorder,
+                     patience=10, epochs=3)
+    while not loop.done:
+        loop.end_epoch({"val_loss": 1.0 / (loop.epoch + 1)})
+    assert loop.epoch == 3 and recorder.finals == [False, False, True]
+
+
+def test_checkpoint_schedule_waits_its_seconds_between_checkpoints():
+    now = [0.0]
+    schedule = CheckpointSchedule(5.0, clock=lambda: now[0])
+    due = []
+    for _ in range(12):  # one epoch a second
+        now[0] += 1.0
+        due.append(schedule.due())
+        if due[-1]:
+            schedule.checkpointed()
+    assert [i + 1 for i, d in enumerate(due) if d] == [5, 10]
+    every_epoch = CheckpointSchedule(0.0, clock=lambda: now[0])
+    assert every_epoch.due() and every_epoch.due()
 
 
 def test_epoch_loop_ignores_a_state_of_another_phase():
@@ -97,7 +122,7 @@ def test_head_group_trains_every_head_and_a_resumed_group_takes_the_same_steps(t
     make_run_root(str(tmp_path))
     whole, recorder = _group(tmp_path), Recorder()
     whole.fit(recorder)
-    assert len(recorder.reports) == RNN.epochs
+    assert len(recorder.reports) == RNN.epochs and recorder.finals == [False] * (RNN.epochs - 1) + [True]
     first = recorder.reports[0][0]
     assert {"spatial/val_loss", "audio/val_loss", "spatial/train_loss"} <= set(first)
 

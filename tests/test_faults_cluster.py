@@ -198,7 +198,8 @@ def test_a_permanent_s3_error_stops_the_job_at_once(bucket, cluster, proxy):
 
 
 RNN = ["--stream", "spatial", "--set", "rnn.epochs=12", "--set", "rnn.patience=100", "--set", "rnn.hidden=16",
-       "--set", "rnn.layers=1", "--set", "rnn.bidirectional=false", "--set", "ray.train.max_failures=3"]
+       "--set", "rnn.layers=1", "--set", "rnn.bidirectional=false", "--set", "ray.train.max_failures=3",
+       "--set", "ray.train.checkpoint_every_s=0"]
 
 
 def copy_tables(source: str, target: str, tables=("videos", "features")) -> None:

@@ -77,7 +77,7 @@ def test_a_worker_killed_in_the_chained_run_s_rnn_phase_resumes_the_heads_not_th
     data = generate_demo(tmp_path / "data", clips_per_class=3, n_anomalies=2)
     root = tmp_path / "run"
     slow_heads = [o for o in SMALL if not o.startswith(("rnn.epochs", "motion_cnn.epochs"))] + [
-        "rnn.epochs=60", "rnn.patience=100", "motion_cnn.epochs=3"]
+        "rnn.epochs=60", "rnn.patience=100", "motion_cnn.epochs=3", "ray.train.checkpoint_every_s=0"]
     command = [sys.executable, str(REPO / "jobs" / "pipeline.py"), f"--input={data}", f"--output={root}",
                *(f"--set={o}" for o in slow_heads)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -10,7 +10,8 @@ For each model, on the same run root, config and epochs (early stopping off, so 
 - plain (`plain`, a fresh process with the workers' environment and threads): the same model and data in
   one process, data read into memory first.
 efficiency = ray samples/s ÷ plain samples/s (train samples per epoch x epochs ÷ Σ epoch seconds);
-efficiency_with_checkpoints charges every Ray epoch one probed checkpoint + report on top.
+efficiency_with_checkpoints charges every Ray epoch one probed checkpoint + report on top (the cost at
+`ray.train.checkpoint_every_s: 0`; the job itself checkpoints on that schedule).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _probe_loop(config: dict) -> None:
 
     from multistream.epoch_loop import EpochLoop
     from multistream.ray.session import worker_setup
-    from multistream.ray.train import report
+    from multistream.ray.train import Reporter
 
     worker_setup(config["torch_threads"])
     model = config["build"]()
@@ -65,7 +66,7 @@ def _probe_loop(config: dict) -> None:
     for p in model.parameters():  # one step on zero gradients: the optimizer's state has its real size
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    loop, seconds = EpochLoop(model, optimizer, report, patience=PROBE_REPORTS + 1), 0.0
+    loop, seconds = EpochLoop(model, optimizer, Reporter(0.0), patience=PROBE_REPORTS + 1), 0.0
     for _ in range(PROBE_REPORTS):
         started = time.perf_counter()
         loop.end_epoch({"val_loss": 1.0})
