@@ -77,12 +77,14 @@ def read_plan(run: RunRoot) -> MotionPlan:
     return plan
 
 
-def read_flows(flow_uri: str, video_ids) -> dict[str, np.ndarray]:
-    """{video_id: (P, H, W, 2) uint8} of these videos from `flow/`, in one read; raises ValueError for a
-    video without a flow row."""
+def read_flows(flow_uri: str, video_ids, parts_of: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """{video_id: (P, H, W, 2) uint8} of these videos from `flow/`, in one read: of every part, or with
+    `parts_of` ({video_id: part name}, `storage.part_index`) of only the parts that hold them; raises
+    ValueError for a video without a flow row."""
     wanted = sorted(set(video_ids))
+    parts = None if parts_of is None else sorted({parts_of[v] for v in wanted if v in parts_of})
     table = storage.read_table(flow_uri, columns=["video_id", "shape", "data"], schema=schema.FLOW_SCHEMA,
-                               filter=pads.field("video_id").isin(wanted))
+                               filter=pads.field("video_id").isin(wanted), parts=parts)
     flows = {video_id: read_flow({"shape": shape, "data": data.as_buffer()}) for video_id, shape, data in
              zip(table["video_id"].to_pylist(), table["shape"].to_pylist(), table["data"], strict=True)}
     missing = [v for v in wanted if v not in flows]
@@ -93,12 +95,15 @@ def read_flows(flow_uri: str, video_ids) -> dict[str, np.ndarray]:
 
 class FlowSource:
     """Videos' flow by id: read from `flow/` and kept in memory while `budget_bytes` allows (the rest is
-    read again whenever asked), or given in memory (`FlowSource.of`)."""
+    read again whenever asked), or given in memory (`FlowSource.of`). A read opens only the parts holding
+    the videos asked for (an index of `flow/`'s video ids is read once, at the first read): on an archive
+    larger than the budget, an epoch reads each video's part about once, not the whole table per window."""
 
     def __init__(self, flow_uri: str | None, budget_bytes: float = math.inf):
         self.uri, self.budget = flow_uri, budget_bytes
         self.kept: dict[str, np.ndarray] = {}
         self.kept_bytes = 0
+        self._parts_of: dict[str, str] | None = None
 
     @classmethod
     def of(cls, flows: Mapping[str, np.ndarray]) -> FlowSource:
@@ -111,7 +116,9 @@ class FlowSource:
         missing = [v for v in ids if v not in self.kept]
         if missing and self.uri is None:
             raise KeyError(f"no flow given for {missing[:3]}")
-        read = read_flows(self.uri, missing) if missing else {}
+        if missing and self._parts_of is None:
+            self._parts_of = storage.part_index(self.uri, "video_id")
+        read = read_flows(self.uri, missing, self._parts_of) if missing else {}
         for video_id in missing:  # in the order asked: which videos are kept does not depend on part order
             flow = read[video_id]
             if video_id not in self.kept and self.kept_bytes + flow.nbytes <= self.budget:

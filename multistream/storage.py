@@ -213,22 +213,37 @@ def delete_part(table_uri: str, part_name: str) -> None:
 
 
 def read_table(table_uri: str, columns: list[str] | None = None, schema: pa.Schema | None = None,
-               filter: ds.Expression | None = None) -> pa.Table:
-    """All parts of a table as one pyarrow Table (parts in name order).
+               filter: ds.Expression | None = None, parts: list[str] | None = None) -> pa.Table:
+    """All parts of a table (only the part names `parts`, when given) as one pyarrow Table, in name order.
 
     `schema` unifies the parts (columns a part lacks read as null) and types the empty table returned
     when the table is missing or has no parts. `filter` is a `pyarrow.dataset` expression.
     """
     fs, path = filesystem(table_uri)
-    parts = _part_paths(fs, path)
-    if not parts:
+    paths = _part_paths(fs, path) if parts is None else [posixpath.join(path, p + PART_SUFFIX) for p in sorted(parts)]
+    if not paths:
         if schema is None:
             return pa.table({})
         empty = schema.empty_table()
         return empty.select(columns) if columns is not None else empty
+    return _dataset(fs, paths, schema).to_table(columns=columns, filter=filter)
+
+
+def part_index(table_uri: str, key: str) -> dict:
+    """{each row's `key` value: the name of the part holding that row}, from one read of the `key` column (a
+    reader of a few rows at a time then opens only their parts: `read_table(..., parts=...)`)."""
+    fs, path = filesystem(table_uri)
+    paths = _part_paths(fs, path)
+    if not paths:
+        return {}
+    table = _dataset(fs, paths, None).to_table(columns=[key, "__filename"])
+    names = [posixpath.basename(name)[:-len(PART_SUFFIX)] for name in table["__filename"].to_pylist()]
+    return dict(zip(table[key].to_pylist(), names, strict=True))
+
+
+def _dataset(fs: fsspec.AbstractFileSystem, paths: list[str], schema: pa.Schema | None) -> ds.Dataset:
     arrow_fs = pafs.LocalFileSystem() if _is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    dataset = ds.dataset(parts, schema=schema, format="parquet", filesystem=arrow_fs)
-    return dataset.to_table(columns=columns, filter=filter)
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=arrow_fs)
 
 
 def read_columns(table_uri: str, columns: list[str], schema: pa.Schema, batch: int = 256) -> pa.Table:

@@ -61,7 +61,7 @@ def test_flow_is_read_by_video_and_kept_within_the_budget(tmp_path, monkeypatch)
         read_flows(uri, [ids[0], "nope"])
 
     reads = []
-    monkeypatch.setattr(motion, "read_flows", lambda u, v: reads.append(list(v)) or read_flows(u, v))
+    monkeypatch.setattr(motion, "read_flows", lambda u, v, p=None: reads.append(list(v)) or read_flows(u, v, p))
     kept = FlowSource(uri)
     for _ in range(2):
         assert [f.shape for f in kept.get(ids)] == [flows[v].shape for v in ids]
@@ -83,6 +83,23 @@ def test_flow_is_read_by_video_and_kept_within_the_budget(tmp_path, monkeypatch)
     full = FlowSource(uri, budget_bytes=flows[ids[0]].nbytes)
     assert full.preload(ids, chunk=1) == 1 and reads == [ids[:1]]  # stops once the budget is full
     assert FlowSource.of(flows).preload(ids) == len(flows)
+
+
+def test_a_flow_read_opens_only_the_parts_holding_its_videos(tmp_path):
+    uri = str(tmp_path / "flow")
+    rng = np.random.default_rng(0)
+    flows = {f"v{i}": rng.integers(0, 255, (3, 4, 5, 2), dtype=np.uint8) for i in range(6)}
+    for part in range(3):  # two videos a part
+        storage.write_part(pa.Table.from_pylist(
+            [{"video_id": v, "shape": list(flows[v].shape), "data": flows[v].tobytes()}
+             for v in (f"v{2 * part}", f"v{2 * part + 1}")], schema=schema.FLOW_SCHEMA), uri, f"part-{part}")
+    assert storage.part_index(uri, "video_id") == {f"v{i}": f"part-{i // 2}" for i in range(6)}
+    source = FlowSource(uri, budget_bytes=0)  # keeps nothing: every get reads
+    np.testing.assert_array_equal(source.get(["v3"])[0], flows["v3"])  # the index is read here
+    (tmp_path / "flow" / "part-0.parquet").write_bytes(b"not parquet")  # a part the next reads must not open
+    assert [f.tobytes() for f in source.get(["v5", "v2"])] == [flows["v5"].tobytes(), flows["v2"].tobytes()]
+    with pytest.raises(Exception):  # noqa: B017 (pyarrow's error for a file that is not Parquet)
+        source.get(["v0"])
 
 
 def test_stack_centers():
