@@ -1,7 +1,7 @@
 """Training the motion CNN without Ray: one epoch (random stacks of the train split, then validation), the
 final test scoring, the plain loop over epochs, and the record kept in model.json and metrics.json.
 
-`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it per-epoch checkpoints
+`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it scheduled checkpoints
 and sums over the workers) and, with its defaults, the plain one-process loop. Model choice
 reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
 lower one; `test` is scored once, with the best epoch's weights.
@@ -210,7 +210,7 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
 
     With the defaults, the plain one-process loop. A Ray Train worker passes its `rank` of `world` (it trains on
     its share of `plan`), `wrap` (the model → its DDP wrapper), `reduce` (sums over the workers), `report`
-    (checkpoints each epoch's `EpochLoop` state) and the `state` it resumes from: the same model, stacks,
+    (checkpoints `EpochLoop` states on its schedule) and the `state` it resumes from: the same model, stacks,
     epochs and selection rule either way."""
     source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
     mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)

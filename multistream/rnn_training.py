@@ -8,7 +8,7 @@ plain loop the benchmark compares them with:
 - `rnn.batch_size` videos per optimizer step in total: with W data-parallel workers each takes batch_size / W;
 - only the `val` split is read for those choices; the test split is scored once, by whoever holds the result.
 
-`Head` is one model in training (its state round-trips through `state_dict` for per-epoch checkpoints);
+`Head` is one model in training (its state round-trips through `state_dict` for checkpoints);
 `train_head` is the plain loop over in-memory sequences.
 """
 

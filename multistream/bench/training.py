@@ -3,7 +3,7 @@
 For each model, on the same run root, config and epochs (early stopping off, so both run every epoch):
 - ray: the training job itself (`run_train_motion`, `run_train_rnn`); its throughput comes from the epoch
   seconds the training loop records in its history (the epoch's work: training and validation), the job's
-  wall minus those epochs is its fixed cost (trainer start, data read into memory, the per-epoch checkpoints
+  wall minus those epochs is its fixed cost (trainer start, data read into memory, the scheduled checkpoints
   and reports, final save, embedding pass);
 - probe: a Ray Train run of the same model that only checkpoints and reports (`EpochLoop.end_epoch`) a few
   times: the trainer's start-up and teardown, and one epoch's checkpoint + report, measured apart;

@@ -3,9 +3,10 @@ worker-group start-up instead of two, which on a small archive is most of what t
 
 The workers fit the motion CNN and embed every video into `motion/` (`ray.motion.train_loop`), then read the
 streams — the temporal one from the `motion/` table just written — and fit the heads (`ray.rnn.train_loop`).
-Both phases checkpoint every epoch under `checkpoints/motion_rnn/`: a restarted worker group skips the motion
-phase once its model is saved, and each phase resumes only from a checkpoint of its own. The models, tables
-and metrics are those of `jobs/train_motion.py` followed by `jobs/train_rnn.py`, which stay as they are.
+Both phases checkpoint under `checkpoints/motion_rnn/` (`ray.train.checkpoint_every_s`): a restarted worker
+group skips the motion phase once its model is saved, and each phase resumes only from a checkpoint of its own.
+The models, tables and metrics are those of `jobs/train_motion.py` followed by `jobs/train_rnn.py`, which stay
+as they are.
 """
 
 from __future__ import annotations
