@@ -2,10 +2,10 @@
 stacks, the `motion/` table) and `multistream.motion_training` (the epochs, the record).
 
 Each Train worker reads its share of the train and val videos' flow once, keeps it in memory (up to
-`motion_cnn.flow_cache_gb`) and draws every epoch's stacks from it; rank 0 checkpoints on `ray.train.checkpoint_every_s`'s
-schedule and after the last epoch, and a re-run resumes from the latest checkpoint. After the last epoch the workers, which hold the model and most of the
-flow already, score the test split once and embed every video missing from `motion/`; then rank 0 saves
-`models/motion_cnn/`. Where that model exists it is not retrained, and only the videos missing from
+`motion_cnn.flow_cache_gb`) and draws every epoch's stacks from it; rank 0 checkpoints on the schedule of
+`ray.train.checkpoint_every_s` and after the last epoch, and a re-run resumes from the latest checkpoint. After
+the last epoch the workers, which hold the model and most of the flow already, score the test split once and
+embed every video missing from `motion/`; then rank 0 saves `models/motion_cnn/`. Where that model exists it is not retrained, and only the videos missing from
 `motion/` are embedded, by a pool of `ray.embed` actors.
 """
 
