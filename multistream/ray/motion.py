@@ -5,8 +5,8 @@ Each Train worker reads its share of the train and val videos' flow once, keeps 
 `motion_cnn.flow_cache_gb`) and draws every epoch's stacks from it; rank 0 checkpoints on the schedule of
 `ray.train.checkpoint_every_s` and after the last epoch, and a re-run resumes from the latest checkpoint. After
 the last epoch the workers, which hold the model and most of the flow already, score the test split once and
-embed every video missing from `motion/`; then rank 0 saves `models/motion_cnn/`. Where that model exists it is not retrained, and only the videos missing from
-`motion/` are embedded, by a pool of `ray.embed` actors.
+embed every video missing from `motion/`; then rank 0 saves `models/motion_cnn/`. Where that model exists it is
+not retrained, and only the videos missing from `motion/` are embedded, by a pool of `ray.embed` actors.
 """
 
 from __future__ import annotations
