@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rnn-epochs", type=int, default=60,
                         help="RNN head epochs in the training section (the demo config's most)")
     parser.add_argument("--training-repeats", type=int, default=3,
-                        help="training runs of each model (Ray, then plain); the median efficiency is reported")
+                        help="Ray Train runs of each model, each between two plain runs; the median "
+                             "efficiency is reported")
     parser.add_argument("--training-root", default=None,
                         help="an extracted local run root whose tables the training section copies and trains "
                              "on (default: the extraction section's, or a fresh extraction)")

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from multistream.bench import training
 from multistream.bench.extraction import steady_rate
 from multistream.bench.fresh import in_fresh_process
 from multistream.bench.plain import PlainRun
+from multistream.config import load_config
 from tests.helpers import run_job_main, write_test_video
 
 
@@ -65,6 +67,31 @@ def test_training_efficiency_is_the_ratio_of_epoch_throughputs_with_the_fixed_co
     assert median["efficiency_runs"] == [faster.efficiency, slower.efficiency, figures.efficiency]
     assert training.median_run([faster, slower])["efficiency"] == slower.efficiency  # the lower middle
     assert "1.00 0.25 0.67" in training.format_lines({"rnn": median})[-1]
+
+
+def test_each_ray_run_is_set_against_the_plain_runs_on_either_side(tmp_path):
+    history = [{"epoch": 1, "seconds": 1.0, "val_loss": 1.0}]
+    plain_rates = iter([10.0, 30.0, 20.0])  # samples/s of three plain runs in a row: the machine drifts
+    calls = []
+
+    def on_plain() -> dict:
+        calls.append("plain")
+        return PlainRun(threads=1, load_s=0.5, train_samples_per_epoch=30, epoch_s=[30 / next(plain_rates)]).to_dict()
+
+    def on_ray(run_cfg) -> tuple:
+        calls.append(run_cfg.paths.output)
+        return history, 30, 5.0, (4.0, 0.1)
+
+    source = tmp_path / "run"
+    for table in ("videos", "flow", "features"):
+        (source / table).mkdir(parents=True)
+    cfg = load_config(overrides=[f"paths.output={source}"])
+    runs = training.bracketed_runs(cfg, 2, on_ray, on_plain)
+    assert calls[0] == calls[2] == calls[4] == "plain" and calls[1] == str(source) and calls[3] != str(source)
+    assert not Path(calls[3]).exists()  # the second Ray run's copy of the tables is removed
+    # plain epochs of 3 s, 1 s, 1.5 s: the Ray epoch of 1 s is set against 2 s, then 1.25 s
+    assert [r.efficiency for r in runs] == [pytest.approx(2.0), pytest.approx(1.25)]
+    assert [r.plain_samples_per_s for r in runs] == [pytest.approx(15.0), pytest.approx(24.0)]
 
 
 def test_training_section_copies_only_an_extracted_local_run_root(tmp_path):

@@ -9,6 +9,8 @@ For each model, on the same run root, config and epochs (early stopping off, so 
   times: the trainer's start-up and teardown, and one epoch's checkpoint + report, measured apart;
 - plain (`plain`, a fresh process with the workers' environment and threads): the same model and data in
   one process, data read into memory first.
+Runs alternate, plain first (`bracketed_runs`): each Ray run is set against the plain runs just before and
+just after it, each epoch's seconds averaged over the two.
 efficiency = ray samples/s ÷ plain samples/s (train samples per epoch x epochs ÷ Σ epoch seconds);
 efficiency_with_checkpoints charges every Ray epoch one probed checkpoint + report on top (the cost at
 `ray.train.checkpoint_every_s: 0`; the job itself checkpoints on that schedule).
@@ -20,10 +22,12 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from multistream import layout, modelio, storage
 from multistream.bench.fresh import in_fresh_process
+from multistream.bench.plain import PlainRun
 from multistream.config import Config
 from multistream.layout import RunRoot
 
@@ -112,28 +116,35 @@ def _fixed_epochs(cfg: Config, section: str, epochs: int) -> tuple[Config, list[
     return cfg.replace(**values), [f"{key}={value}" for key, value in values.items()]
 
 
-def motion_cnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, epochs: int) -> TrainingFigures:
+def motion_cnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, epochs: int,
+               repeats: int) -> list[TrainingFigures]:
     """The motion CNN job vs the plain loop on `cfg.paths.output` (videos/ and flow/ extracted, no model yet)."""
     from multistream.motion_cnn import MotionCNN
     from multistream.ray.motion import run_train_motion
     from multistream.training import motion_optimizer
 
     cfg, extra = _fixed_epochs(cfg, "motion_cnn", epochs)
-    log.info("training benchmark: motion CNN on Ray Train, %d epochs", epochs)
-    started = time.perf_counter()
-    record = run_train_motion(cfg).training
-    job_s = time.perf_counter() - started
-    mc, classes = cfg.motion_cnn, len(record.classes)
-    probed = probe(cfg, layout.MOTION_CNN, lambda: MotionCNN.from_config(mc, classes, cfg.flow.size),
-                   lambda model: motion_optimizer(model, mc))
-    log.info("training benchmark: motion CNN in a plain loop")
-    plain = in_fresh_process("multistream.bench.plain:motion_cnn", config_path, overrides + extra,
-                             {"root": cfg.paths.output}, env)
-    return figures(record.history, record.n_train * mc.stacks_per_video, job_s, probed, plain)
+
+    def on_ray(run_cfg: Config) -> tuple:
+        log.info("training benchmark: motion CNN on Ray Train, %d epochs", epochs)
+        started = time.perf_counter()
+        record = run_train_motion(run_cfg).training
+        job_s = time.perf_counter() - started
+        mc, classes = run_cfg.motion_cnn, len(record.classes)
+        probed = probe(run_cfg, layout.MOTION_CNN, lambda: MotionCNN.from_config(mc, classes, run_cfg.flow.size),
+                       lambda model: motion_optimizer(model, mc))
+        return record.history, record.n_train * mc.stacks_per_video, job_s, probed
+
+    def on_plain() -> dict:
+        log.info("training benchmark: motion CNN in a plain loop")
+        return in_fresh_process("multistream.bench.plain:motion_cnn", config_path, overrides + extra,
+                                {"root": cfg.paths.output}, env)
+
+    return bracketed_runs(cfg, repeats, on_ray, on_plain)
 
 
-def rnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, epochs: int,
-        stream: str = "spatial") -> TrainingFigures:
+def rnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, epochs: int, repeats: int,
+        stream: str = "spatial") -> list[TrainingFigures]:
     """One stream's recurrent head: its job vs the plain loop on `cfg.paths.output` (its table extracted)."""
     from multistream.ray.rnn import run_train_rnn
     from multistream.rnn import SequenceClassifier
@@ -141,18 +152,53 @@ def rnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, e
 
     cfg, extra = _fixed_epochs(cfg, "rnn", epochs)
     name = layout.rnn_name(stream)
-    log.info("training benchmark: %s head on Ray Train, %d epochs", stream, epochs)
-    started = time.perf_counter()
-    head = run_train_rnn(cfg, [stream]).streams[stream]
-    job_s = time.perf_counter() - started
-    rc, classes = cfg.rnn, len(head.classes)
-    dim = modelio.read_meta(RunRoot(layout.absolute(cfg.paths.output)).model(name))["input_dim"]
-    probed = probe(cfg, name, lambda: SequenceClassifier.from_config(rc, dim, classes),
-                   lambda model: rnn_optimizer(model, rc)[0])
-    log.info("training benchmark: %s head in a plain loop", stream)
-    plain = in_fresh_process("multistream.bench.plain:rnn", config_path, overrides + extra,
-                             {"root": cfg.paths.output, "stream": stream}, env)
-    return figures(head.history, head.n_train, job_s, probed, plain)
+
+    def on_ray(run_cfg: Config) -> tuple:
+        log.info("training benchmark: %s head on Ray Train, %d epochs", stream, epochs)
+        started = time.perf_counter()
+        head = run_train_rnn(run_cfg, [stream]).streams[stream]
+        job_s = time.perf_counter() - started
+        rc, classes = run_cfg.rnn, len(head.classes)
+        dim = modelio.read_meta(RunRoot(layout.absolute(run_cfg.paths.output)).model(name))["input_dim"]
+        probed = probe(run_cfg, name, lambda: SequenceClassifier.from_config(rc, dim, classes),
+                       lambda model: rnn_optimizer(model, rc)[0])
+        return head.history, head.n_train, job_s, probed
+
+    def on_plain() -> dict:
+        log.info("training benchmark: %s head in a plain loop", stream)
+        return in_fresh_process("multistream.bench.plain:rnn", config_path, overrides + extra,
+                                {"root": cfg.paths.output, "stream": stream}, env)
+
+    return bracketed_runs(cfg, repeats, on_ray, on_plain)
+
+
+def bracketed_runs(cfg: Config, repeats: int, on_ray: Callable[[Config], tuple],
+                   on_plain: Callable[[], dict]) -> list[TrainingFigures]:
+    """A plain run, then `repeats` times a Ray run and a plain run: each Ray run (`on_ray(cfg)` → its history,
+    train samples per epoch, job seconds and probe) is set against the mean of the plain runs on either side
+    of it, which cancels the machine's drift between runs a minute apart. The first Ray run trains on
+    `cfg.paths.output`, each other one on a fresh copy of its tables; the plain runs only read them."""
+    plain, runs = [on_plain()], []
+    for repeat in range(repeats):
+        root = cfg.paths.output
+        if repeat:
+            root = tempfile.mkdtemp(prefix="benchmark-training-")
+            copy_tables(cfg.paths.output, root)
+        try:
+            history, samples, job_s, probed = on_ray(cfg.replace(**{"paths.output": root}))
+        finally:
+            if repeat:  # a copy of the tables, as large as flow/
+                shutil.rmtree(root, ignore_errors=True)
+        plain.append(on_plain())
+        runs.append(figures(history, samples, job_s, probed, around(plain[-2], plain[-1])))
+    return runs
+
+
+def around(before: dict, after: dict) -> dict:
+    """Two plain runs' dicts (`PlainRun.to_dict`) as one: each epoch's seconds and the load averaged."""
+    epoch_s = [(a + b) / 2 for a, b in zip(before["epoch_s"], after["epoch_s"], strict=True)]
+    return PlainRun(after["threads"], (before["load_s"] + after["load_s"]) / 2, after["train_samples_per_epoch"],
+                    epoch_s).to_dict()
 
 
 def copy_tables(source: str, target: str) -> None:
@@ -173,24 +219,13 @@ def copy_tables(source: str, target: str) -> None:
 def measure(cfg: Config, config_path: str | None, overrides: list[str], motion_epochs: int,
             rnn_epochs: int, repeats: int = 1) -> dict:
     """{motion_cnn: TrainingFigures, rnn: TrainingFigures} as dicts, on the run root `cfg.paths.output`: each the
-    run of median efficiency among `repeats` (Ray and plain in turn, each repeat on a fresh copy of the
-    tables), with every run's efficiency as `efficiency_runs`."""
+    run of median efficiency among `repeats` (`bracketed_runs`), with every run's efficiency as
+    `efficiency_runs`."""
     from multistream.worker_env import worker_env
 
-    env, runs = worker_env(cfg.ray.torch_threads), {"motion_cnn": [], "rnn": []}
-    for repeat in range(repeats):
-        root = cfg.paths.output
-        if repeat:
-            root = tempfile.mkdtemp(prefix="benchmark-training-")
-            copy_tables(cfg.paths.output, root)
-        run_cfg = cfg.replace(**{"paths.output": root})
-        try:
-            runs["motion_cnn"].append(motion_cnn(run_cfg, config_path, overrides, env, motion_epochs))
-            runs["rnn"].append(rnn(run_cfg, config_path, overrides, env, rnn_epochs))
-        finally:
-            if repeat:  # a copy of the tables, as large as flow/
-                shutil.rmtree(root, ignore_errors=True)
-    return {name: median_run(figures) for name, figures in runs.items()}
+    env = worker_env(cfg.ray.torch_threads)
+    return {"motion_cnn": median_run(motion_cnn(cfg, config_path, overrides, env, motion_epochs, repeats)),
+            "rnn": median_run(rnn(cfg, config_path, overrides, env, rnn_epochs, repeats))}
 
 
 def median_run(runs: list[TrainingFigures]) -> dict:
