@@ -10,7 +10,13 @@ import numpy as np
 import torch
 
 from multistream.config import RNNConfig
-from multistream.epoch_loop import CheckpointSchedule, EpochLoop, sum_metrics, sum_over_workers
+from multistream.epoch_loop import (
+    CheckpointSchedule,
+    EpochLoop,
+    ScheduledReport,
+    sum_metrics,
+    sum_over_workers,
+)
 from multistream.layout import RunRoot
 from multistream.rnn_models import HeadGroup, find_streams
 from tests.rnn_fixtures import make_run_root
@@ -92,6 +98,22 @@ def test_checkpoint_schedule_waits_its_seconds_between_checkpoints():
     assert [i + 1 for i, d in enumerate(due) if d] == [5, 10]
     every_epoch = CheckpointSchedule(0.0, clock=lambda: now[0])
     assert every_epoch.due() and every_epoch.due()
+
+
+def test_a_scheduled_report_checkpoints_when_due_and_after_the_final_epoch():
+    now, saved = [0.0], []
+    report = ScheduledReport(lambda metrics, state: saved.append(metrics["epoch"]),
+                             CheckpointSchedule(2.5, clock=lambda: now[0]))
+    for epoch in range(1, 7):  # one epoch a second, the sixth final
+        now[0] += 1.0
+        report({"epoch": epoch}, {}, final=epoch == 6)
+    assert saved == [3, 6]
+    told = []  # what the other workers' agreement says wins: here, never due
+    never = ScheduledReport(lambda m, s: saved.append(m["epoch"]), CheckpointSchedule(0.0),
+                            agree=lambda due: told.append(due) or False)
+    never({"epoch": 1}, {})
+    never({"epoch": 2}, {}, final=True)
+    assert saved == [3, 6, 2] and told == [True]  # the final epoch is checkpointed without asking
 
 
 def test_epoch_loop_ignores_a_state_of_another_phase():

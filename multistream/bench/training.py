@@ -62,7 +62,7 @@ def _probe_loop(config: dict) -> None:
 
     from multistream.epoch_loop import EpochLoop
     from multistream.ray.session import worker_setup
-    from multistream.ray.train import Reporter
+    from multistream.ray.train import reporter
 
     worker_setup(config["torch_threads"])
     model = config["build"]()
@@ -70,7 +70,7 @@ def _probe_loop(config: dict) -> None:
     for p in model.parameters():  # one step on zero gradients: the optimizer's state has its real size
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    loop, seconds = EpochLoop(model, optimizer, Reporter(0.0), patience=PROBE_REPORTS + 1), 0.0
+    loop, seconds = EpochLoop(model, optimizer, reporter(0.0), patience=PROBE_REPORTS + 1), 0.0
     for _ in range(PROBE_REPORTS):
         started = time.perf_counter()
         loop.end_epoch({"val_loss": 1.0})

@@ -45,7 +45,7 @@ from multistream.motion_training import (
     training_plan,
 )
 from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
-from multistream.ray.train import Reporter, restore_state, run_training
+from multistream.ray.train import reporter, restore_state, run_training
 from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ def train_loop(config: dict) -> None:
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = resolve_device(motion_device(cfg))
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
-    report = Reporter(cfg.ray.train.checkpoint_every_s)
-    fit = fit_motion_cnn(source, plan, cfg, device, report=report, state=restore_state(), rank=rank, world=world,
+    fit = fit_motion_cnn(source, plan, cfg, device, report=reporter(cfg.ray.train.checkpoint_every_s),
+                         state=restore_state(), rank=rank, world=world,
                          wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device),
                          reduce=lambda sums: sum_metrics(sums, device))
     meta = training_meta(plan, cfg, fit.training)

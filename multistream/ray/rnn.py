@@ -24,7 +24,7 @@ from multistream.device import actor_device, resolve_device
 from multistream.epoch_loop import sum_over_workers
 from multistream.layout import RunRoot
 from multistream.ray.session import init_ray, worker_setup
-from multistream.ray.train import Reporter, restore_state, run_training
+from multistream.ray.train import reporter, restore_state, run_training
 from multistream.rnn_models import (
     HeadGroup,
     TrainRNNResult,
@@ -51,7 +51,7 @@ def train_loop(config: dict) -> None:
     group = HeadGroup(config["streams"], config["rnn"], device, rank, world,
                       reduce=lambda values: sum_over_workers(values, device), wrap=wrap)
     group.resume(restore_state())
-    group.fit(Reporter(config["checkpoint_every_s"]))
+    group.fit(reporter(config["checkpoint_every_s"]))
     if rank == 0:
         group.save_and_embed(RunRoot(config["root"]), config["rnn"].batch_size)
 

@@ -1,6 +1,6 @@
 """Shared Ray Train plumbing: a TorchTrainer per model with scheduled checkpoints, failures and resume.
 
-A training loop hands every epoch to a `Reporter` (the `Report` of `multistream.epoch_loop`), which checkpoints
+A training loop hands every epoch to a `reporter` (the `Report` of `multistream.epoch_loop`), which checkpoints
 it on `ray.train.checkpoint_every_s`'s schedule and after the final epoch, and resumes from `restore_state()`.
 Re-running with the same run root resumes from the latest checkpoint — Ray Train restores it for a run of the
 same name and storage path, and `ray.train.get_checkpoint()` hands it to the loop — and a worker that dies
@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 
 from multistream import storage
 from multistream.config import Config, ConfigError
-from multistream.epoch_loop import CheckpointSchedule, sum_over_workers
+from multistream.epoch_loop import CheckpointSchedule, ScheduledReport, sum_over_workers
 from multistream.layout import CHECKPOINT_STATE, RunRoot
 from multistream.ray.session import fixed_size
 
@@ -74,26 +74,15 @@ def restore_state() -> dict | None:
         return torch.load(Path(directory) / CHECKPOINT_STATE, weights_only=True, map_location="cpu")
 
 
-class Reporter:
-    """A Ray Train loop's `Report`: an epoch is reported and checkpointed when the `CheckpointSchedule` of
-    `every_s` seconds says so (rank 0's clock decides for every worker: Ray Train needs each to report the same
-    number of times) and after the final epoch; the others are only recorded in the loop's history."""
+def reporter(every_s: float) -> ScheduledReport:
+    """A Ray Train loop's `Report`: `report` after the final epoch and at most every `every_s` seconds before it,
+    rank 0's clock deciding for every worker (Ray Train needs each to report the same number of times)."""
+    return ScheduledReport(report, CheckpointSchedule(every_s), _as_rank_zero)
 
-    def __init__(self, every_s: float):
-        self.schedule = CheckpointSchedule(every_s)
 
-    def __call__(self, metrics: dict, state: dict, final: bool = False) -> None:
-        if final or self._due():
-            report(metrics, state)
-            self.schedule.checkpointed()
-
-    def _due(self) -> bool:
-        context = ray.train.get_context()
-        due = self.schedule.due()
-        if context.get_world_size() == 1:
-            return due
-        mine = float(due) if context.get_world_rank() == 0 else 0.0
-        return bool(sum_over_workers(np.array([mine]), ray.train.torch.get_device())[0] > 0)
+def _as_rank_zero(due: bool) -> bool:
+    mine = float(due) if ray.train.get_context().get_world_rank() == 0 else 0.0
+    return bool(sum_over_workers(np.array([mine]), ray.train.torch.get_device())[0] > 0)
 
 
 def report(metrics: dict, state: dict) -> None:
