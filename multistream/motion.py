@@ -96,7 +96,7 @@ def read_flows(flow_uri: str, video_ids, parts_of: Mapping[str, str] | None = No
 class FlowSource:
     """Videos' flow by id: read from `flow/` and kept in memory while `budget_bytes` allows (the rest is
     read again whenever asked), or given in memory (`FlowSource.of`). A read opens only the parts holding
-    the videos asked for (an index of `flow/`'s video ids is read once, at the first read): on an archive
+    the videos asked for (an index of `flow/`'s video ids is read at the first read, and again for a video it lacks): on an archive
     larger than the budget, an epoch reads each video's part about once, not the whole table per window."""
 
     def __init__(self, flow_uri: str | None, budget_bytes: float = math.inf):
@@ -116,8 +116,8 @@ class FlowSource:
         missing = [v for v in ids if v not in self.kept]
         if missing and self.uri is None:
             raise KeyError(f"no flow given for {missing[:3]}")
-        if missing and self._parts_of is None:
-            self._parts_of = storage.part_index(self.uri, "video_id")
+        if missing and (self._parts_of is None or not self._parts_of.keys() >= set(missing)):
+            self._parts_of = storage.part_index(self.uri, "video_id")  # read again for a video written since
         read = read_flows(self.uri, missing, self._parts_of) if missing else {}
         for video_id in missing:  # in the order asked: which videos are kept does not depend on part order
             flow = read[video_id]

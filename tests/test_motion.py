@@ -96,6 +96,10 @@ def test_a_flow_read_opens_only_the_parts_holding_its_videos(tmp_path):
     assert storage.part_index(uri, "video_id") == {f"v{i}": f"part-{i // 2}" for i in range(6)}
     source = FlowSource(uri, budget_bytes=0)  # keeps nothing: every get reads
     np.testing.assert_array_equal(source.get(["v3"])[0], flows["v3"])  # the index is read here
+    late = rng.integers(0, 255, (3, 4, 5, 2), dtype=np.uint8)  # a part written after the index was read
+    storage.write_part(pa.Table.from_pylist([{"video_id": "v6", "shape": list(late.shape), "data": late.tobytes()}],
+                                            schema=schema.FLOW_SCHEMA), uri, "part-3")
+    np.testing.assert_array_equal(source.get(["v6"])[0], late)  # the index is read again
     (tmp_path / "flow" / "part-0.parquet").write_bytes(b"not parquet")  # a part the next reads must not open
     assert [f.tobytes() for f in source.get(["v5", "v2"])] == [flows["v5"].tobytes(), flows["v2"].tobytes()]
     with pytest.raises(Exception):  # noqa: B017 (pyarrow's error for a file that is not Parquet)
