@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="motion CNN epochs in the training section (the demo config's)")
     parser.add_argument("--rnn-epochs", type=int, default=60,
                         help="RNN head epochs in the training section (the demo config's most)")
-    parser.add_argument("--training-repeats", type=int, default=3,
+    parser.add_argument("--training-repeats", type=int, default=5,
                         help="Ray Train runs of each model, each between two plain runs; the median "
-                             "efficiency is reported")
+                             "efficiency is reported (the plain loop's own speed moves by ~10%% between runs)")
     parser.add_argument("--training-root", default=None,
                         help="an extracted local run root whose tables the training section copies and trains "
                              "on (default: the extraction section's, or a fresh extraction)")
