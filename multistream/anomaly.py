@@ -5,15 +5,18 @@ narrow bottleneck; videos unlike the majority reconstruct worse. The threshold i
 false-positive rate on scores of normal videos the scoring autoencoder was not fitted on: an autoencoder
 reproduces the videos it was fitted on far better than new normal ones (to ~1e-6 on the demo), so a
 threshold from those would flag most new videos. Two ways (`anomaly.calibrate`):
-- "cross_fit" (`cross_fit`): the detector is fitted on every normal video given; each of them is scored by
-  an autoencoder fitted on the other folds (folds of whole groups), and those out-of-fold scores set the
-  threshold: every normal video is used for fitting and for calibrating, none for both at once;
+- "cross_fit" (`cross_fit`): one autoencoder per fold (folds of whole groups), each fitted on the normal
+  videos outside its fold; each video is scored by its own fold's autoencoder, the one not fitted on it, and
+  (some of) those out-of-fold scores set the threshold. New videos get the mean score of the folds'
+  autoencoders. Every normal video is used for fitting and for calibrating, none for both at once;
 - "val": `fit` on one set of normal videos, `calibrate` on ANOTHER. NaN entries (a missing stream) are
 imputed with the training mean, i.e. 0 after standardization. Saved through `multistream.modelio`: the
-weights and the scaler as tensors, the architecture, the threshold and how it was calibrated as metadata.
+weights and the scalers as tensors, the architecture, the threshold and how it was calibrated as metadata.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,7 +27,8 @@ from multistream import modelio
 from multistream.config import AnomalyConfig
 from multistream.device import resolve_device
 
-KIND, FORMAT = "autoencoder", 2
+KIND, FORMAT = "autoencoder", 3
+READABLE_FORMATS = (2, 3)  # 2: one autoencoder, its tensors unprefixed
 
 
 class Autoencoder(nn.Module):
@@ -53,17 +57,28 @@ def calibrate_threshold(scores: np.ndarray, target_fpr: float) -> float:
     return float(scores[len(scores) - 1 - int(np.floor(target_fpr * len(scores) + 1e-9))])
 
 
+@dataclass
+class Member:
+    """One autoencoder and the standardization of the embeddings it was fitted on."""
+
+    model: Autoencoder
+    mean: np.ndarray  # (D,) float32
+    scale: np.ndarray  # (D,) float32
+
+
 class AnomalyDetector:
-    """A trained autoencoder with its scaler and threshold; `score` → per-video reconstruction error.
+    """Trained autoencoders (`members`) with their scalers and a threshold; `score` → per-video reconstruction
+    error, the mean over the members: one autoencoder (`fit`) or those of the folds (`cross_fit`).
 
     `calibration` records how the threshold was set: {"split", "n", "target_fpr"} (empty until calibrated).
+    `history`: the training loss per epoch, averaged over the members.
     """
 
-    def __init__(self, model: Autoencoder, mean: np.ndarray, scale: np.ndarray, threshold: float,
-                 history: list[float], device: str | torch.device = "cpu", calibration: dict | None = None):
+    def __init__(self, members: list[Member], threshold: float, history: list[float],
+                 device: str | torch.device = "cpu", calibration: dict | None = None):
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.mean, self.scale = mean.astype(np.float32), scale.astype(np.float32)  # (D,)
+        self.members = [Member(m.model.to(self.device).eval(), m.mean.astype(np.float32), m.scale.astype(np.float32))
+                        for m in members]
         self.threshold = float(threshold)
         self.history = list(history)
         self.calibration = dict(calibration or {})
@@ -71,8 +86,8 @@ class AnomalyDetector:
     @classmethod
     def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
             ) -> AnomalyDetector:
-        """embeddings (N, D) float (NaN allowed) → a detector trained with Adam, MSE, seeded by cfg.seed, on
-        `device` (default cfg.device); its threshold is NaN until `calibrate`."""
+        """embeddings (N, D) float (NaN allowed) → a detector of one autoencoder trained with Adam, MSE, seeded
+        by cfg.seed, on `device` (default cfg.device); its threshold is NaN until `calibrate`."""
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"embeddings must be (N >= 2, D), got {x.shape}")
@@ -100,7 +115,7 @@ class AnomalyDetector:
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
             history.append(total / len(data))
-        return cls(model, mean, scale, float("nan"), history, device)
+        return cls([Member(model, mean, scale)], float("nan"), history, device)
 
     def calibrate(self, normal: np.ndarray, target_fpr: float, split: str) -> float:
         """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on
@@ -115,16 +130,20 @@ class AnomalyDetector:
 
     @torch.no_grad()
     def score(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """embeddings (N, D) → (N,) float64 mean squared reconstruction error in standardized space."""
+        """embeddings (N, D) → (N,) float64 mean squared reconstruction error in standardized space, averaged
+        over the members."""
         x = np.asarray(embeddings, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != len(self.mean):
-            raise ValueError(f"embeddings must be (N, {len(self.mean)}), got {x.shape}")
-        x = (np.where(np.isnan(x), self.mean, x) - self.mean) / self.scale
-        self.model.eval()
+        dim = len(self.members[0].mean)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"embeddings must be (N, {dim}), got {x.shape}")
+        return np.mean([self._member_score(m, x, batch_size) for m in self.members], axis=0)
+
+    def _member_score(self, member: Member, x: np.ndarray, batch_size: int) -> np.ndarray:
+        x = (np.where(np.isnan(x), member.mean, x) - member.mean) / member.scale
         scores = []
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(self.device)
-            scores.append(((self.model(batch) - batch) ** 2).mean(dim=1).double().cpu().numpy())
+            scores.append(((member.model(batch) - batch) ** 2).mean(dim=1).double().cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
@@ -134,40 +153,54 @@ class AnomalyDetector:
         return np.asarray(scores) > self.threshold
 
     def save(self, directory: str) -> None:
-        """One model folder (`multistream.modelio`) under a local path or URI."""
-        tensors = dict(self.model.state_dict())
-        tensors["scaler.mean"], tensors["scaler.scale"] = self.mean, self.scale
-        first, last = self.model.encoder[0], self.model.encoder[-1]
+        """One model folder (`multistream.modelio`) under a local path or URI: member i's tensors are named
+        `i.<name>` (`<name>` alone for a single member, as in format 2)."""
+        tensors = {}
+        for i, member in enumerate(self.members):
+            prefix = f"{i}." if len(self.members) > 1 else ""
+            tensors |= {f"{prefix}{k}": v for k, v in member.model.state_dict().items()}
+            tensors[f"{prefix}scaler.mean"], tensors[f"{prefix}scaler.scale"] = member.mean, member.scale
+        first, last = self.members[0].model.encoder[0], self.members[0].model.encoder[-1]
         modelio.save_model(str(directory), tensors, {
-            "kind": KIND, "format": FORMAT, "input_dim": first.in_features, "hidden": first.out_features,
-            "bottleneck": last.out_features, "threshold": self.threshold, "calibration": self.calibration,
-            "history": self.history})
+            "kind": KIND, "format": FORMAT, "members": len(self.members), "input_dim": first.in_features,
+            "hidden": first.out_features, "bottleneck": last.out_features, "threshold": self.threshold,
+            "calibration": self.calibration, "history": self.history})
 
     @classmethod
     def load(cls, directory: str, device: str | torch.device = "cpu") -> AnomalyDetector:
         tensors, meta = modelio.load_model(str(directory))
-        if meta.get("kind") != KIND or meta.get("format") != FORMAT:
+        if meta.get("kind") != KIND or meta.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{directory} holds no {KIND} model of format {FORMAT} "
                              f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
-        mean, scale = tensors.pop("scaler.mean").numpy(), tensors.pop("scaler.scale").numpy()
-        model = Autoencoder(meta["input_dim"], meta["hidden"], meta["bottleneck"])
-        model.load_state_dict(tensors)
-        return cls(model, mean, scale, meta["threshold"], meta["history"], device, meta["calibration"])
+        n = meta.get("members", 1)
+        members = []
+        for i in range(n):
+            prefix = f"{i}." if n > 1 else ""
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            mean, scale = own.pop("scaler.mean").numpy(), own.pop("scaler.scale").numpy()
+            model = Autoencoder(meta["input_dim"], meta["hidden"], meta["bottleneck"])
+            model.load_state_dict(own)
+            members.append(Member(model, mean, scale))
+        return cls(members, meta["threshold"], meta["history"], device, meta["calibration"])
 
 
 def cross_fit(embeddings: np.ndarray, folds: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
               ) -> tuple[AnomalyDetector, np.ndarray]:
-    """(a detector fitted on every row of embeddings (N, D), out-of-fold scores (N,) float64): row i scored by
-    an autoencoder fitted on the rows whose fold (N,) int differs from its own. Fold by group, so that a video
-    is never scored by a model fitted on its near-duplicates. The detector's threshold is still NaN."""
+    """(a detector of one autoencoder per fold, each fitted on the rows of embeddings (N, D) outside its fold;
+    out-of-fold scores (N,) float64: row i scored by the autoencoder of its own fold (N,) int, the one not
+    fitted on it). Fold by group, so that a video is never scored by a model fitted on its near-duplicates.
+    The detector's threshold is still NaN; it scores new videos by the mean over the folds' autoencoders."""
     x, folds = np.asarray(embeddings), np.asarray(folds)
     if len(set(folds.tolist())) < 2:
         raise ValueError(f"cross-fitting needs two folds or more, got {sorted(set(folds.tolist()))}")
     scores = np.full(len(x), np.nan)
+    fitted = []
     for fold in sorted(set(folds.tolist())):
         held = folds == fold
-        scores[held] = AnomalyDetector.fit(x[~held], cfg, device).score(x[held])
-    return AnomalyDetector.fit(x, cfg, device), scores
+        fitted.append(AnomalyDetector.fit(x[~held], cfg, device))
+        scores[held] = fitted[-1].score(x[held])
+    history = np.mean([d.history for d in fitted], axis=0).tolist()
+    return AnomalyDetector([m for d in fitted for m in d.members], float("nan"), history, fitted[0].device), scores
 
 
 def roc_auc(scores: np.ndarray, is_anomalous: np.ndarray) -> float:

@@ -154,8 +154,9 @@ class AnomalyConfig:
     lr: PosFloat = 1e-3
     batch_size: PosInt = 64
     target_fpr: Fraction = 0.05  # false-positive rate the threshold is calibrated to
-    # "cross_fit": fitted on every normal train and val video, the threshold from their out-of-fold scores
-    # (`folds` folds of whole groups); "val": fitted on train, the threshold from the val videos' scores
+    # "cross_fit": one autoencoder per fold (`folds` folds of whole groups) fitted on the other folds' normal
+    # train and val videos, the threshold from the val videos' out-of-fold scores; "val": fitted on train,
+    # the threshold from the val videos' scores
     calibrate: Literal["cross_fit", "val"] = "cross_fit"
     folds: Annotated[int, in_range(2, math.inf)] = 5
     calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on

@@ -150,7 +150,7 @@ def classification_section(root: str, metrics: dict, figures: Figures) -> str:
            f"{'' if top5 else '; top-5 is left out with 5 classes or fewer'}).</p>", table(header, rows, css)]
     if ceilings:
         out.append('<p class="note">Cue ceiling: the top-1 the streams\' cues allow on this test split (the demo\'s '
-                   "<code>multistream.demo.CUES</code>: one cue tells 2 of the 4 classes apart, any two all four; a "
+                   "<code>multistream.demo.CUES</code>: one cue tells 3 of the 4 classes apart, any two all four; a "
                    "clip without a stream gets nothing from it). Cue accuracy: the share of test videos predicted as "
                    "a class that carries their cues in those streams, free of the coin flip between the classes that "
                    "share a cue: 100 % where the streams learned their cues.</p>")
@@ -208,8 +208,8 @@ def _maybe_float(value: str):
 
 def _calibration_note(splits: dict) -> str:
     if "out-of-fold" in splits["calibrate"]:
-        return (" (cross-fitting: the autoencoder kept is fitted on all of them; each was scored by one fitted on "
-                "the other folds)")
+        return (" (cross-fitting: one autoencoder per fold, fitted on the other folds' normal train and val "
+                "videos; each video was scored by its own fold's one, and new videos get the folds' mean score)")
     return ", nor any model upstream" if splits["calibrate"] == "val" else ""
 
 
@@ -229,7 +229,7 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
               [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
         f'<p class="note">The threshold is the lowest score that flags at most {100 * info["target_fpr"]:g} % of '
         f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, each scored by an autoencoder that "
-        f"was not fitted on it{_calibration_note(splits)}; the test and anomalous videos are scored once with it. "
+        f"was not fitted on it{_calibration_note(splits)}; the test and anomalous videos are scored once. "
         f"Flagged per split: "
         f"{esc(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
     by_split: dict[str, list[float]] = {}

@@ -128,16 +128,46 @@ def test_roc_auc():
     assert np.isnan(roc_auc([0.1, 0.2], [False, False]))
 
 
-def test_cross_fitting_calibrates_on_every_normal_video_without_scoring_one_with_its_own_model():
+def test_cross_fitting_scores_each_video_with_the_one_fold_model_not_fitted_on_it():
     # the memorizing case above: the out-of-fold scores of the 40 fitted videos stand in for new ones
     rng = np.random.default_rng(0)
     normal, fresh = rng.normal(size=(40, 64)), rng.normal(size=(400, 64))
     cfg = AnomalyConfig(hidden=256, bottleneck=32, epochs=300, lr=3e-3, batch_size=16, device="cpu")
-    detector, scores = cross_fit(normal, np.arange(40) % 5, cfg)
-    assert scores.shape == (40,) and np.isnan(detector.threshold)
-    assert np.median(scores) > 20 * np.median(detector.score(normal))  # none was scored by a model fitted on it
+    folds = np.arange(40) % 5
+    detector, scores = cross_fit(normal, folds, cfg)
+    assert scores.shape == (40,) and np.isnan(detector.threshold) and len(detector.members) == 5
+    memorized = AnomalyDetector.fit(normal, cfg).score(normal)
+    assert np.median(scores) > 20 * np.median(memorized)  # none was scored by a model fitted on it
+
+    def alone(member):
+        return AnomalyDetector([member], float("nan"), [])
+
+    for fold, member in enumerate(detector.members):
+        np.testing.assert_array_equal(alone(member).score(normal[folds == fold]), scores[folds == fold])
+    np.testing.assert_allclose(detector.score(fresh), np.mean([alone(m).score(fresh) for m in detector.members], 0))
     detector.calibrate_scores(scores, 0.1, "train, out-of-fold")
     assert detector.calibration == {"split": "train, out-of-fold", "n": 40, "target_fpr": 0.1}
     assert np.mean(detector.is_anomaly(detector.score(fresh))) < 0.25
     with pytest.raises(ValueError, match="two folds"):
         cross_fit(normal, np.zeros(40, int), cfg)
+
+
+def test_a_cross_fitted_detector_saves_every_fold_model_and_a_one_model_folder_of_format_2_still_loads(tmp_path):
+    train, _ = _embeddings(60, 0, seed=10)
+    test, _ = _embeddings(20, 4, seed=11)
+    cfg = AnomalyConfig(hidden=16, bottleneck=2, epochs=3, batch_size=16, device="cpu")
+    detector, scores = cross_fit(train, np.arange(60) % 3, cfg)
+    detector.calibrate_scores(scores, 0.1, "val, out-of-fold (3 folds)")
+    detector.save(tmp_path / "folds")
+    assert {"0.scaler.mean", "2.encoder.0.weight"} <= set(load_file(tmp_path / "folds" / "model.safetensors"))
+    loaded = AnomalyDetector.load(tmp_path / "folds")
+    assert len(loaded.members) == 3 and loaded.calibration == detector.calibration
+    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
+
+    single = AnomalyDetector.fit(train, cfg)
+    single.calibrate(test, 0.1, "val")
+    single.save(tmp_path / "one")
+    meta_path = tmp_path / "one" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "members"} | {"format": 2}))
+    np.testing.assert_array_equal(AnomalyDetector.load(tmp_path / "one").score(test), single.score(test))

@@ -125,12 +125,28 @@ def test_same_seed_same_content_other_seed_differs(demo_root, tmp_path):
             assert frames3.shape != frames.shape
 
 
-def clip_cues(path: Path) -> tuple[float, float, float | None, np.ndarray, float]:
-    """Per clip: mean red minus blue, share of horizontal optical flow at 112x84, dominant audio frequency
-    (Hz, None without audio), the (T-1,) mean flow magnitude per frame pair and the mean absolute
-    difference between consecutive frames."""
+def shape_roundness(frames: np.ndarray) -> float | None:
+    """Median over the moving shapes seen in some of the (T, H, W, 3) frames of 4 pi area / perimeter^2 of
+    their convex hull: ~0.98 for a circle, ~0.85 for a square, ~0.69 for a triangle; None if none is seen
+    whole. A shape is where a frame differs from the clip's temporal median (the background)."""
+    background = np.median(frames, axis=0)
+    roundness = []
+    for frame in frames[:: max(1, len(frames) // 8)]:
+        mask = (np.abs(frame.astype(np.float32) - background).sum(-1) > 40).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+        for contour in cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0]:
+            hull = cv2.convexHull(contour)
+            area = cv2.contourArea(hull)
+            if area >= 80 and cv2.contourArea(contour) >= 0.9 * area:  # neither a sliver nor two shapes in one
+                roundness.append(4 * np.pi * area / cv2.arcLength(hull, True) ** 2)
+    return float(np.median(roundness)) if roundness else None
+
+
+def clip_cues(path: Path) -> tuple[float | None, float, float | None, np.ndarray, float]:
+    """Per clip: its shapes' roundness (`shape_roundness`), share of horizontal optical flow at 112x84,
+    dominant audio frequency (Hz, None without audio), the (T-1,) mean flow magnitude per frame pair and the
+    mean absolute difference between consecutive frames."""
     frames, sound, _ = decode(path)
-    red_minus_blue = float(frames[..., 0].astype(float).mean() - frames[..., 2].mean())
     grey = [cv2.cvtColor(cv2.resize(f, (112, 84), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY) for f in frames]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     flow = np.stack([dis.calc(a, b, None) for a, b in zip(grey[:-1], grey[1:], strict=True)])
@@ -140,25 +156,44 @@ def clip_cues(path: Path) -> tuple[float, float, float | None, np.ndarray, float
         spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
         dominant = float(np.fft.rfftfreq(len(sound), 1 / 16000)[spectrum.argmax()])
     change = float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean())
-    return red_minus_blue, float(fx / (fx + fy)), dominant, np.linalg.norm(flow, axis=-1).mean((1, 2)), change
+    return (shape_roundness(frames), float(fx / (fx + fy)), dominant, np.linalg.norm(flow, axis=-1).mean((1, 2)),
+            change)
 
 
-def test_each_cue_splits_the_classes_into_its_halves(demo_root):
-    anomaly_change, class_change = [], []
+ROUNDNESS = {"circle": 0.98, "square": 0.85, "triangle": 0.69}
+HORIZONTAL_SHARE = {"horizontal": (0.65, 1.0), "vertical": (0.0, 0.35), "diagonal": (0.35, 0.65)}
+DOMINANT_HZ = {"low": (200, 500), "high": (1200, 2500), "hiss": (2600, 4800)}
+
+
+def test_each_cue_value_shows_in_its_clips(demo_root):
+    anomaly_change, class_change, shapes = [], [], []
     for spec in plan_demo(seed=0)[::2]:  # every other clip of each class keeps the test quick
-        red_minus_blue, horizontal_share, dominant, magnitude, change = clip_cues(demo_root / spec.uri)
+        roundness, horizontal_share, dominant, magnitude, change = clip_cues(demo_root / spec.uri)
         if spec.label == ANOMALY:
             anomaly_change.append(change)
             continue
         class_change.append(change)
         appearance, motion, audio = CUES[spec.label]
-        assert (red_minus_blue > 20) if appearance == "warm" else (red_minus_blue < -20), spec.uri
-        assert (horizontal_share > 0.65) if motion == "horizontal" else (horizontal_share < 0.35), spec.uri
+        if roundness is not None:  # the shape it looks most like; segmenting by the median background can fail
+            shapes.append(min(ROUNDNESS, key=lambda kind: abs(ROUNDNESS[kind] - roundness)) == appearance)
+        low, high = HORIZONTAL_SHARE[motion]
+        assert low < horizontal_share < high, spec.uri
         if dominant is not None:
-            assert (dominant < 500) if audio == "low" else (dominant > 1200), spec.uri
+            low, high = DOMINANT_HZ[audio]
+            assert low < dominant < high, spec.uri
         # motion comes in bursts: the fastest frame pairs move several times more than the typical one
         assert magnitude.max() > 3 * np.median(magnitude), spec.uri
+    assert len(shapes) >= 0.8 * len(class_change) and np.mean(shapes) >= 0.85
     assert min(anomaly_change) > max(class_change)
+
+
+def test_each_cue_value_but_one_names_a_class_and_each_stream_confuses_another_pair():
+    confused = []
+    for cue in range(3):
+        values = Counter(CUES[name][cue] for name in DEMO_CLASSES)
+        assert sorted(values.values()) == [1, 1, 2]
+        confused.append(frozenset(name for name in DEMO_CLASSES if values[CUES[name][cue]] == 2))
+    assert len(set(confused)) == 3
 
 
 def test_cli_writes_the_set_and_prints_the_cue_table(tmp_path):
@@ -178,25 +213,29 @@ def test_cue_ceilings_follow_the_cue_table():
     labels = [*DEMO_CLASSES, *DEMO_CLASSES]
     everything = {s: np.ones(8, bool) for s in ("spatial", "temporal", "audio")}
     for stream in everything:
-        assert cue_ceiling((stream,), labels, everything) == 0.5  # each cue tells 2 of the 4 classes apart
+        assert cue_ceiling((stream,), labels, everything) == 0.75  # each cue tells 3 of the 4 classes apart
     for pair in (("spatial", "temporal"), ("spatial", "audio"), ("temporal", "audio")):
         assert cue_ceiling(pair, labels, everything) == 1.0  # any two name the class
-    silent = dict(everything, audio=np.r_[np.zeros(2, bool), np.ones(6, bool)])  # two clips without audio
-    assert cue_ceiling(("audio",), labels, silent) == (2 * 0.25 + 6 * 0.5) / 8
-    assert cue_ceiling(("spatial", "audio"), labels, silent) == (2 * 0.5 + 6 * 1.0) / 8
-    assert cue_ceiling(("spatial",), ["Archery", "WarmBob"], everything) is None  # not the demo's classes
+    silent = dict(everything, audio=np.r_[np.zeros(2, bool), np.ones(6, bool)])  # CircleSlide, CircleBob silent
+    assert cue_ceiling(("audio",), labels, silent) == (2 * 0.25 + 6 * 0.75) / 8
+    assert cue_ceiling(("spatial", "audio"), labels, silent) == (2 * 0.5 + 6 * 1.0) / 8  # both circles
+    assert cue_ceiling(("spatial",), ["Archery", "CircleBob"], everything) is None  # not the demo's classes
 
 
 def test_cue_accuracy_forgives_only_what_the_cues_cannot_tell():
-    labels = ["WarmSlide", "WarmBob", "CoolSlide", "CoolBob"]
-    everything = {s: np.ones(4, bool) for s in ("spatial", "temporal", "audio")}
-    swapped = ["WarmBob", "WarmSlide", "CoolBob", "CoolSlide"]  # right colour, wrong motion: spatial can't tell
-    assert cue_accuracy(("spatial",), labels, swapped, everything) == 1.0
-    assert cue_accuracy(("temporal",), labels, swapped, everything) == 0.0
-    assert cue_accuracy(("spatial", "temporal"), labels, swapped, everything) == 0.0
-    assert cue_accuracy(("spatial", "temporal"), labels, labels, everything) == 1.0
-    silent = dict(everything, audio=np.array([False, True, True, True]))
-    # low → high (silent: nothing to miss), high → high, high → low, low → high
-    sounds = ["CoolSlide", "CoolSlide", "WarmSlide", "WarmBob"]
-    assert cue_accuracy(("audio",), labels, sounds, silent) == 0.5
+    everything = {s: np.ones(2, bool) for s in ("spatial", "temporal", "audio")}
+    circles, swapped = ["CircleSlide", "CircleBob"], ["CircleBob", "CircleSlide"]  # right shape, wrong motion
+    assert cue_accuracy(("spatial",), circles, swapped, everything) == 1.0
+    assert cue_accuracy(("temporal",), circles, swapped, everything) == 0.0
+    assert cue_accuracy(("spatial", "temporal"), circles, swapped, everything) == 0.0
+    assert cue_accuracy(("spatial", "temporal"), circles, circles, everything) == 1.0
+    zigzags = ["SquareZigzag", "TriangleZigzag"]
+    assert cue_accuracy(("temporal",), zigzags, zigzags[::-1], everything) == 1.0
+    low = ["CircleSlide", "SquareZigzag"]
+    assert cue_accuracy(("audio",), low, low[::-1], everything) == 1.0
+    labels = list(DEMO_CLASSES)
+    silent = {s: np.ones(4, bool) for s in ("spatial", "temporal")} | {"audio": np.array([False, True, True, True])}
+    # low (silent: nothing to miss), high → high, low → low, hiss → low
+    sounds = ["TriangleZigzag", "CircleBob", "CircleSlide", "SquareZigzag"]
+    assert cue_accuracy(("audio",), labels, sounds, silent) == 0.75
     assert cue_accuracy(("spatial",), ["Archery"], ["Archery"], everything) is None

@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +97,9 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert np.sum(fusion.confusion) == 30 and set(fusion.per_class) == set(CLASSES)
     assert fusion.splits == {"fit": "train", "score": "test"}
     assert anomaly.roc_auc > 0.8 and anomaly.n_anomaly == 8 and anomaly.n_test_normal == 30
-    assert (anomaly.n_fit, anomaly.n_calibration) == (90, 90)  # cross-fitted on every normal train and val video
-    calibrated_on = "train+val, out-of-fold (5 folds)"
+    # cross-fitted on every normal train and val video; calibrated on the val ones, which no RNN was fitted on
+    assert (anomaly.n_fit, anomaly.n_calibration) == (90, 30)
+    calibrated_on = "val, out-of-fold (5 folds)"
     assert anomaly.splits == {"fit": "train+val", "calibrate": calibrated_on, "score": "test + anomaly"}
     assert anomaly.target_fpr == 0.05 and anomaly.calibration_fpr <= 0.05
     assert anomaly.detection_rate >= 0.75
@@ -128,13 +130,14 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert np.mean(flagged["anomaly"]) > np.mean(flagged["test"])
     detector = AnomalyDetector.load(f"{root}/models/autoencoder")
     assert detector.threshold == pytest.approx(anomaly.threshold)
-    assert detector.calibration == {"split": calibrated_on, "n": 90, "target_fpr": 0.05}
+    assert detector.calibration == {"split": calibrated_on, "n": 30, "target_fpr": 0.05}
+    assert len(detector.members) == 5  # one autoencoder per fold; new videos get their mean score
     for name in ("svm", "autoencoder"):
         assert sorted(p.name for p in Path(root, "models", name).iterdir()) == ["model.json", "model.safetensors"]
         assert modelio.read_meta(f"{root}/models/{name}")["kind"] in ("linear_svm", "autoencoder")
     assert not list(Path(root).rglob("*.pkl"))
     text = summary_table(result)
-    assert "top-5" not in text and f"calibrated on 90 {calibrated_on} videos" in text and "false-positive rate" in text
+    assert "top-5" not in text and f"calibrated on 30 {calibrated_on} videos" in text and "false-positive rate" in text
 
 
 def test_calibrating_on_val_fits_the_autoencoder_on_train_and_scores_val_with_it(tmp_path):
@@ -244,6 +247,19 @@ def test_calibrating_on_val_without_a_val_split_holds_out_train_videos_and_says_
     assert result.anomaly.splits["calibrate"].startswith("train (held out")
     assert (result.anomaly.n_fit, result.anomaly.n_calibration) == (27, 9)  # anomaly.calibration = 0.25 of 36
     assert "train (held out" in summary_table(result)
+
+
+def test_cross_fitting_without_a_val_split_calibrates_on_train_and_says_so(tmp_path, caplog):
+    root = str(tmp_path / "run")
+    rows = synthetic_videos(seed=3, train=12, val=0, test=4, anomalies=2)
+    storage.write_part(_table(rows, schema.STREAMS), f"{root}/embeddings", "part-0")
+
+    with caplog.at_level(logging.WARNING, logger="multistream.fuse"):
+        result = run_fuse(load_config(None, [f"paths.output={root}", *SETTINGS, "anomaly.epochs=5"]))
+
+    assert result.anomaly.splits["calibrate"] == "train, out-of-fold (5 folds)"
+    assert (result.anomaly.n_fit, result.anomaly.n_calibration) == (36, 36)
+    assert "which the RNNs were fitted on" in caplog.text
 
 
 def test_the_svm_is_fitted_on_the_splits_fusion_fit_names(tmp_path):

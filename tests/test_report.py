@@ -80,13 +80,13 @@ def test_report_renders_every_available_section_self_contained(tmp_path):
     assert "&lt;moov atom not found&gt; &amp; more" in text and "<moov" not in text
     assert "Pipeline timings: not run yet" in text and "Benchmark: not run yet" in text
     assert "top-5, %" not in text and "top-5 is left out" in text  # 3 classes
-    assert "calibration (train+val, out-of-fold (5 folds), normal)" in text and "false-positive rate" in text
+    assert "calibration (val, out-of-fold (5 folds), normal)" in text and "false-positive rate" in text
     assert "detection rate" in text and "training errors" not in text
     assert "each scored by an autoencoder that was not fitted on it (cross-fitting" in text
     splits = text.split('id="splits"')[1].split("</section>")[0]
     assert "Spatial RNN" in splits and "val (30): learning-rate schedule" in splits
     assert "Fusion SVM" in splits and "Anomaly autoencoder" in splits
-    assert "train+val, out-of-fold (5 folds) (90): threshold" in splits
+    assert "val, out-of-fold (5 folds) (30): threshold" in splits
     assert "Dataset summary: not run yet" not in text
     figures = sorted(p.name for p in Path(root, "reports/figures").iterdir())
     assert figures == ["anomaly.png", "confusion.png", "curves_autoencoder.png", "curves_motion_cnn.png",
