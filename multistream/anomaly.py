@@ -170,7 +170,7 @@ class AnomalyDetector:
     def load(cls, directory: str, device: str | torch.device = "cpu") -> AnomalyDetector:
         tensors, meta = modelio.load_model(str(directory))
         if meta.get("kind") != KIND or meta.get("format") not in READABLE_FORMATS:
-            raise ValueError(f"{directory} holds no {KIND} model of format {FORMAT} "
+            raise ValueError(f"{directory} holds no {KIND} model of format {' or '.join(map(str, READABLE_FORMATS))} "
                              f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
         n = meta.get("members", 1)
         members = []

@@ -32,8 +32,9 @@ phases, frame size (160x120 or 128x96), fps (12-18) and duration (2-4 s). About 
 have no audio track (they must be told apart by the other streams). The anomalies are of an unseen
 kind: a flickering two-colour background with noise bursts, a white ring circling the centre, a chirp.
 
-Containers/codecs rotate, within each split alike in every class, over mp4 (h264+aac), avi (mpeg4+mp3), mkv (h264+opus), avi (mpeg4+pcm_s16le)
-and mkv (mpeg4+flac). Pixels and samples depend only on the seed; encoders run single-threaded.
+Containers/codecs rotate, within each split alike in every class, over mp4 (h264+aac), avi (mpeg4+mp3),
+mkv (h264+opus), avi (mpeg4+pcm_s16le) and mkv (mpeg4+flac). Pixels and samples depend only on the seed;
+encoders run single-threaded.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def plan_demo(seed: int = 0, clips_per_class: int = CLIPS_PER_CLASS, n_anomalies
         for i in range(n):
             rng = np.random.default_rng([seed, kind, i, 0])
             split = ANOMALY if name == ANOMALY else splits[i]
-            # formats rotate within each split alike in every class, so that no split's codecs tell its classes apart
+            # formats rotate within each split alike in every class: no split's codecs tell its classes apart
             fmt = FORMATS[in_split[split] % len(FORMATS)]
             in_split[split] += 1
             fps = int(rng.choice([12, 15, 15, 18]))

@@ -101,9 +101,9 @@ def _path(rng: np.random.Generator, motion: str, lane: float, r: float, travel: 
         return (_reflect(rng.uniform(0, w) + sx * np.cos(angle) * travel, r + 1, w - r - 1),
                 _reflect(rng.uniform(0, h) + sy * np.sin(angle) * travel, r + 1, h - r - 1))
     along_len, across_len = (w, h) if motion == "horizontal" else (h, w)
-    across = lane * (across_len - 2 * r) + r
     along = _reflect(rng.uniform(0, along_len) + rng.choice([-1, 1]) * travel, r + 1, along_len - r - 1)
-    across = across + 0.5 * w / 160 * np.sin(2 * np.pi * rng.uniform(0.4, 1.0) * t + rng.uniform(0, 2 * np.pi))
+    wobble = 0.5 * w / 160 * np.sin(2 * np.pi * rng.uniform(0.4, 1.0) * t + rng.uniform(0, 2 * np.pi))
+    across = lane * (across_len - 2 * r) + r + wobble
     return (along, across) if motion == "horizontal" else (across, along)
 
 

@@ -130,13 +130,15 @@ def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
         ids = [data.video_id[i] for i in np.flatnonzero(pool)]
         detector, scores = cross_fit(x[pool], group_folds(ids, ac.folds, ac.seed), ac)
         # the RNNs were fitted on train, whose embeddings are tighter than new videos': its scores run low
-        calibration, calibration_split = (val, CALIBRATE) if val.any() else (pool, FIT)
-        if not val.any():
+        if val.any():
+            calibration, calibration_split, fit_split = val, CALIBRATE, f"{FIT}+{CALIBRATE}"
+        else:
             log.warning("no 'val' videos: the anomaly threshold is calibrated on out-of-fold scores of train "
                         "videos, which the RNNs were fitted on (expect too many false alarms on new videos)")
+            calibration, calibration_split, fit_split = pool, FIT, FIT
         scores = scores[calibration[pool]]
         detector.calibrate_scores(scores, ac.target_fpr, f"{calibration_split}, out-of-fold ({ac.folds} folds)")
-        return detector, pool, calibration, scores, f"{FIT}+{CALIBRATE}" if val.any() else FIT
+        return detector, pool, calibration, scores, fit_split
     fit, calibration, calibration_split = _calibration_rows(cfg, data)
     detector = AnomalyDetector.fit(x[fit], ac)
     detector.calibrate(x[calibration], ac.target_fpr, calibration_split)
