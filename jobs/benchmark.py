@@ -29,7 +29,7 @@ from multistream.layout import RunRoot
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Benchmark the pipeline against baselines measured in the same run", __doc__)
     parser.add_argument("--demo-sets", type=int, default=4,
-                        help="demo sets (68 clips each) when no --input: enough that start-up is not the story")
+                        help="demo sets (84 clips each) when no --input: enough that start-up is not the story")
     parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")

@@ -9,7 +9,11 @@ threshold from those would flag most new videos. Two ways (`anomaly.calibrate`):
   videos outside its fold; each video is scored by its own fold's autoencoder, the one not fitted on it, and
   (some of) those out-of-fold scores set the threshold. New videos get the mean score of the folds'
   autoencoders. Every normal video is used for fitting and for calibrating, none for both at once;
-- "val": `fit` on one set of normal videos, `calibrate` on ANOTHER. NaN entries (a missing stream) are
+- "val": `fit` on one set of normal videos, `calibrate` on ANOTHER.
+The threshold is the (1 - target_fpr) quantile of those scores (`anomaly.quantile`): read off the sorted
+scores ("empirical") where enough of them lie beyond it, else from a log-normal fitted to them
+("lognormal"): with 24 calibration videos at a 0.05 target the empirical one is their 2nd-largest score, an
+order statistic that moves with every video. NaN entries (a missing stream) are
 imputed with the training mean, i.e. 0 after standardization. Saved through `multistream.modelio`: the
 weights and the scalers as tensors, the architecture, the threshold and how it was calibrated as metadata.
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -29,6 +34,7 @@ from multistream.device import resolve_device
 
 KIND, FORMAT = "autoencoder", 3
 READABLE_FORMATS = (2, 3)  # 2: one autoencoder, its tensors unprefixed
+MIN_TAIL = 10  # quantile "auto": empirical once the target share of the calibration scores is this many
 
 
 class Autoencoder(nn.Module):
@@ -57,6 +63,34 @@ def calibrate_threshold(scores: np.ndarray, target_fpr: float) -> float:
     return float(scores[len(scores) - 1 - int(np.floor(target_fpr * len(scores) + 1e-9))])
 
 
+def lognormal_threshold(scores: np.ndarray, target_fpr: float) -> float:
+    """A threshold from a log-normal fitted to `scores` (N >= 3,) of normal videos, which a NEW normal video's
+    score exceeds with probability `target_fpr`: exp(mean + t * sd * sqrt(1 + 1/N)) of their logs, t the
+    (1 - target_fpr) quantile of Student's t with N - 1 degrees of freedom (the one-sided prediction bound,
+    which counts the error of the fitted mean and sd). Every score counts, not one order statistic;
+    reconstruction errors are positive and right-skewed."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or len(scores) < 3:
+        raise ValueError(f"a log-normal threshold needs 3 normal videos' scores or more, got shape {scores.shape}")
+    if not 0 < target_fpr < 1:
+        raise ValueError(f"a log-normal threshold needs target_fpr in (0, 1), got {target_fpr}")
+    logs = np.log(np.maximum(scores, np.finfo(np.float64).tiny))
+    n = len(logs)
+    bound = student_t.ppf(1 - target_fpr, n - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / n)
+    return float(np.exp(logs.mean() + bound))
+
+
+def quantile_rule(n: int, target_fpr: float, quantile: str) -> str:
+    """"empirical" or "lognormal": `quantile` itself, or for "auto" empirical where n * target_fpr >= MIN_TAIL
+    scores lie beyond the threshold (or a log-normal cannot be fitted: n < 3, target 0), else lognormal."""
+    if quantile != "auto":
+        return quantile
+    return "empirical" if n * target_fpr >= MIN_TAIL or n < 3 or target_fpr == 0 else "lognormal"
+
+
+THRESHOLDS = {"empirical": calibrate_threshold, "lognormal": lognormal_threshold}
+
+
 @dataclass
 class Member:
     """One autoencoder and the standardization of the embeddings it was fitted on."""
@@ -70,7 +104,8 @@ class AnomalyDetector:
     """Trained autoencoders (`members`) with their scalers and a threshold; `score` → per-video reconstruction
     error, the mean over the members: one autoencoder (`fit`) or those of the folds (`cross_fit`).
 
-    `calibration` records how the threshold was set: {"split", "n", "target_fpr"} (empty until calibrated).
+    `calibration` records how the threshold was set: {"split", "n", "target_fpr", "quantile"} (empty until
+    calibrated).
     `history`: the training loss per epoch, averaged over the members.
     """
 
@@ -117,15 +152,16 @@ class AnomalyDetector:
             history.append(total / len(data))
         return cls([Member(model, mean, scale)], float("nan"), history, device)
 
-    def calibrate(self, normal: np.ndarray, target_fpr: float, split: str) -> float:
+    def calibrate(self, normal: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
         """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on
-        (`split` names where they come from), flagging at most `target_fpr` of them; → the threshold."""
-        return self.calibrate_scores(self.score(normal), target_fpr, split)
+        (`split` names where they come from) at their (1 - target_fpr) quantile (`quantile_rule`); → it."""
+        return self.calibrate_scores(self.score(normal), target_fpr, split, quantile)
 
-    def calibrate_scores(self, scores: np.ndarray, target_fpr: float, split: str) -> float:
+    def calibrate_scores(self, scores: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
         """`calibrate` from the scores (N,) of normal videos, each given by an autoencoder not fitted on it."""
-        self.threshold = calibrate_threshold(scores, target_fpr)
-        self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr)}
+        rule = quantile_rule(len(scores), target_fpr, quantile)
+        self.threshold = THRESHOLDS[rule](scores, target_fpr)
+        self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr), "quantile": rule}
         return self.threshold
 
     @torch.no_grad()

@@ -158,6 +158,10 @@ class AnomalyConfig:
     # train and val videos, the threshold from the val videos' out-of-fold scores; "val": fitted on train,
     # the threshold from the val videos' scores
     calibrate: Literal["cross_fit", "val"] = "cross_fit"
+    # how the (1 - target_fpr) quantile of the calibration scores is read: "empirical" (the lowest threshold
+    # that flags at most target_fpr of them), "lognormal" (of a log-normal fitted to them), "auto": empirical
+    # once target_fpr x the calibration videos >= 10, else lognormal
+    quantile: Literal["auto", "empirical", "lognormal"] = "auto"
     folds: Annotated[int, in_range(2, math.inf)] = 5
     calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on
     seed: int = 0

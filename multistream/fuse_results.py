@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from multistream.fusion import AblationRow
 
 STREAM_NAMES = {"spatial": "Spatial", "temporal": "Temporal", "audio": "Audio"}
+QUANTILE_WORDS = {  # anomaly.quantile → how the threshold was read off the calibration videos' scores
+    "empirical": "the lowest score that flags at most that share of them",
+    "lognormal": "the quantile of a log-normal fitted to their scores",
+}
 
 
 @dataclass
@@ -44,12 +48,13 @@ class AnomalyResult:
     n_anomaly: int
     threshold: float
     target_fpr: float
-    calibration_fpr: float  # flagged share of the calibration videos (at most target_fpr by construction)
+    calibration_fpr: float  # flagged share of the calibration videos (at most target_fpr where "empirical")
     false_positive_rate: float | None  # flagged share of the normal test videos
     detection_rate: float | None  # flagged share of the anomalous videos
     roc_auc: float | None  # test (normal) against anomaly
     flagged: dict[str, int]  # per split
     splits: dict[str, str]  # {"fit": "train", "calibrate": "val", "score": "test + anomaly"}
+    quantile: str = "empirical"  # how the threshold was read off the calibration scores (anomaly.quantile)
     history: list[float] = field(default_factory=list)  # autoencoder training loss per epoch
     device: str = "cpu"
     seconds: float = 0.0
@@ -106,8 +111,8 @@ def summary_table(result: FuseResult) -> str:
                      "cue acc.: predicted as a class with the video's cues (100 % where the streams learned them)")
     auc = "n/a" if anomaly.roc_auc is None else f"{anomaly.roc_auc:.3f}"
     lines.append(f"anomaly: threshold {anomaly.threshold:.4g} calibrated on {anomaly.n_calibration} "
-                 f"{anomaly.splits['calibrate']} videos at a {anomaly.target_fpr:.2f} target false-positive rate "
-                 f"(autoencoder fitted on {anomaly.n_fit} {anomaly.splits['fit']} videos)")
+                 f"{anomaly.splits['calibrate']} videos at a {anomaly.target_fpr:.2f} target false-positive rate, "
+                 f"{QUANTILE_WORDS[anomaly.quantile]} (autoencoder fitted on {anomaly.n_fit} {anomaly.splits['fit']} videos)")
     lines.append(f"anomaly: false-positive rate {_pct(anomaly.false_positive_rate)} % on {anomaly.n_test_normal} "
                  f"normal test videos, detection rate {_pct(anomaly.detection_rate)} % on {anomaly.n_anomaly} "
                  f"anomalous videos, ROC AUC {auc}; flagged per split: {anomaly.flagged}")

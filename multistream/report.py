@@ -23,6 +23,7 @@ from collections import Counter
 import numpy as np
 
 from multistream import layout, modelio, runinfo, schema, storage
+from multistream.fuse_results import QUANTILE_WORDS, STREAM_NAMES
 from multistream.layout import RunRoot
 from multistream.report_figures import (
     Figures,
@@ -34,7 +35,6 @@ from multistream.report_figures import (
 )
 from multistream.report_html import CSS, esc, missing, pct, read_json, table
 
-STREAM_NAMES = {"spatial": "Spatial", "temporal": "Temporal", "audio": "Audio"}
 MODEL_TITLES = {"motion_cnn": "Motion CNN (temporal)", "rnn_spatial": "Spatial RNN", "rnn_temporal": "Temporal RNN",
                 "rnn_audio": "Audio RNN"}
 SPLIT_ROLES = {"fit": "fitted on", "select": "selected on", "calibrate": "calibrated on", "score": "scored on"}
@@ -227,9 +227,10 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
         ["anomaly: detection rate", info["n_anomaly"], pct(info["detection_rate"]), None]]),
         table(["ROC AUC (test normal vs anomaly)", "threshold", "autoencoder fitted on"],
               [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
-        f'<p class="note">The threshold is the lowest score that flags at most {100 * info["target_fpr"]:g} % of '
+        f'<p class="note">The threshold is set at a {100 * info["target_fpr"]:g} % false-positive rate on '
         f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, each scored by an autoencoder that "
-        f"was not fitted on it{_calibration_note(splits)}; the test and anomalous videos are scored once. "
+        f"was not fitted on it{_calibration_note(splits)}: "
+        f"{esc(QUANTILE_WORDS[info.get('quantile', 'empirical')])}. The test and anomalous videos are scored once. "
         f"Flagged per split: "
         f"{esc(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
     by_split: dict[str, list[float]] = {}

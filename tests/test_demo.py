@@ -61,7 +61,7 @@ def test_layout_and_labels(demo_root):
     rows = read_labels(demo_root)
     assert rows[0] == ["uri", "label", "split"]
     rows = rows[1:]
-    assert len(rows) == 4 * 15 + 8 and len(DEMO_CLASSES) >= 4
+    assert len(rows) == 4 * 18 + 12 and len(DEMO_CLASSES) >= 4
     for uri, label, split in rows:
         folder, stem = ("anomaly", "anomaly") if label == ANOMALY else (label, label.lower())
         assert re.fullmatch(rf"{folder}/{stem}_\d\d\.(mp4|avi|mkv)", uri), uri
@@ -71,8 +71,8 @@ def test_layout_and_labels(demo_root):
     assert on_disk == {uri for uri, _, _ in rows} | {"labels.csv"}
     splits = Counter((label, split) for _, label, split in rows)
     for name in DEMO_CLASSES:
-        assert (splits[name, "train"], splits[name, "val"], splits[name, "test"]) == (6, 4, 5)
-    assert splits[ANOMALY, ANOMALY] == 8
+        assert (splits[name, "train"], splits[name, "val"], splits[name, "test"]) == (6, 6, 6)
+    assert splits[ANOMALY, ANOMALY] == 12
     assert {uri.rsplit(".", 1)[1] for uri, _, _ in rows} == {"mp4", "avi", "mkv"}
 
 

@@ -130,7 +130,7 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert np.mean(flagged["anomaly"]) > np.mean(flagged["test"])
     detector = AnomalyDetector.load(f"{root}/models/autoencoder")
     assert detector.threshold == pytest.approx(anomaly.threshold)
-    assert detector.calibration == {"split": calibrated_on, "n": 30, "target_fpr": 0.05}
+    assert detector.calibration == {"split": calibrated_on, "n": 30, "target_fpr": 0.05, "quantile": "lognormal"}
     assert len(detector.members) == 5  # one autoencoder per fold; new videos get their mean score
     for name in ("svm", "autoencoder"):
         assert sorted(p.name for p in Path(root, "models", name).iterdir()) == ["model.json", "model.safetensors"]
@@ -138,6 +138,7 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert not list(Path(root).rglob("*.pkl"))
     text = summary_table(result)
     assert "top-5" not in text and f"calibrated on 30 {calibrated_on} videos" in text and "false-positive rate" in text
+    assert "the quantile of a log-normal fitted to their scores" in text  # 30 x 0.05: too few beyond it to count
 
 
 def test_calibrating_on_val_fits_the_autoencoder_on_train_and_scores_val_with_it(tmp_path):

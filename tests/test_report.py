@@ -83,6 +83,7 @@ def test_report_renders_every_available_section_self_contained(tmp_path):
     assert "calibration (val, out-of-fold (5 folds), normal)" in text and "false-positive rate" in text
     assert "detection rate" in text and "training errors" not in text
     assert "each scored by an autoencoder that was not fitted on it (cross-fitting" in text
+    assert "the quantile of a log-normal fitted to their scores" in text
     splits = text.split('id="splits"')[1].split("</section>")[0]
     assert "Spatial RNN" in splits and "val (30): learning-rate schedule" in splits
     assert "Fusion SVM" in splits and "Anomaly autoencoder" in splits

@@ -1,4 +1,4 @@
-"""The benchmark's videos: `sets` seeds of the demo set (68 clips each), generated once, or any input."""
+"""The benchmark's videos: `sets` seeds of the demo set (84 clips each), generated once, or any input."""
 
 from __future__ import annotations
 
