@@ -41,6 +41,7 @@ from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
 
+
 def train_loop(config: dict) -> None:
     """Ray Train worker: every head of `config["streams"]` epoch by epoch, then (rank 0) save and embed."""
     worker_setup(config["torch_threads"])
