@@ -16,8 +16,9 @@ Which split does what (recorded in each result's `splits`):
   of 'train' instead, and says so);
 - 'test' is scored once: top-1 for the SVM, false-positive rate for the detector; 'anomaly' gives the
   detection rate and, against 'test', the ROC AUC.
-Every video with an embedding gets a prediction and an anomaly score. Each output table is rewritten as one
-part.
+Every video with an embedding gets a prediction and an anomaly score: a cross-fitted train or val video its
+out-of-fold one (its own fold's autoencoder), any other video the folds' mean. Each output table is
+rewritten as one part.
 
 Measured on the demo: the RNNs memorise their train videos and the autoencoder memorises whatever it is
 fitted on (it reconstructs those embeddings to ~1e-6, new normal ones to ~0.5, anomalies to ~1), so a
@@ -123,9 +124,11 @@ def _calibration_rows(cfg: Config, data: Embeddings) -> tuple[np.ndarray, np.nda
 
 def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
                          ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str]:
-    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), the calibration videos'
-    scores (M,), each from an autoencoder not fitted on that video, and the name of the fit split)."""
+    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), held-out scores (N,): a
+    video's score from an autoencoder not fitted on it where the detector's own would be in-sample, and for
+    every calibration video, NaN elsewhere; the name of the fit split)."""
     ac = cfg.anomaly
+    held_out = np.full(len(x), np.nan)
     if ac.calibrate == "cross_fit":
         val = data.split_mask(CALIBRATE)
         pool = data.split_mask(FIT) | val
@@ -138,14 +141,15 @@ def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
             log.warning("no 'val' videos: the anomaly threshold is calibrated on out-of-fold scores of train "
                         "videos, which the RNNs were fitted on (expect too many false alarms on new videos)")
             calibration, calibration_split, fit_split = pool, FIT, FIT
-        scores = scores[calibration[pool]]
-        detector.calibrate_scores(scores, ac.target_fpr, f"{calibration_split}, out-of-fold ({ac.folds} folds)",
-                                  ac.quantile)
-        return detector, pool, calibration, scores, fit_split
+        held_out[pool] = scores
+        detector.calibrate_scores(held_out[calibration], ac.target_fpr,
+                                  f"{calibration_split}, out-of-fold ({ac.folds} folds)", ac.quantile)
+        return detector, pool, calibration, held_out, fit_split
     fit, calibration, calibration_split = _calibration_rows(cfg, data)
     detector = AnomalyDetector.fit(x[fit], ac)
-    detector.calibrate(x[calibration], ac.target_fpr, calibration_split, ac.quantile)
-    return detector, fit, calibration, detector.score(x[calibration]), FIT
+    held_out[calibration] = detector.score(x[calibration])
+    detector.calibrate_scores(held_out[calibration], ac.target_fpr, calibration_split, ac.quantile)
+    return detector, fit, calibration, held_out, FIT
 
 
 def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
@@ -153,10 +157,12 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
     """→ per-video scores (N,) float64, flags (N,) bool and the anomaly result."""
     started = time.perf_counter()
     x = np.concatenate([data.features[s] for s in streams], axis=1)  # (N, sum D_s)
-    detector, fit, calibration, calibration_scores, fit_split = _calibrated_detector(cfg, data, x)
+    detector, fit, calibration, held_out, fit_split = _calibrated_detector(cfg, data, x)
     detector.save(run.model(layout.AUTOENCODER))
     test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
-    scores = detector.score(x)
+    # the cross-fitted videos keep their out-of-fold scores: the folds' mean, 4 of 5 fitted on each, would hide
+    # an anomaly among them
+    scores = np.where(np.isnan(held_out), detector.score(x), held_out)
     flagged = detector.is_anomaly(scores)
     evaluated = test | anomalous
     auc = roc_auc(scores[evaluated], anomalous[evaluated])
@@ -164,7 +170,7 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
         streams=list(streams), input_dim=int(x.shape[1]), n_fit=int(fit.sum()),
         n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
         threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr, quantile=detector.calibration["quantile"],
-        calibration_fpr=float(detector.is_anomaly(calibration_scores).mean()),
+        calibration_fpr=float(flagged[calibration].mean()),
         false_positive_rate=float(flagged[test].mean()) if test.any() else None,
         detection_rate=float(flagged[anomalous].mean()) if anomalous.any() else None,
         roc_auc=None if np.isnan(auc) else auc,

@@ -16,6 +16,7 @@ from multistream.fuse import is_current, run_fuse
 from multistream.fuse_data import embeddings_fingerprint, load_embeddings
 from multistream.fuse_results import FuseResult, summary_table
 from multistream.fusion import FusionModel
+from multistream.splits import group_folds
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Archery", "Biking", "Diving"]
@@ -132,6 +133,16 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert detector.threshold == pytest.approx(anomaly.threshold)
     assert detector.calibration == {"split": calibrated_on, "n": 30, "target_fpr": 0.05, "quantile": "lognormal"}
     assert len(detector.members) == 5  # one autoencoder per fold; new videos get their mean score
+    # a cross-fitted video keeps the score of its own fold's autoencoder, the one not fitted on it
+    pool = [r for r in scored.to_pylist() if r["split"] in ("train", "val")]
+    x = np.stack([np.concatenate([by_id[r["video_id"]][s] if by_id[r["video_id"]][s] is not None
+                                  else np.full(DIM, np.nan) for s in schema.STREAMS]) for r in pool])
+    folds = group_folds([r["video_id"] for r in pool], 5, 0)
+    own = [AnomalyDetector([detector.members[fold]], float("nan"), []).score(x[i:i + 1])[0]
+           for i, fold in enumerate(folds)]
+    np.testing.assert_allclose([r["score"] for r in pool], own, rtol=1e-5)
+    val_flagged = [r["is_anomaly"] for r in pool if r["split"] == "val"]
+    assert np.mean(val_flagged) == pytest.approx(anomaly.calibration_fpr)
     for name in ("svm", "autoencoder"):
         assert sorted(p.name for p in Path(root, "models", name).iterdir()) == ["model.json", "model.safetensors"]
         assert modelio.read_meta(f"{root}/models/{name}")["kind"] in ("linear_svm", "autoencoder")
