@@ -124,9 +124,9 @@ def _calibration_rows(cfg: Config, data: Embeddings) -> tuple[np.ndarray, np.nda
 
 def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
                          ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str]:
-    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), held-out scores (N,): a
-    video's score from an autoencoder not fitted on it where the detector's own would be in-sample, and for
-    every calibration video, NaN elsewhere; the name of the fit split)."""
+    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), held-out scores (N,): each
+    cross-fitted video's out-of-fold score and each calibration video's score, both from an autoencoder not
+    fitted on it, NaN elsewhere; the name of the fit split)."""
     ac = cfg.anomaly
     held_out = np.full(len(x), np.nan)
     if ac.calibrate == "cross_fit":
