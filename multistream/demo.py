@@ -61,7 +61,7 @@ CUES: dict[str, tuple[str, str, str]] = {  # class -> (appearance, motion, audio
 ANOMALY = "anomaly"
 TEST_SHARE, VAL_SHARE = 1 / 3, 1 / 3  # of each class's clips; the rest is train
 # 18 per class: 6 train, 6 val, 6 test; 24 normal test clips, and 24 normal val clips to calibrate the anomaly
-# threshold on (at a 0.05 target it is then their 2nd-largest score, not the largest). A stream that learned
+# threshold on (`multistream.anomaly.lognormal_threshold` at these counts). A stream that learned
 # its cue gets the 12 clips of the classes it can tell apart and a coin flip on the pair it confuses, so its
 # top-1 is under 0.8 of its 0.75 ceiling with probability 79/4096 (at most 2 of the 12 flips right). 12
 # anomalies: the detection rate moves in steps of 1/12.

@@ -161,8 +161,9 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
     detector.save(run.model(layout.AUTOENCODER))
     test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
     # the cross-fitted videos keep their out-of-fold scores: the folds' mean, 4 of 5 fitted on each, would hide
-    # an anomaly among them
-    scores = np.where(np.isnan(held_out), detector.score(x), held_out)
+    # an anomaly among them; only the others are scored by the whole detector
+    scores, rest = held_out.copy(), np.isnan(held_out)
+    scores[rest] = detector.score(x[rest])
     flagged = detector.is_anomaly(scores)
     evaluated = test | anomalous
     auc = roc_auc(scores[evaluated], anomalous[evaluated])
