@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from multistream.audio_track import AudioTrack
+from multistream.timestamps import BestEffortPts
 
 log = logging.getLogger(__name__)
 
@@ -52,34 +53,6 @@ class Frame:
     index: int  # decoded frames counted from 0
     time_s: float  # presentation time relative to the start of the video stream
     images: dict[str, np.ndarray]
-
-
-class _BestEffortPts:
-    """FFmpeg's `guess_correct_pts` (ffprobe's best_effort_timestamp), which PyAV does not expose.
-
-    Frame pts are trusted unless they go backwards more often than the packet dts do. AVI stores no
-    presentation times (its pts are reconstructed, wrongly for packed B-frames), so there dts start trusted.
-    """
-
-    def __init__(self, prefer_dts: bool):
-        self.faulty_pts, self.faulty_dts = int(prefer_dts), 0
-        self.last_pts: int | None = None
-        self.last_dts: int | None = None
-
-    def __call__(self, pts: int | None, dts: int | None) -> int | None:
-        if dts is not None:
-            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
-            self.last_dts = dts
-        elif pts is not None:
-            self.last_dts = pts
-        if pts is not None:
-            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
-            self.last_pts = pts
-        elif dts is not None:
-            self.last_pts = dts
-        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
-            return pts
-        return dts
 
 
 def _source_name(source: str | os.PathLike | BinaryIO) -> str:
@@ -207,7 +180,7 @@ class VideoReader:
         sizes = {name: (None if size is None else (int(size[0]), int(size[1]))) for name, size in sizes.items()}
         step = 1.0 / self.info.fps if self.info.fps > 0 else 0.0
         time_base = self._video_stream.time_base
-        best_effort = _BestEffortPts(prefer_dts=self._container.format.name == "avi")
+        best_effort = BestEffortPts(prefer_dts=self._container.format.name == "avi")
         for packet in self._packets():
             if packet.stream.type == "audio":
                 self._audio.feed(packet)

@@ -189,3 +189,15 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
             container.mux(stream.encode())
         with pytest.raises(VideoError, match="no video stream"):
             open_video(tmp_path / name)
+
+
+def test_best_effort_pts_trusts_pts_until_they_go_backwards_more_often_than_dts():
+    from multistream.timestamps import BestEffortPts
+
+    guess = BestEffortPts(prefer_dts=False)
+    assert [guess(pts, dts) for pts, dts in [(0, None), (2, 0), (1, 1), (3, 2)]] == [0, 2, 1, 3]  # B-frames: pts
+    guess = BestEffortPts(prefer_dts=True)  # AVI: reconstructed pts start distrusted
+    assert [guess(pts, dts) for pts, dts in [(0, 0), (2, 1), (1, 2), (3, 3)]] == [0, 1, 2, 3]
+    guess = BestEffortPts(prefer_dts=False)
+    assert [guess(pts, dts) for pts, dts in [(5, 0), (4, 1), (3, 2), (2, 3)]] == [5, 1, 2, 3]  # pts run backwards: dts
+    assert BestEffortPts(prefer_dts=True)(None, 7) == 7
