@@ -1,88 +1,9 @@
-"""Measure the pipeline's speed and memory in ONE run, every figure against a baseline of the same run.
+"""Measure the pipeline's speed and memory in ONE run, every figure against a baseline of the same run (`multistream.jobs.benchmark`).
 
-  python jobs/benchmark.py                      # demo videos (--demo-sets seeds of the demo set)
-  python jobs/benchmark.py --input DIR          # any videos (labelled ones for the training section)
-  python jobs/benchmark.py --no-extraction      # only the training section (it extracts its data first)
-  python jobs/benchmark.py --no-extraction --training-root runs/demo   # ... on an extracted run root's tables
-  python jobs/benchmark.py --scale              # only the scale section (reports/scale.json)
-
-Sections: extraction (Ray Data vs the sequential loop, the ceiling, stages, memory), training (Ray Train vs
-a plain torch loop, motion CNN and one RNN head) and, where CUDA is at hand, GPU figures. Writes
-reports/benchmark.json under --output (default: the demo run root, so its report shows it; the sections
-run replace their keys, the others are kept) and prints a table.
+The entry point `ray job submit --working-dir . -- python jobs/benchmark.py ...` runs; `--help` for its flags.
 """
 
-import argparse
-import json
-import tempfile
-from dataclasses import asdict
-
-import _path  # noqa: F401
-
-from multistream import storage
-from multistream.bench import extraction, gpu, training
-from multistream.bench.inputs import benchmark_entries
-from multistream.cli import job_parser, parse_job_args
-from multistream.layout import RunRoot
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = job_parser("Benchmark the pipeline against baselines measured in the same run", __doc__)
-    parser.add_argument("--demo-sets", type=int, default=4,
-                        help="demo sets (84 clips each) when no --input: enough that start-up is not the story")
-    parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
-    on_off = argparse.BooleanOptionalAction
-    parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
-    parser.add_argument("--training", action=on_off, default=True, help="the training section (default: on)")
-    parser.add_argument("--motion-epochs", type=int, default=12,
-                        help="motion CNN epochs in the training section (the demo config's)")
-    parser.add_argument("--rnn-epochs", type=int, default=200,
-                        help="RNN head epochs in the training section: a demo epoch is 0.1 s, and 200 of them "
-                             "(~20 s a run) average out the machine's noise that 60 (the demo config's most) did not")
-    parser.add_argument("--training-repeats", type=int, default=5,
-                        help="Ray Train runs of each model, each between two plain runs; the median "
-                             "efficiency is reported (the plain loop's own speed moves by ~10%% between runs)")
-    parser.add_argument("--training-root", default=None,
-                        help="an extracted local run root whose tables the training section copies and trains "
-                             "on (default: the extraction section's, or a fresh extraction)")
-    parser.add_argument("--scale", action="store_true",
-                        help="only the scale section (multistream.bench.scale) → reports/scale.json")
-    cfg, args = parse_job_args(parser, argv)
-    if args.scale:
-        from multistream.bench import scale
-
-        return scale.run(args.config, args.overrides, cfg.paths.output)
-    scratch = tempfile.mkdtemp(prefix="benchmark-")
-    entries = benchmark_entries(cfg, args.demo_sets) if args.extraction or not args.training_root else []
-    out = RunRoot(cfg.paths.output).benchmark
-    report = json.loads(storage.read_text(out)) if storage.exists(out) else {}
-    lines = []
-    if args.extraction:
-        figures = extraction.measure(cfg, entries, args.config, args.overrides,
-                                     [int(s) for s in args.lengths.split(",") if s], scratch)
-        report |= asdict(figures)
-        lines += extraction.format_lines(report)
-    if args.training:
-        try:
-            if args.training_root:
-                scratch = tempfile.mkdtemp(prefix="benchmark-")
-                training.copy_tables(args.training_root, scratch)
-            elif not args.extraction:
-                extraction.extract(cfg, entries, scratch)
-            report["training"] = training.measure(cfg.replace(**{"paths.output": scratch}), args.config,
-                                                  args.overrides, args.motion_epochs, args.rnn_epochs,
-                                                  args.training_repeats)
-        except ValueError as error:  # e.g. unlabelled videos
-            parser.exit(2, f"{parser.prog}: training section: {error} (--no-training skips it)\n")
-        lines += training.format_lines(report["training"])
-    report["gpu"] = gpu.measure(cfg)
-    if report["gpu"]:
-        lines += gpu.format_lines(report["gpu"])
-    storage.write_text(out, json.dumps(report, indent=2))
-    print("\n".join(lines))
-    print(f"→ {out}")
-    return 0
-
+from multistream.jobs.benchmark import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -45,3 +45,31 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = Non
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+JOBS = {  # the `multistream <job>` commands: each is `multistream.jobs.<job>.main`
+    "extract": "extract videos into videos/, features/ and flow/",
+    "train_motion": "train the motion CNN and embed the temporal stream",
+    "train_rnn": "train the per-stream recurrent heads and write embeddings/",
+    "tune_rnn": "sweep recurrent-head architectures (the paper's Table I)",
+    "fuse": "fit the fusion SVM and the anomaly autoencoder",
+    "pipeline": "extract → train_motion → train_rnn → fuse → report",
+    "predict": "apply a trained run to new videos",
+    "benchmark": "speed and memory against baselines of the same run",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`multistream <job> [flags]`: dispatch to the job's own command line (`multistream <job> --help`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
+        width = max(map(len, JOBS))
+        lines = [f"  {name:<{width}}  {what}" for name, what in JOBS.items()]
+        print("usage: multistream <job> [--config FILE] [--set KEY=VALUE ...] [--input URI] [--output URI] ...\n\n"
+              "jobs:\n" + "\n".join(lines) + "\n\n`multistream <job> --help` lists a job's flags.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    job = importlib.import_module(f"multistream.jobs.{argv[0]}")
+    sys.argv[0] = f"multistream {argv[0]}"
+    return job.main(argv[1:])

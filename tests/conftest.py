@@ -1,4 +1,4 @@
-"""Shared fixtures: a local S3 endpoint (moto), fresh buckets, and the real clips beside the repository."""
+"""Shared fixtures: a local S3 endpoint (moto), fresh buckets, and the real clips of tests/data/clips."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+CLIPS = Path(__file__).resolve().parent / "data" / "clips"  # real clips of public repositories: MANIFEST.csv
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +43,9 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def shared_clips() -> Path:
-    """The folder of real clips with their MANIFEST.csv; skips the test where it is missing."""
-    if not (SHARED_CLIPS / "MANIFEST.csv").is_file():
-        pytest.skip(f"real clips not found at {SHARED_CLIPS}")
-    return SHARED_CLIPS
+def real_clips() -> Path:
+    """The folder of real clips (UCF101 AVIs with mp3, mp4/aac, mkv/opus) with their MANIFEST.csv."""
+    return CLIPS
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +55,7 @@ def ray_session(s3_server):
     Started after the S3 server, so that its workers inherit the AWS environment pointing at it."""
     import ray
 
-    from multistream.worker_env import worker_env
+    from multistream.ray.worker_env import worker_env
 
     ray.init(num_cpus=2, object_store_memory=300 * 1024**2, include_dashboard=False,
              runtime_env={"env_vars": worker_env(1)})

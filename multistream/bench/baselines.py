@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from multistream.bench.memory import peak_rss_mb
 from multistream.config import Config
-from multistream.manifest import VideoEntry
+from multistream.dataset.manifest import VideoEntry
 
 STAGES = ("decode", "spatial", "audio")
 
@@ -39,7 +39,7 @@ def _entries(entries: list[dict]) -> list[VideoEntry]:
 
 def sequential(cfg: Config, entries: list[dict]) -> dict:
     """The library's per-video runner (`VideoProcessor`, default threads) over the videos → LoopResult."""
-    from multistream.extract import VideoProcessor
+    from multistream.extract.processor import VideoProcessor
 
     process, videos = VideoProcessor(cfg), _entries(entries)
     frames, started = 0, time.perf_counter()
@@ -55,7 +55,7 @@ def standalone(cfg: Config, entries: list[dict]) -> dict:
     process CPU time): decode + flow + sampling first, then the spatial CNN, then VGGish on its rows."""
     import torch
 
-    from multistream.extract import Decoder, audio_step, spatial_step
+    from multistream.extract.processor import Decoder, audio_step, spatial_step
 
     torch.set_num_threads(1)
     steps = {"decode": Decoder(cfg, threads=1), "spatial": spatial_step(cfg), "audio": audio_step(cfg)}
@@ -70,7 +70,7 @@ def standalone(cfg: Config, entries: list[dict]) -> dict:
 
 def decode_peak_rss(cfg: Config, entries: list[dict]) -> dict:
     """Decode+flow+sampling of the one video in `entries`: {n_frames, peak_rss_mb} of this process."""
-    from multistream.extract import Decoder
+    from multistream.extract.processor import Decoder
 
     video = Decoder(cfg)(_entries(entries)[0])["video"]
     if video["status"] != "ok":

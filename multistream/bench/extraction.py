@@ -18,7 +18,7 @@ from multistream.bench.baselines import STAGES
 from multistream.bench.fresh import in_fresh_process
 from multistream.bench.memory import TreeMemory, memory_vs_length, peak_rss_mb
 from multistream.config import Config
-from multistream.manifest import VideoEntry
+from multistream.dataset.manifest import VideoEntry
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def extract(cfg: Config, entries: list[VideoEntry], output: str) -> None:
 
 def pipeline_stage_rates(output: str) -> dict[str, float]:
     """Per-stage videos/s inside the pipeline, from the per-video stage seconds in `videos/`."""
-    from multistream import storage
-    from multistream.layout import RunRoot
+    from multistream.store import storage
+    from multistream.store.layout import RunRoot
 
     videos = storage.read_table(RunRoot(output).videos).to_pandas()
     videos = videos[videos.status == "ok"]
@@ -128,7 +128,7 @@ def measure(cfg: Config, entries: list[VideoEntry], config_path: str | None, ove
     allocator settings (so that what the pipeline gains from them alone shows), and the stages standalone on
     one thread with the workers' settings (the ceiling is what the pipeline's own workers could reach).
     """
-    from multistream.worker_env import worker_env
+    from multistream.ray.worker_env import worker_env
 
     n, env = len(entries), worker_env(cfg.ray.torch_threads)
     request = {"entries": [asdict(entry) for entry in entries]}

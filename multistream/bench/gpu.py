@@ -51,7 +51,7 @@ def spatial(cfg: Config, images: int) -> dict:
     import torch
 
     from multistream.device import amp_dtype, autocast
-    from multistream.spatial import SpatialEmbedder
+    from multistream.extract.spatial import SpatialEmbedder
 
     cuda = torch.device("cuda")
     batch, size = cfg.spatial.batch_size, cfg.spatial.image_size
@@ -84,7 +84,7 @@ def flow(cfg: Config, pairs: int) -> dict:
     import torch
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    from multistream.flow import make_flow_estimator
+    from multistream.extract.flow.core import make_flow_estimator
 
     width, height = cfg.flow.size
     video = np.random.default_rng(0).integers(0, 256, (pairs + 1, height, width, 3), dtype=np.uint8)
@@ -104,7 +104,7 @@ def flow(cfg: Config, pairs: int) -> dict:
 def audio(cfg: Config, seconds: float) -> dict:
     import torch
 
-    from multistream.audio import AudioEmbedder
+    from multistream.extract.vggish import AudioEmbedder
 
     wave = np.random.default_rng(0).uniform(-0.5, 0.5, int(seconds * cfg.video.audio_rate)).astype(np.float32)
     rates = {}

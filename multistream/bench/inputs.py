@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from multistream import storage
 from multistream.config import Config
-from multistream.manifest import VideoEntry, build_manifest
+from multistream.dataset.manifest import VideoEntry, build_manifest
+from multistream.store import storage
 
 DATA_ROOT = "runs/benchmark-data"
 
 
 def demo_entries(sets: int, root: str = DATA_ROOT) -> list[VideoEntry]:
     """The clips of demo seeds 0..sets-1 (generated under `root/seed-<n>` where missing), ids made unique."""
-    from multistream.demo import generate_demo
+    from multistream.demo.dataset import generate_demo
 
     entries = []
     for seed in range(sets):

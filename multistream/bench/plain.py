@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from multistream.config import Config
-from multistream.worker_env import train_worker_threads
+from multistream.ray.worker_env import train_worker_threads
 
 
 @dataclass
@@ -50,9 +50,9 @@ def _device(cfg: Config) -> str:
 
 def motion_cnn(cfg: Config, root: str) -> dict:
     """The motion CNN's plain loop (`fit_motion_cnn`) for `motion_cnn.epochs` epochs on `root` → PlainRun dict."""
-    from multistream.layout import RunRoot
-    from multistream.motion import read_flows, read_plan
-    from multistream.motion_training import fit_motion_cnn
+    from multistream.store.layout import RunRoot
+    from multistream.train.motion.data import read_flows, read_plan
+    from multistream.train.motion.recipe import fit_motion_cnn
 
     threads, run = _threads(cfg, _worker_threads(cfg)), RunRoot(root)
     started = time.perf_counter()
@@ -66,9 +66,9 @@ def motion_cnn(cfg: Config, root: str) -> dict:
 
 def rnn(cfg: Config, root: str, stream: str) -> dict:
     """`stream`'s recurrent head in its plain loop (`train_head`) for `rnn.epochs` epochs → PlainRun dict."""
-    from multistream.layout import RunRoot
-    from multistream.rnn_training import train_head
-    from multistream.streams import ok_videos, read_sequences, stream_data
+    from multistream.store.layout import RunRoot
+    from multistream.train.rnn.data import ok_videos, read_sequences, stream_data
+    from multistream.train.rnn.recipe import train_head
 
     threads, run = _threads(cfg, _worker_threads(cfg)), RunRoot(root)
     started = time.perf_counter()

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from multistream import schema, storage
-from multistream.layout import RunRoot
+from multistream.store import schema, storage
+from multistream.store.layout import RunRoot
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_FOLDER = 1000
@@ -97,7 +97,7 @@ def archive_figures(make, sizes: tuple[int, int], overrides: list[str], env=None
 
 def committed_run(output: str, n: int, per_part: int = 256) -> None:
     """A run root whose `videos/` commits `n` videos (error rows), `per_part` a part, written directly."""
-    from multistream.extract import part_name
+    from multistream.extract.processor import part_name
 
     for start in range(0, n, per_part):
         ids = [f"c{i // PER_FOLDER:04d}/v{i:07d}.mp4" for i in range(start, min(start + per_part, n))]
@@ -109,7 +109,7 @@ def committed_run(output: str, n: int, per_part: int = 256) -> None:
 
 def resume_seconds(output: str, n: int) -> float:
     """Resume over a run root of `n` committed videos: what is committed, and the manifest's to-do."""
-    from multistream.commit import resume_state
+    from multistream.store.commit import resume_state
 
     started = time.perf_counter()
     done = resume_state(RunRoot(output)).done
@@ -123,10 +123,10 @@ def plan_peak_rss(archive: str, output: str) -> dict:
     code = (
         "import resource, time; t = time.perf_counter()\n"
         "from multistream.config import load_config\n"
-        "from multistream.manifest import build_manifest\n"
-        "from multistream.commit import resume_state\n"
-        "from multistream.extract_rows import blocks, entries_table\n"
-        "from multistream.layout import RunRoot\n"
+        "from multistream.dataset.manifest import build_manifest\n"
+        "from multistream.store.commit import resume_state\n"
+        "from multistream.extract.rows import blocks, entries_table\n"
+        "from multistream.store.layout import RunRoot\n"
         "import sys, json\n"
         "cfg = load_config()\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"

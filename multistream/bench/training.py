@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from multistream import layout, modelio, storage
 from multistream.bench.fresh import in_fresh_process
 from multistream.bench.plain import PlainRun
 from multistream.config import Config
-from multistream.layout import RunRoot
+from multistream.store import layout, modelio, storage
+from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def _probe_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from multistream.epoch_loop import EpochLoop
     from multistream.ray.session import worker_setup
     from multistream.ray.train import reporter
+    from multistream.train.loop import EpochLoop
 
     worker_setup(config["torch_threads"])
     model = config["build"]()
@@ -119,9 +119,9 @@ def _fixed_epochs(cfg: Config, section: str, epochs: int) -> tuple[Config, list[
 def motion_cnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, epochs: int,
                repeats: int) -> list[TrainingFigures]:
     """The motion CNN job vs the plain loop on `cfg.paths.output` (videos/ and flow/ extracted, no model yet)."""
-    from multistream.motion_cnn import MotionCNN
     from multistream.ray.motion import run_train_motion
-    from multistream.training import motion_optimizer
+    from multistream.train.motion.model import MotionCNN
+    from multistream.train.steps import motion_optimizer
 
     cfg, extra = _fixed_epochs(cfg, "motion_cnn", epochs)
 
@@ -147,8 +147,8 @@ def rnn(cfg: Config, config_path: str | None, overrides: list[str], env: dict, e
         stream: str = "spatial") -> list[TrainingFigures]:
     """One stream's recurrent head: its job vs the plain loop on `cfg.paths.output` (its table extracted)."""
     from multistream.ray.rnn import run_train_rnn
-    from multistream.rnn import SequenceClassifier
-    from multistream.training import rnn_optimizer
+    from multistream.train.rnn.model import SequenceClassifier
+    from multistream.train.steps import rnn_optimizer
 
     cfg, extra = _fixed_epochs(cfg, "rnn", epochs)
     name = layout.rnn_name(stream)
@@ -204,7 +204,7 @@ def around(before: dict, after: dict) -> dict:
 def copy_tables(source: str, target: str) -> None:
     """The extracted tables (videos/, flow/, features/) of the local run root `source` into `target`, so that
     the section trains from scratch without touching `source`'s models or checkpoints."""
-    from multistream import schema
+    from multistream.store import schema
 
     if "://" in source:
         raise ValueError(f"--training-root must be a local run root, got {source}")
@@ -221,7 +221,7 @@ def measure(cfg: Config, config_path: str | None, overrides: list[str], motion_e
     """{motion_cnn: TrainingFigures, rnn: TrainingFigures} as dicts, on the run root `cfg.paths.output`: each the
     run of median efficiency among `repeats` (`bracketed_runs`), with every run's efficiency as
     `efficiency_runs`."""
-    from multistream.worker_env import worker_env
+    from multistream.ray.worker_env import worker_env
 
     env = worker_env(cfg.ray.torch_threads)
     return {"motion_cnn": median_run(motion_cnn(cfg, config_path, overrides, env, motion_epochs, repeats)),

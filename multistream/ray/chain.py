@@ -14,17 +14,18 @@ from __future__ import annotations
 import json
 import time
 
-from multistream import modelio, run_spec
-from multistream.chain_plan import ChainResult, chain_spec, fresh_inputs, record_chain
 from multistream.config import Config
-from multistream.layout import MOTION_CNN, RunRoot, absolute
-from multistream.motion import pending_positions
-from multistream.motion_training import check_motion_resources, training_plan
 from multistream.ray import motion, rnn
 from multistream.ray.session import init_ray
 from multistream.ray.train import run_training
-from multistream.rnn_models import check_rnn_devices
-from multistream.streams import ok_videos, stream_data
+from multistream.store import modelio
+from multistream.store.layout import MOTION_CNN, RunRoot, absolute
+from multistream.train import run_spec
+from multistream.train.chain import ChainResult, chain_spec, fresh_inputs, record_chain
+from multistream.train.motion.data import pending_positions
+from multistream.train.motion.recipe import check_motion_resources, training_plan
+from multistream.train.rnn.data import ok_videos, stream_data
+from multistream.train.rnn.heads import check_rnn_devices
 
 NAME = "motion_rnn"
 

@@ -1,10 +1,10 @@
 """The extraction job on Ray Data: manifest → decode+flow (CPU actors) → spatial CNN → VGGish → commit.
 
-Each stage is a callable class for `map_batches` around a per-video core of `multistream.extract`, with its
+Each stage is a callable class for `map_batches` around a per-video core of `multistream.extract.processor`, with its
 own resources from `cfg.ray`, so that decode and the model stages run in separate actors and overlap; with
 `ray.fused`, one pool's actors take each video through decode → spatial → audio (`VideoProcessor`). Batches
 cross stages as columns (`extract_rows.to_columns`). The write stage commits `ray.write.batch_size` videos
-at a time (`multistream.commit`: the protocol, resume and the summary).
+at a time (`multistream.store.commit`: the protocol, resume and the summary).
 """
 
 from __future__ import annotations
@@ -18,14 +18,27 @@ from dataclasses import replace
 import numpy as np
 import ray
 
-from multistream.commit import ErrorKinds, ExtractSummary, Progress, commit, drop_stray_commits, resume_state
 from multistream.config import Config
+from multistream.dataset.manifest import VideoEntry, build_manifest
 from multistream.device import actor_device
-from multistream.extract import Decoder, VideoProcessor, audio_step, check_gpu_placement, spatial_step
-from multistream.extract_rows import blocks, entries_from_columns, entries_table, from_columns, to_columns
-from multistream.layout import RunRoot
-from multistream.manifest import VideoEntry, build_manifest
+from multistream.extract.processor import (
+    Decoder,
+    VideoProcessor,
+    audio_step,
+    check_gpu_placement,
+    spatial_step,
+)
+from multistream.extract.rows import blocks, entries_from_columns, entries_table, from_columns, to_columns
 from multistream.ray.session import init_ray, map_stage, worker_setup
+from multistream.store.commit import (
+    ErrorKinds,
+    ExtractSummary,
+    Progress,
+    commit,
+    drop_stray_commits,
+    resume_state,
+)
+from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""A job's start on Ray: the checks of `multistream.preflight` around the Ray session.
+"""A job's start on Ray: the checks of `multistream.store.preflight` around the Ray session.
 
     with start_job(cfg, "extract", reads_input=True):
         run_extract(cfg)
@@ -17,10 +17,10 @@ from contextlib import contextmanager
 
 import ray
 
-from multistream import preflight, s3config
 from multistream.config import Config
-from multistream.layout import absolute
 from multistream.ray.session import join_cluster
+from multistream.store import preflight, s3config
+from multistream.store.layout import absolute
 
 
 def _ray_job() -> str | None:

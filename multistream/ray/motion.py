@@ -1,5 +1,5 @@
-"""The motion CNN on Ray Train and its embedding pass: the Ray side of `multistream.motion` (videos, flow,
-stacks, the `motion/` table) and `multistream.motion_training` (the epochs, the record).
+"""The motion CNN on Ray Train and its embedding pass: the Ray side of `multistream.train.motion.data` (videos, flow,
+stacks, the `motion/` table) and `multistream.train.motion.recipe` (the epochs, the record).
 
 Each Train worker reads its share of the train and val videos' flow once, keeps it in memory (up to
 `motion_cnn.flow_cache_gb`) and draws every epoch's stacks from it; rank 0 checkpoints on the schedule of
@@ -19,21 +19,25 @@ import ray
 import ray.train
 import ray.train.torch
 
-from multistream import modelio, run_spec
 from multistream.config import Config
 from multistream.device import resolve_device
-from multistream.epoch_loop import sum_metrics
-from multistream.extract import read_flow
-from multistream.layout import MOTION_CNN, RunRoot, absolute
-from multistream.motion import (
+from multistream.extract.processor import read_flow
+from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
+from multistream.ray.train import reporter, restore_state, run_training
+from multistream.ray.worker_env import train_worker_threads
+from multistream.store import modelio
+from multistream.store.layout import MOTION_CNN, RunRoot, absolute
+from multistream.train import run_spec
+from multistream.train.loop import sum_metrics
+from multistream.train.motion.data import (
     FlowSource,
     embed_video,
     embed_videos,
     pending_positions,
     write_motion,
 )
-from multistream.motion_cnn import load_motion_cnn, save_motion_cnn
-from multistream.motion_training import (
+from multistream.train.motion.model import load_motion_cnn, save_motion_cnn
+from multistream.train.motion.recipe import (
     MotionTraining,
     TrainMotionResult,
     check_motion_resources,
@@ -44,9 +48,6 @@ from multistream.motion_training import (
     training_meta,
     training_plan,
 )
-from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
-from multistream.ray.train import reporter, restore_state, run_training
-from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
 

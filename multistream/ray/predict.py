@@ -1,5 +1,5 @@
 """`jobs/predict.py` on Ray: extraction with the bundle's settings, then motion CNN → RNN heads → fusion SVM +
-autoencoder as Ray Data stages over the extraction's commits (`multistream.predict.pending`).
+autoencoder as Ray Data stages over the extraction's commits (`multistream.predict.batch.pending`).
 
 Every stage is an actor pool that loads its models once per actor (from a local path or s3://): the motion
 CNN and the RNN heads on `ray.embed` (GPUs where it has them), scoring and the commit of each group of
@@ -14,12 +14,9 @@ import time
 import pyarrow as pa
 import ray
 
-from multistream.bundle import Bundle
 from multistream.config import Config
 from multistream.device import actor_device
-from multistream.inference import Classifier, Detector, TemporalEmbedder, VideoEmbedder
-from multistream.layout import RunRoot
-from multistream.predict import (
+from multistream.predict.batch import (
     PredictSummary,
     check_predict_devices,
     commit_group,
@@ -27,8 +24,11 @@ from multistream.predict import (
     pending,
     temporal_table,
 )
+from multistream.predict.bundle import Bundle
+from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.ray.extract import run_extract
 from multistream.ray.session import init_ray, map_stage, worker_setup
+from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,17 @@ import ray
 import ray.train
 import ray.train.torch
 
-from multistream import layout, run_spec
 from multistream.config import Config
 from multistream.device import actor_device, resolve_device
-from multistream.epoch_loop import sum_over_workers
-from multistream.layout import RunRoot
 from multistream.ray.session import init_ray, worker_setup
 from multistream.ray.train import reporter, restore_state, run_training
-from multistream.rnn_models import (
+from multistream.ray.worker_env import train_worker_threads
+from multistream.store import layout
+from multistream.store.layout import RunRoot
+from multistream.train import run_spec
+from multistream.train.loop import sum_over_workers
+from multistream.train.rnn.data import StreamData
+from multistream.train.rnn.heads import (
     HeadGroup,
     TrainRNNResult,
     check_rnn_devices,
@@ -36,8 +39,6 @@ from multistream.rnn_models import (
     record_streams,
     stream_status,
 )
-from multistream.streams import StreamData
-from multistream.worker_env import train_worker_threads
 
 log = logging.getLogger(__name__)
 

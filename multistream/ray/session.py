@@ -7,9 +7,9 @@ import os
 
 import ray
 
-from multistream import s3config
 from multistream.config import Config, StageResources
-from multistream.worker_env import WORKER_ENV, worker_env
+from multistream.ray.worker_env import WORKER_ENV, worker_env
+from multistream.store import s3config
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def read_parquet(table_uri: str, video_ids=None, columns: list[str] | None = Non
     training workers or model actors hold."""
     from ray.data.expressions import col
 
-    from multistream import storage
+    from multistream.store import storage
 
     path, filesystem = storage.arrow_location(table_uri)
     ds = ray.data.read_parquet(path, columns=columns, num_cpus=num_cpus, filesystem=filesystem)

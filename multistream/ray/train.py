@@ -1,6 +1,6 @@
 """Shared Ray Train plumbing: a TorchTrainer per model with scheduled checkpoints, failures and resume.
 
-A training loop hands every epoch to a `reporter` (the `Report` of `multistream.epoch_loop`), which checkpoints
+A training loop hands every epoch to a `reporter` (the `Report` of `multistream.train.loop`), which checkpoints
 it on `ray.train.checkpoint_every_s`'s schedule and after the final epoch, and resumes from `restore_state()`.
 Re-running with the same run root resumes from the latest checkpoint — Ray Train restores it for a run of the
 same name and storage path, and `ray.train.get_checkpoint()` hands it to the loop — and a worker that dies
@@ -21,11 +21,11 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from multistream import storage
 from multistream.config import Config, ConfigError
-from multistream.epoch_loop import CheckpointSchedule, ScheduledReport, sum_over_workers
-from multistream.layout import CHECKPOINT_STATE, RunRoot
 from multistream.ray.session import fixed_size
+from multistream.store import storage
+from multistream.store.layout import CHECKPOINT_STATE, RunRoot
+from multistream.train.loop import CheckpointSchedule, ScheduledReport, sum_over_workers
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,15 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from safetensors.torch import load_file, save_file
 
-from multistream import layout, run_spec, storage
 from multistream.config import Config, RNNConfig
 from multistream.device import actor_device
-from multistream.layout import TRIAL_WEIGHTS, RunRoot
 from multistream.ray.session import init_ray, worker_setup
-from multistream.rnn_training import Head, frame_moments, input_statistics
-from multistream.streams import ok_videos, read_sequences, stream_data
-from multistream.sweep import (
+from multistream.store import layout, storage
+from multistream.store.layout import TRIAL_WEIGHTS, RunRoot
+from multistream.train import run_spec
+from multistream.train.rnn.data import ok_videos, read_sequences, stream_data
+from multistream.train.rnn.recipe import Head, frame_moments, input_statistics
+from multistream.train.sweep import (
     GRID,
     SweepResult,
     attention_variant,

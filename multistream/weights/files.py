@@ -19,7 +19,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from multistream import storage
+from multistream.store import storage
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model")

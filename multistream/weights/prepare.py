@@ -23,10 +23,10 @@ import sys
 
 import safetensors.torch
 
-from multistream import storage
 from multistream.cli import setup_logging
 from multistream.config import ConfigError, load_config
-from multistream.layout import absolute
+from multistream.store import storage
+from multistream.store.layout import absolute
 from multistream.weights.fetch import WeightsError, cache_dir
 from multistream.weights.files import parse_state_dict, read_state_dict
 from multistream.weights.packaged import load_packaged

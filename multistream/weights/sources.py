@@ -19,7 +19,7 @@ import urllib.parse
 
 import torch
 
-from multistream import storage
+from multistream.store import storage
 from multistream.weights.fetch import (
     WeightsError,
     cached_copy,

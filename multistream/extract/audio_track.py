@@ -1,0 +1,65 @@
+"""One audio stream decoded to a mono float32 wave at a fixed rate, fed packet by packet: `VideoReader`
+(`multistream.extract.video`) demultiplexes video and audio in one pass and hands this the audio packets as they come."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import av
+import numpy as np
+
+
+class AudioTrack:
+    """Decodes and resamples `stream`'s packets into a buffer of at most `max_samples` (plus the packet that
+    crosses it); `decode(stream, packet)` gives a packet's frames (none for an undecodable one)."""
+
+    def __init__(self, stream: av.audio.stream.AudioStream, rate: int, max_samples: float,
+                 decode: Callable[[av.stream.Stream, av.Packet], list]):
+        self.stream, self.rate, self.max_samples, self._decode = stream, rate, max_samples, decode
+        self._resampler = self._new_resampler()
+        self._chunks: list[np.ndarray] = []  # resampled mono float32 audio, in order
+        self._samples = 0
+        self.start: float | None = None  # time of the first decoded audio frame
+        self.done = False
+
+    def feed(self, packet: av.Packet) -> None:
+        """Decode one of the stream's packets (an empty one flushes the decoder and ends the track)."""
+        if self.done:
+            return
+        for frame in self._decode(self.stream, packet):
+            if self.start is None and frame.time is not None:
+                self.start = frame.time
+            self._resample(frame)
+        if packet.size == 0 or self._samples >= self.max_samples:
+            self.finish()
+
+    def finish(self) -> None:
+        """Flush the resampler: nothing more is fed."""
+        if not self.done:
+            self._resample(None)
+            self.done = True
+
+    def wave(self, t0: float | None) -> np.ndarray:
+        """(N,) float32: the decoded audio placed on a clock that starts at `t0` (the video's first frame):
+        padded with silence where audio starts later, cut where it starts earlier."""
+        wave = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        if self.start is None:
+            return wave
+        offset = int(round((self.start - (t0 or 0.0)) * self.rate))
+        return np.concatenate([np.zeros(offset, np.float32), wave]) if offset > 0 else wave[-offset:]
+
+    def _new_resampler(self) -> av.AudioResampler:
+        # rematrix_maxval=1 makes the downmix the mean of the channels instead of a sum that clips
+        return av.AudioResampler(format="flt", layout="mono", rate=self.rate, options={"rematrix_maxval": "1.0"})
+
+    def _resample(self, frame: av.AudioFrame | None) -> None:
+        try:
+            out = self._resampler.resample(frame)
+        except ValueError:  # the input format changed mid-stream: start a fresh resampler
+            self._resample(None)
+            self._resampler = self._new_resampler()
+            out = self._resampler.resample(frame)
+        for chunk in out:
+            samples = chunk.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            self._chunks.append(samples)
+            self._samples += len(samples)

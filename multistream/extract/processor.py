@@ -1,0 +1,199 @@
+"""The per-video extraction core (no Ray): decode → optical flow → adaptive sampling, then the rows it writes.
+
+One streaming pass over the first `max_seconds` of a video keeps only what the later stages need:
+the quantized flow (P, H, W, 2) uint8 at `flow.size`, every frame at the spatial size (so that positions
+can be sampled once the whole motion profile is known), and the 16 kHz mono waveform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from multistream.config import Config, ConfigError
+from multistream.dataset.manifest import VideoEntry
+from multistream.extract.flow.core import FlowEstimator, make_flow_estimator, mean_magnitude, quantize
+from multistream.extract.rows import error_message, fail, flow_table, read_flow, video_row  # noqa: F401 - re-exported
+from multistream.extract.sampling import frame_motion, sample_positions
+from multistream.extract.video import VideoError, open_video
+from multistream.store.storage import open_input
+
+log = logging.getLogger(__name__)
+
+FLOW_CHUNK = 32  # frame pairs per flow call: bounds memory and lets RAFT batch on a GPU
+
+
+@dataclass
+class DecodedVideo:
+    """Everything the embedding stages need from one video.
+
+    positions/timestamps/magnitudes: (K,) int32 / float32 / float32, K ≤ max_seq_len
+    frames: (K, S, S, 3) uint8 RGB at spatial.image_size;  wave: (N,) float32 mono at audio_rate
+    flow: (P, H, W, 2) uint8 quantized flow, P = n_frames - 1, (W, H) = flow.size
+    """
+
+    facts: dict
+    positions: np.ndarray
+    timestamps: np.ndarray
+    magnitudes: np.ndarray
+    frames: np.ndarray
+    wave: np.ndarray
+    flow: np.ndarray
+    seconds: dict = field(default_factory=dict)
+
+
+def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVideo:
+    """Decode, compute flow and sample positions for one video; raises VideoError for unreadable input."""
+    size = cfg.spatial.image_size
+    started = time.perf_counter()
+    flow_seconds = 0.0
+    spatial_frames, times, flows, pair_magnitudes = [], [], [], []
+    pending: list[np.ndarray] = []
+
+    def flush(keep_last: bool) -> None:
+        nonlocal flow_seconds, pending
+        if len(pending) >= 2:
+            t0 = time.perf_counter()
+            pairs = estimator(np.stack(pending))  # (len-1, H, W, 2) float32
+            pair_magnitudes.append(mean_magnitude(pairs, scale))
+            flows.append(quantize(pairs, cfg.flow.clip_px))
+            flow_seconds += time.perf_counter() - t0
+        pending = pending[-1:] if keep_last else []
+
+    with open_input(uri) as handle, open_video(handle, max_seconds=cfg.video.max_seconds,
+                                               audio_rate=cfg.video.audio_rate) as reader:
+        info = reader.info
+        scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
+        for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
+            spatial_frames.append(frame.images["spatial"])
+            times.append(frame.time_s)
+            pending.append(frame.images["flow"])
+            if len(pending) > FLOW_CHUNK:
+                flush(keep_last=True)
+        flush(keep_last=False)
+        wave = reader.audio()
+        n_frames = reader.n_frames
+        facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
+                 "width": info.width, "height": info.height, "n_frames": n_frames, "has_audio": info.has_audio}
+    if n_frames == 0:
+        raise VideoError(f"{uri}: no frame decodes within the first {cfg.video.max_seconds:g} s")
+
+    width, height = cfg.flow.size
+    flow = np.concatenate(flows) if flows else np.zeros((0, height, width, 2), np.uint8)
+    per_pair = np.concatenate(pair_magnitudes) if pair_magnitudes else np.zeros(0, np.float32)
+    motion = frame_motion(per_pair)
+    positions = sample_positions(motion, cfg.sampling).astype(np.int32)
+    decode_seconds = time.perf_counter() - started - flow_seconds
+    return DecodedVideo(
+        facts=facts | {"n_samples": len(positions)},
+        positions=positions,
+        timestamps=np.asarray(times, np.float32)[positions],
+        magnitudes=motion.astype(np.float32)[positions],
+        frames=np.stack([spatial_frames[i] for i in positions]),
+        wave=np.asarray(wave, np.float32),
+        flow=flow,
+        seconds={"decode_s": decode_seconds, "flow_s": flow_seconds},
+    )
+
+
+def part_name(video_ids: list[str]) -> str:
+    """A stable part name for a set of videos: re-processing the same videos overwrites, never duplicates."""
+    digest = hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()
+    return f"part-{digest[:20]}"
+
+
+class Decoder:
+    """entry → row: decode + flow + sampling of one video (an error row for unreadable input)."""
+
+    def __init__(self, cfg: Config, threads: int | None = None, device: str | None = None):
+        self.cfg = cfg
+        self.estimator = make_flow_estimator(replace(cfg.flow, device=device or cfg.flow.device), threads=threads)
+
+    def __call__(self, entry: VideoEntry) -> dict:
+        started = time.perf_counter()
+        try:
+            decoded = decode_video(entry.uri, self.cfg, self.estimator)
+        except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
+            return {"video": video_row(entry, "error", error_message(error),
+                                       seconds={"decode_s": time.perf_counter() - started})}
+        return {"video": video_row(entry, facts=decoded.facts, seconds=decoded.seconds),
+                "positions": decoded.positions, "timestamps": decoded.timestamps,
+                "magnitudes": decoded.magnitudes, "frames": decoded.frames, "wave": decoded.wave,
+                "flow": decoded.flow}
+
+
+class ModelStep:
+    """row → row: `embed` applied to the row's `source` array, replaced by `target` (T, D) float16.
+
+    Error rows pass through; a failing model makes the row an error row naming `target`."""
+
+    def __init__(self, embed, source: str, target: str):
+        self.embed, self.source, self.target = embed, source, target
+
+    def __call__(self, row: dict) -> dict:
+        data = row.pop(self.source, None)
+        if row["video"]["status"] != "ok":
+            return row
+        started = time.perf_counter()
+        try:
+            row[self.target] = np.asarray(self.embed(data)).astype(np.float16)
+        except Exception as error:  # noqa: BLE001
+            row = fail(row, self.target, error)
+        row["video"][f"{self.target}_s"] = time.perf_counter() - started
+        return row
+
+
+def spatial_step(cfg: Config, device: str | None = None) -> ModelStep:
+    """frames (K, S, S, 3) uint8 → spatial (K, D) float16."""
+    from multistream.extract.spatial import SpatialEmbedder
+
+    return ModelStep(SpatialEmbedder(replace(cfg.spatial, device=device or cfg.spatial.device)), "frames", "spatial")
+
+
+def audio_step(cfg: Config, device: str | None = None) -> ModelStep:
+    """wave (N,) float32 → audio (E, 128) float16."""
+    from multistream.extract.vggish import AudioEmbedder
+
+    audio = replace(cfg.audio, device=device or cfg.audio.device)
+    return ModelStep(AudioEmbedder(audio, sample_rate=cfg.video.audio_rate), "wave", "audio")
+
+
+class VideoProcessor:
+    """The per-video stages without Ray: `VideoProcessor(cfg)(entry) -> row` (see `extract_rows`) takes one
+    video through decode + flow + sampling → spatial → audio; a bad video gives an error row, never raises.
+
+    `devices` maps "flow" / "spatial" / "audio" to the device each model runs on (default: its config's).
+    """
+
+    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None):
+        devices = devices or {}
+        self.steps = [Decoder(cfg, threads, devices.get("flow")), spatial_step(cfg, devices.get("spatial")),
+                      audio_step(cfg, devices.get("audio"))]
+
+    def __call__(self, entry: VideoEntry) -> dict:
+        row = self.steps[0](entry)
+        for step in self.steps[1:]:
+            row = step(row)
+        return row
+
+
+def check_gpu_placement(cfg: Config) -> list[str]:
+    """Refuse (ConfigError) a model that must run on CUDA in a pool that is given no GPU; return the warnings
+    for RAFT falling back to the CPU for that reason ("auto" is the GPU only in actors Ray gave one)."""
+    raft = cfg.flow.backend.startswith("raft")
+    warnings = []
+    for name, device, pool in (("flow", cfg.flow.device if raft else "cpu", "decode"),
+                               ("spatial", cfg.spatial.device, "spatial"), ("audio", cfg.audio.device, "audio")):
+        pool = pool if cfg.ray.fused is None else "fused"
+        if getattr(cfg.ray, pool).num_gpus:
+            continue
+        if device == "cuda":
+            raise ConfigError(f"{name}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
+        if name == "flow" and device == "auto":
+            warnings.append(f"flow.backend={cfg.flow.backend} runs on the CPU: ray.{pool}.num_gpus is 0, "
+                            "so its actors are given no GPU")
+    return warnings

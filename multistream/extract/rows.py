@@ -1,0 +1,141 @@
+"""The rows one video becomes on its way through the extraction stages, and the tables they are written as.
+
+A row is a dict:
+    "video":      the `videos/` row (dict, schema.VIDEOS_SCHEMA names), status "ok" or "error"
+    "positions":  (K,) int32 sampled frame indices     "timestamps": (K,) float32 s   "magnitudes": (K,) float32 px
+    "frames":     (K, S, S, 3) uint8 RGB (until the spatial stage replaces it by "spatial" (K, D) float16)
+    "wave":       (N,) float32 mono (until the audio stage replaces it by "audio" (E, 128) float16)
+    "flow":       (P, H, W, 2) uint8 quantized flow
+An error row holds only "video". Between Ray stages a batch of rows travels as columns (`to_columns`): arrays
+as `.npy` bytes (so sequences of different lengths cross Arrow without ragged-tensor conversions) and the
+`videos/` row as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from multistream.dataset.manifest import VideoEntry
+from multistream.extract.video import VideoError
+from multistream.store import schema
+
+ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio")
+ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
+
+
+def pack(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows → one object column per key (every row gets every key: b"" where it has no array)."""
+    names = ["video", *[name for name in ARRAYS if any(name in row for row in rows)]]
+    columns = {"video": [json.dumps(row["video"]) for row in rows]}
+    for name in names[1:]:
+        columns[name] = [pack(row[name]) if name in row else b"" for row in rows]
+    return {name: np.array(values, dtype=object) for name, values in columns.items()}
+
+
+def from_columns(batch: dict[str, np.ndarray]) -> list[dict]:
+    """The inverse of `to_columns` (empty cells are dropped). A cell may also be None: Ray Data fills a column
+    with nulls for the rows of a block that did not have it (e.g. a block of error rows, concatenated)."""
+    rows = []
+    for i, video in enumerate(batch["video"]):
+        row = {"video": json.loads(video)}
+        for name in ARRAYS:
+            cell = batch[name][i] if name in batch else None
+            if cell is not None and len(cell):
+                row[name] = unpack(cell)
+        rows.append(row)
+    return rows
+
+
+def entries_from_columns(batch: dict[str, np.ndarray]) -> list[VideoEntry]:
+    """A batch of manifest columns (ENTRY_COLUMNS, "" for None) → entries."""
+    return [VideoEntry(*[(value or None) for value in values])
+            for values in zip(*(batch[name] for name in ENTRY_COLUMNS), strict=True)]
+
+
+def entries_table(entries: list[VideoEntry]) -> pa.Table:
+    """The manifest as an Arrow table of ENTRY_COLUMNS ("" for None): ~100 bytes a video."""
+    return pa.table({name: pa.array([getattr(e, name) or "" for e in entries], pa.string())
+                     for name in ENTRY_COLUMNS})
+
+
+def blocks(table: pa.Table, parallelism: int, max_videos: int = 64) -> list[pa.Table]:
+    """`table` cut into zero-copy slices for Ray Data: at most `max_videos` rows each (a block per task, so
+    that the per-task cost is shared), and at least 4 per actor of the widest pool (so that stages overlap and
+    every actor has work) where there are that many rows."""
+    n = table.num_rows
+    count = min(n, max(4 * parallelism, -(-n // max_videos)))
+    bounds = [i * n // count for i in range(count + 1)] if count else [0]
+    return [table.slice(start, stop - start) for start, stop in zip(bounds, bounds[1:], strict=False)]
+
+
+def video_row(entry: VideoEntry, status: str = "ok", error: str | None = None,
+              facts: dict | None = None, seconds: dict | None = None) -> dict:
+    """A `videos/` row; the facts of a failed video stay null."""
+    row = {name: None for name in schema.VIDEOS_SCHEMA.names}
+    row |= {"video_id": entry.video_id, "uri": entry.uri, "label": entry.label, "split": entry.split,
+            "status": status, "error": error}
+    row |= facts or {}
+    row |= seconds or {}
+    return row
+
+
+def error_message(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, VideoError) else f"{type(error).__name__}: {text}"
+
+
+def fail(row: dict, stage: str, error: BaseException) -> dict:
+    """The row as an error row: its arrays dropped, the message naming the stage."""
+    return {"video": row["video"] | {"status": "error", "error": f"{stage}: {error_message(error)}"}}
+
+
+def row_bytes(row: dict) -> int:
+    """Bytes the row adds to the `features/` and `flow/` parts it is committed in (about)."""
+    return sum(row[name].nbytes for name in ("positions", "timestamps", "magnitudes", "spatial", "audio", "flow")
+               if name in row)
+
+
+def videos_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([row["video"] for row in rows], schema=schema.VIDEOS_SCHEMA)
+
+
+def features_table(rows: list[dict]) -> pa.Table:
+    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128))."""
+    spatial_dim = rows[0]["spatial"].shape[1]
+    return pa.table({
+        "video_id": [row["video"]["video_id"] for row in rows],
+        "frame_index": [row["positions"].tolist() for row in rows],
+        "timestamp_s": [row["timestamps"].tolist() for row in rows],
+        "flow_magnitude": [row["magnitudes"].tolist() for row in rows],
+        "spatial": schema.sequence_array([row["spatial"] for row in rows], spatial_dim),
+        "audio": schema.sequence_array([row["audio"] for row in rows], schema.AUDIO_DIM),
+    }, schema=schema.features_schema(spatial_dim))
+
+
+def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:
+    """One `flow/` row: the shape (P, H, W, 2) and the quantized bytes (`read_flow` reads it back)."""
+    return pa.table({
+        "video_id": [video_id],
+        "shape": [list(flow.shape)],
+        "data": pa.array([flow.tobytes()], pa.large_binary()),
+        "clip_px": pa.array([clip_px], pa.float32()),
+    }, schema=schema.FLOW_SCHEMA)
+
+
+def read_flow(row: dict) -> np.ndarray:
+    """(P, H, W, 2) uint8 from a `flow/` row as a Python dict ("shape", "data"); `flow.dequantize` gives pixels."""
+    return np.frombuffer(row["data"], np.uint8).reshape(row["shape"])

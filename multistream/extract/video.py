@@ -1,0 +1,274 @@
+"""Streaming video decoding with PyAV: frames resized on the fly, mono audio, one demux pass, `max_seconds` cap.
+
+    with open_video("clip.avi", max_seconds=36) as reader:   # or an open binary file (storage.open_input)
+        for frame in reader.frames({"flow": (320, 240), "spatial": None}):
+            frame.images["flow"]                             # (240, 320, 3) uint8 RGB
+        wave = reader.audio()                                # (N,) float32 mono at audio_rate
+
+Video and audio packets are demultiplexed together: while `frames()` runs, audio packets are decoded into a
+small buffer (at most `max_seconds` of mono float32), so the file is read once and never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from multistream.extract.audio_track import AudioTrack
+from multistream.extract.timestamps import BestEffortPts
+
+log = logging.getLogger(__name__)
+
+# what PyAV/FFmpeg raise on damaged or foreign input (an empty file object gives a bare OSError)
+_DECODE_ERRORS = (av.FFmpegError, OSError, EOFError)
+
+
+class VideoError(Exception):
+    """The input cannot be used as a video: empty, truncated, not a video, or without a video stream."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Stream facts from the container header (before decoding)."""
+
+    width: int
+    height: int
+    fps: float  # nominal frame rate of the stream
+    duration_s: float  # stream duration, else container duration, else 0.0 when unknown
+    has_audio: bool
+    video_codec: str
+    audio_codec: str | None
+
+
+@dataclass
+class Frame:
+    """One decoded frame; `images[name]` is (H, W, 3) uint8 RGB at the size requested under that name."""
+
+    index: int  # decoded frames counted from 0
+    time_s: float  # presentation time relative to the start of the video stream
+    images: dict[str, np.ndarray]
+
+
+def _source_name(source: str | os.PathLike | BinaryIO) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    for attr in ("full_name", "name", "path"):  # fsspec files know their URI as full_name
+        value = getattr(source, attr, None)
+        if isinstance(value, str):
+            return value
+    return repr(source)
+
+
+def _size_of(source: str | os.PathLike | BinaryIO) -> int | None:
+    """Bytes left to read in `source`, or None when that cannot be told cheaply."""
+    try:
+        if isinstance(source, str | os.PathLike):
+            return os.path.getsize(source)
+        position = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(position)
+        return end - position
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+class VideoReader:
+    """An open video. Iterate `frames()` once, then (optionally) call `audio()`; or call `audio()` alone.
+
+    After `frames()` is exhausted: `n_frames` (frames decoded within max_seconds), `measured_fps`
+    (from timestamps) and `duration_s`.
+    """
+
+    def __init__(self, source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
+                 threads: int = 1):
+        if max_seconds <= 0 or audio_rate <= 0:
+            raise ValueError(f"max_seconds and audio_rate must be positive, got {max_seconds}, {audio_rate}")
+        self.name = _source_name(source)
+        self.max_seconds = float(max_seconds)
+        self.audio_rate = int(audio_rate)
+        self.threads = threads
+        # one reformatter per output size keeps its scaler from frame to frame (a new one per frame set up
+        # swscale, and its thread pool, again for every frame: half of decode's CPU time)
+        self._reformatters: dict[tuple[int, int] | None, av.video.reformatter.VideoReformatter] = {}
+        if _size_of(source) == 0:
+            raise VideoError(f"{self.name}: empty file")
+        try:
+            self._container = av.open(source if not isinstance(source, os.PathLike) else os.fspath(source),
+                                      mode="r", metadata_errors="ignore")
+        except _DECODE_ERRORS as exc:
+            raise VideoError(f"{self.name}: not a readable video ({exc})") from exc
+        try:
+            self.info = self._open_streams()
+        except BaseException:
+            self._container.close()
+            raise
+        self.n_frames = 0
+        self._first_time: float | None = None
+        self._last_time: float | None = None
+        self._frames_started = False
+        self._audio_called = False
+        self._audio = None if self._audio_stream is None else AudioTrack(
+            self._audio_stream, self.audio_rate, (self.max_seconds + 1.0) * self.audio_rate, self._decode)
+        streams = [s for s in (self._video_stream, self._audio_stream) if s is not None]
+        self._demuxer = self._container.demux(*streams)
+
+    def _open_streams(self) -> VideoInfo:
+        videos = [s for s in self._container.streams.video
+                  if not s.disposition & av.stream.Disposition.attached_pic]  # cover art is not a video
+        if not videos:
+            raise VideoError(f"{self.name}: no video stream")
+        video = self._video_stream = videos[0]
+        self._audio_stream = self._container.streams.audio[0] if self._container.streams.audio else None
+        ctx = video.codec_context
+        ctx.thread_count = self.threads
+        if not ctx.width or not ctx.height:
+            raise VideoError(f"{self.name}: video stream without a frame size")
+        rate = video.average_rate or video.base_rate or video.guessed_rate
+        if video.duration and video.time_base:
+            duration = float(video.duration * video.time_base)
+        elif self._container.duration:
+            duration = self._container.duration / av.time_base
+        else:
+            duration = 0.0
+        # timestamps count from the stream's start so that video and audio share one clock
+        self._t0 = float(video.start_time * video.time_base) if video.start_time is not None else None
+        return VideoInfo(
+            width=ctx.width, height=ctx.height, fps=float(rate) if rate else 0.0, duration_s=duration,
+            has_audio=self._audio_stream is not None, video_codec=ctx.name,
+            audio_codec=self._audio_stream.codec_context.name if self._audio_stream is not None else None,
+        )
+
+    # -- demultiplexing -------------------------------------------------------------------------------------
+
+    def _packets(self) -> Iterator[av.Packet]:
+        """Packets of the video and audio streams, in file order; a damaged tail ends the stream quietly."""
+        while True:  # not `yield from`: closing this generator must not close the shared demuxer
+            try:
+                packet = next(self._demuxer)
+            except StopIteration:
+                return
+            except _DECODE_ERRORS as exc:
+                log.warning("%s: stopped reading at damaged data: %s", self.name, exc)
+                return
+            yield packet
+
+    def _decode(self, stream: av.stream.Stream, packet: av.Packet) -> list:
+        """The frames of `packet`; an undecodable packet is skipped (logged) and gives none."""
+        try:
+            return stream.decode(packet)
+        except _DECODE_ERRORS as exc:
+            log.debug("%s: skipped an undecodable %s packet: %s", self.name, stream.type, exc)
+            return []
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    def frames(self, sizes: Mapping[str, tuple[int, int] | None]) -> Iterator[Frame]:
+        """Decoded frames within `max_seconds`, each converted to RGB at every requested (width, height).
+
+        `sizes` maps a name to (width, height), or None for the native size. Raises VideoError when the
+        stream ends without a single decodable frame.
+        """
+        if self._frames_started or self._audio_called:
+            raise RuntimeError(f"{self.name}: frames() can be iterated only once, and before audio()")
+        self._frames_started = True
+        sizes = {name: (None if size is None else (int(size[0]), int(size[1]))) for name, size in sizes.items()}
+        step = 1.0 / self.info.fps if self.info.fps > 0 else 0.0
+        time_base = self._video_stream.time_base
+        best_effort = BestEffortPts(prefer_dts=self._container.format.name == "avi")
+        for packet in self._packets():
+            if packet.stream.type == "audio":
+                self._audio.feed(packet)
+                continue
+            for vframe in self._decode(self._video_stream, packet):
+                pts = best_effort(vframe.pts, vframe.dts)
+                if pts is None:  # no timestamp at all: continue the nominal cadence
+                    time_s = 0.0 if self._last_time is None else self._last_time + step
+                else:
+                    if self._t0 is None:
+                        self._t0 = float(pts * time_base)
+                    time_s = float(pts * time_base) - self._t0
+                if time_s >= self.max_seconds:
+                    return
+                frame = Frame(self.n_frames, time_s, self._convert(vframe, sizes))
+                if self._first_time is None:
+                    self._first_time = time_s
+                self._last_time = time_s
+                self.n_frames += 1
+                yield frame
+        if self.n_frames == 0:
+            raise VideoError(f"{self.name}: no decodable video frames (truncated or damaged file)")
+
+    def _convert(self, vframe: av.VideoFrame, sizes: dict[str, tuple[int, int] | None]) -> dict[str, np.ndarray]:
+        by_size: dict[tuple[int, int] | None, np.ndarray] = {}
+        for size in sizes.values():
+            if size not in by_size:
+                width, height = size if size is not None else (vframe.width, vframe.height)
+                # swscale converts and resizes in one pass from the decoder's pixel format; area averaging
+                # when shrinking (bilinear would alias fine texture, e.g. 4K down to 320x240)
+                shrink = width <= vframe.width and height <= vframe.height and size is not None
+                reformatter = self._reformatters.setdefault(size, av.video.reformatter.VideoReformatter())
+                by_size[size] = reformatter.reformat(
+                    vframe, width=width, height=height, format="rgb24", interpolation="AREA" if shrink else "BILINEAR",
+                    threads=self.threads).to_ndarray()
+        return {name: by_size[size] for name, size in sizes.items()}
+
+    def audio(self) -> np.ndarray:
+        """(N,) float32 mono in [-1, 1] at `audio_rate`, N = round(min(duration_s, max_seconds) * audio_rate).
+
+        Zeros when the file has no audio track. Reads on from wherever `frames()` stopped, skipping video.
+        """
+        self._audio_called = True
+        wave = np.zeros(0, np.float32)
+        if self._audio is not None:
+            if not self._audio.done:
+                for packet in self._packets():
+                    if packet.stream.type == "audio":
+                        self._audio.feed(packet)
+                        if self._audio.done:
+                            break
+                self._audio.finish()
+            wave = self._audio.wave(self._t0)  # on the video's clock
+        duration = self.duration_s if self.duration_s > 0 else len(wave) / self.audio_rate
+        n = int(round(min(duration, self.max_seconds) * self.audio_rate))
+        out = np.zeros(n, np.float32)
+        out[:min(n, len(wave))] = wave[:n]
+        return np.clip(out, -1.0, 1.0)
+
+    @property
+    def measured_fps(self) -> float:
+        """(n_frames - 1) / (last - first timestamp); the nominal rate when fewer than two frames."""
+        if self.n_frames >= 2 and self._last_time > self._first_time:
+            return (self.n_frames - 1) / (self._last_time - self._first_time)
+        return self.info.fps
+
+    @property
+    def duration_s(self) -> float:
+        """Duration of the whole file from its header; without one, the extent of the decoded frames."""
+        if self.info.duration_s > 0:
+            return self.info.duration_s
+        if self._last_time is None:
+            return 0.0
+        return self._last_time + (1.0 / self.measured_fps if self.measured_fps > 0 else 0.0)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
+               threads: int = 1) -> VideoReader:
+    """Open a local path or a binary file object (e.g. `storage.open_input(uri)`) for streaming decode.
+
+    `threads` is the video decoder's (0: FFmpeg's choice, one per core); one suits a worker per core."""
+    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads)

@@ -1,0 +1,228 @@
+"""The fusion and anomaly job: a linear SVM over the video embeddings, an autoencoder on the same vectors.
+
+Reads `embeddings/`; writes `models/svm/`, `models/autoencoder/`, `predictions/`, `anomaly/` and the
+"fusion" and "anomaly" sections of `reports/metrics.json`.
+
+Both models train in-process, as one worker: the inputs are one (D_s,) vector per video and stream
+(UCF101: 13k videos x 3 x 1024 float32 = 160 MB), a linear SVM fits them in seconds and the small
+autoencoder in a minute (on a GPU with `anomaly.device: auto` where there is one). No Ray is needed.
+
+Which split does what (recorded in each result's `splits`):
+- the SVM is fitted on `fusion.fit` ('train' by default);
+- the autoencoder is cross-fitted on 'train' + 'val' (one per fold, `multistream.fuse.anomaly.cross_fit`) and its
+  threshold set at `anomaly.target_fpr` on the 'val' videos' out-of-fold scores (`anomaly.calibrate:
+  cross_fit`; without 'val', on the train videos', and it says so); or, with `anomaly.calibrate: val`, fitted
+  on 'train' and calibrated on the normal 'val' videos (a run without 'val' holds out `anomaly.calibration`
+  of 'train' instead, and says so);
+- 'test' is scored once: top-1 for the SVM, false-positive rate for the detector; 'anomaly' gives the
+  detection rate and, against 'test', the ROC AUC.
+Every video with an embedding gets a prediction and an anomaly score: a cross-fitted train or val video its
+out-of-fold one (its own fold's autoencoder), any other video the folds' mean. Each output table is
+rewritten as one part.
+
+Measured on the demo: the RNNs memorise their train videos and the autoencoder memorises whatever it is
+fitted on (it reconstructs those embeddings to ~1e-6, new normal ones to ~0.5, anomalies to ~1), so a
+threshold from scores of fitted videos flags every new video. Out of fold, the train videos still score low
+(median 0.42-0.46 against 0.56-0.58 for val, three seeds of an earlier demo layout): their embeddings come
+from RNNs fitted on them. On five seeds of that layout, with them in the calibration set (train+val, 40
+videos) 0.00-0.30 of the 20 normal test videos were flagged at a 0.05 target; calibrated on the 16 val
+videos alone, 0.00-0.10, with 0.88-1.00 of the anomalies flagged when new videos get the folds' mean score
+(0.75-1.00 with one autoencoder fitted on all 40). With 24 val videos (the demo now), the threshold read off
+their scores as the 2nd-largest flagged 0.00-0.29 of the normal test videos over eight seeds, a log-normal's
+prediction bound (`anomaly.quantile`) 0.00-0.08.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from multistream.config import Config
+from multistream.dataset.splits import group_folds
+from multistream.demo.dataset import cue_accuracy, cue_ceiling
+from multistream.fuse.anomaly import AnomalyDetector, cross_fit, roc_auc
+from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
+from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
+from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablation
+from multistream.store import layout, modelio, runinfo, schema, storage
+from multistream.store.layout import RunRoot
+
+log = logging.getLogger(__name__)
+
+PART = "fuse"  # the single part each output table is written as
+FIT, CALIBRATE, TEST, ANOMALY = "train", "val", "test", "anomaly"
+
+
+def is_current(root: str) -> bool:
+    """True when the fusion outputs exist and were fitted on the embeddings now under `root`."""
+    run = RunRoot(root)
+    metrics = runinfo.read_json(root, runinfo.METRICS)
+    fingerprint = metrics.get("fusion", {}).get("embeddings_fingerprint")
+    return (bool(fingerprint) and "anomaly" in metrics and fingerprint == embeddings_fingerprint(root)
+            and modelio.has_model(run.model(layout.SVM)) and modelio.has_model(run.model(layout.AUTOENCODER)))
+
+
+def replace_table(table: pa.Table, table_uri: str) -> None:
+    """Write `table` as the one part of `table_uri` (atomically), then delete any other parts."""
+    storage.write_part(table, table_uri, PART)
+    for name in storage.list_parts(table_uri):
+        if name != PART:
+            storage.delete_part(table_uri, name)
+
+
+def _labelled(data: Embeddings, splits: str) -> np.ndarray:
+    """(N,) bool: the labelled videos of `splits` ("train", "train+val", ...)."""
+    mask = np.any([data.split_mask(split) for split in splits.split("+")], axis=0)
+    return mask & np.asarray([v is not None for v in data.label])
+
+
+def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot) -> tuple[FusionModel, FusionResult]:
+    started = time.perf_counter()
+    train, test = _labelled(data, cfg.fusion.fit), data.split_mask(TEST)
+    y_train, y_test = data.labels(train), data.labels(test)
+    model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams)
+    model.save(run.model(layout.SVM))
+    accuracy = evaluate_predictions(model.decision_scores(data.rows(test, streams)), y_test, model.classes)
+    present = {s: data.present(s)[test] for s in streams}
+    tracks = has_audio(run.uri, [data.video_id[i] for i in np.flatnonzero(test)])
+    if "audio" in present and tracks is not None:
+        present["audio"] &= tracks
+
+    def cues(subset: tuple[str, ...], predicted: list[str]) -> dict:
+        return {"ceiling": cue_ceiling(subset, y_test, present),
+                "cue_accuracy": cue_accuracy(subset, y_test, predicted, present)}
+
+    ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
+                               cfg.fusion, streams, cues)
+    result = FusionResult(
+        streams=list(streams), classes=model.classes, dims=model.dims, top1=accuracy.top1, top5=accuracy.top5,
+        per_class=accuracy.per_class, confusion=accuracy.confusion, n_train=int(train.sum()),
+        n_val=int(data.split_mask(CALIBRATE).sum()), n_test=int(test.sum()), ablation=ablation,
+        splits={"fit": cfg.fusion.fit, "score": TEST}, seconds=time.perf_counter() - started)
+    return model, result
+
+
+def _calibration_rows(cfg: Config, data: Embeddings) -> tuple[np.ndarray, np.ndarray, str]:
+    """→ (fit mask, calibration mask, calibration split name): 'val' where the run has it, else a seeded
+    `anomaly.calibration` share of 'train' held out of fitting."""
+    fit, val = data.split_mask(FIT), data.split_mask(CALIBRATE)
+    if val.any():
+        return fit, val, CALIBRATE
+    rows = np.flatnonzero(fit)
+    held = np.random.default_rng(cfg.anomaly.seed).permutation(rows)[:max(1, round(cfg.anomaly.calibration * len(rows)))]
+    calibration = np.zeros_like(fit)
+    calibration[held] = True
+    log.warning("no 'val' videos: the anomaly threshold is calibrated on %d held-out train videos, which the "
+                "RNNs were fitted on (expect too many false alarms on new videos)", len(held))
+    return fit & ~calibration, calibration, f"{FIT} (held out of the autoencoder only)"
+
+
+def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
+                         ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str]:
+    """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), held-out scores (N,): each
+    cross-fitted video's out-of-fold score and each calibration video's score, both from an autoencoder not
+    fitted on it, NaN elsewhere; the name of the fit split)."""
+    ac = cfg.anomaly
+    held_out = np.full(len(x), np.nan)
+    if ac.calibrate == "cross_fit":
+        val = data.split_mask(CALIBRATE)
+        pool = data.split_mask(FIT) | val
+        ids = [data.video_id[i] for i in np.flatnonzero(pool)]
+        detector, scores = cross_fit(x[pool], group_folds(ids, ac.folds, ac.seed), ac)
+        # the RNNs were fitted on train, whose embeddings are tighter than new videos': its scores run low
+        if val.any():
+            calibration, calibration_split, fit_split = val, CALIBRATE, f"{FIT}+{CALIBRATE}"
+        else:
+            log.warning("no 'val' videos: the anomaly threshold is calibrated on out-of-fold scores of train "
+                        "videos, which the RNNs were fitted on (expect too many false alarms on new videos)")
+            calibration, calibration_split, fit_split = pool, FIT, FIT
+        held_out[pool] = scores
+        detector.calibrate_scores(held_out[calibration], ac.target_fpr,
+                                  f"{calibration_split}, out-of-fold ({ac.folds} folds)", ac.quantile)
+        return detector, pool, calibration, held_out, fit_split
+    fit, calibration, calibration_split = _calibration_rows(cfg, data)
+    detector = AnomalyDetector.fit(x[fit], ac)
+    held_out[calibration] = detector.score(x[calibration])
+    detector.calibrate_scores(held_out[calibration], ac.target_fpr, calibration_split, ac.quantile)
+    return detector, fit, calibration, held_out, FIT
+
+
+def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
+                 ) -> tuple[np.ndarray, np.ndarray, AnomalyResult]:
+    """→ per-video scores (N,) float64, flags (N,) bool and the anomaly result."""
+    started = time.perf_counter()
+    x = np.concatenate([data.features[s] for s in streams], axis=1)  # (N, sum D_s)
+    detector, fit, calibration, held_out, fit_split = _calibrated_detector(cfg, data, x)
+    detector.save(run.model(layout.AUTOENCODER))
+    test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
+    # the cross-fitted videos keep their out-of-fold scores: the folds' mean, 4 of 5 fitted on each, would hide
+    # an anomaly among them; only the others are scored by the whole detector
+    scores, rest = held_out.copy(), np.isnan(held_out)
+    scores[rest] = detector.score(x[rest])
+    flagged = detector.is_anomaly(scores)
+    evaluated = test | anomalous
+    auc = roc_auc(scores[evaluated], anomalous[evaluated])
+    result = AnomalyResult(
+        streams=list(streams), input_dim=int(x.shape[1]), n_fit=int(fit.sum()),
+        n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
+        threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr, quantile=detector.calibration["quantile"],
+        calibration_fpr=float(flagged[calibration].mean()),
+        false_positive_rate=float(flagged[test].mean()) if test.any() else None,
+        detection_rate=float(flagged[anomalous].mean()) if anomalous.any() else None,
+        roc_auc=None if np.isnan(auc) else auc,
+        flagged={split: int(flagged[data.split_mask(split)].sum()) for split in sorted({str(s) for s in data.split})},
+        splits={"fit": fit_split, "calibrate": detector.calibration["split"], "score": f"{TEST} + {ANOMALY}"},
+        history=detector.history, device=str(detector.device), seconds=time.perf_counter() - started)
+    return scores, flagged, result
+
+
+def run_fuse(cfg: Config) -> FuseResult:
+    """Fit the fusion SVM and the anomaly autoencoder on `embeddings/`, score every video.
+
+    Runs as one worker with `ray.torch_threads` torch threads (more threads than work only spin).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.ray.torch_threads))
+    try:
+        return _run_fuse(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_fuse(cfg: Config) -> FuseResult:
+    root = cfg.paths.output
+    run = RunRoot(root)
+    fingerprint = embeddings_fingerprint(root)
+    data = load_embeddings(root)
+    train = data.split_mask(FIT)
+    streams = tuple(s for s in schema.STREAMS if s in data.features and data.present(s)[train].any())
+    if not streams:
+        raise RuntimeError("no training video has any embedding: check the splits in videos/ and embeddings/")
+    log.info("fusing %s over %d videos (%d train)", "+".join(streams), len(data.video_id), int(train.sum()))
+    data = data.select(np.any([data.present(s) for s in streams], axis=0), streams)
+
+    model, fusion = _fit_fusion(cfg, data, streams, run)
+    fusion.embeddings_fingerprint = fingerprint
+    scores = model.decision_scores(data.rows(np.ones(len(data.video_id), bool), streams))
+    replace_table(pa.table({
+        "video_id": data.video_id, "label": data.label, "split": data.split,
+        "predicted": [model.classes[i] for i in scores.argmax(axis=1)],
+        "scores": pa.array(list(scores.astype(np.float32)), pa.list_(pa.float32())),
+    }, schema=schema.PREDICTIONS_SCHEMA), run.predictions)
+    runinfo.update_metrics(root, "fusion", dataclasses.asdict(fusion))
+    log.info("fusion top-1 %.4f on %d test videos", fusion.top1, fusion.n_test)
+
+    anomaly_scores, flagged, anomaly = _fit_anomaly(cfg, data, streams, run)
+    replace_table(pa.table({
+        "video_id": data.video_id, "split": data.split, "score": anomaly_scores.astype(np.float32),
+        "is_anomaly": flagged,
+    }, schema=schema.ANOMALY_SCHEMA), run.anomaly)
+    runinfo.update_metrics(root, "anomaly", dataclasses.asdict(anomaly))
+    log.info("anomaly: ROC AUC %s, false-positive rate %s at a %.2f target, detection rate %s", anomaly.roc_auc,
+             anomaly.false_positive_rate, anomaly.target_fpr, anomaly.detection_rate)
+    return FuseResult(fusion, anomaly)

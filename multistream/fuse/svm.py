@@ -1,0 +1,172 @@
+"""Late fusion (paper §IV.G, §V.D): a linear SVM on the concatenated, standardized video embeddings.
+
+Regularisation: the paper's objective is mean hinge loss + l2 * ||w||^2 with l2 = 1e-2. scikit-learn's
+LinearSVC minimises 0.5 ||w||^2 + C * sum(hinge); dividing by N * C shows the two agree for
+C = 1 / (2 * N * l2), N the number of training videos. Classes are fitted one-vs-rest.
+
+Missing streams (a video without audio, say) arrive as NaN rows and are imputed with the training mean,
+which is 0 after standardization: the stream then does not move the scores. The model is saved through
+`multistream.store.modelio`: coef/intercept/mean/scale as tensors, streams, dims, classes and l2 as metadata;
+scoring is plain NumPy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.svm import LinearSVC
+
+from multistream.config import FusionConfig
+from multistream.store import modelio
+
+STREAMS = ("spatial", "temporal", "audio")
+KIND, FORMAT = "linear_svm", 2
+TOP5_MIN_CLASSES = 6  # top-5 is reported only where it can miss: with 5 classes or fewer it is always 1
+
+
+def _stack(features: dict[str, np.ndarray], streams: tuple[str, ...]) -> np.ndarray:
+    missing = [s for s in streams if s not in features]
+    if missing:
+        raise KeyError(f"features lack the stream(s) {missing}")
+    blocks = [np.asarray(features[s], dtype=np.float64) for s in streams]
+    if any(b.ndim != 2 or len(b) != len(blocks[0]) for b in blocks):
+        raise ValueError(f"each stream must be (N, D_s) with one N, got {[b.shape for b in blocks]}")
+    return np.concatenate(blocks, axis=1)
+
+
+class FusionModel:
+    """Linear SVM over `streams`' embeddings; `decision_scores` is (N, C) in the order of `classes`."""
+
+    def __init__(self, streams: tuple[str, ...], classes: list[str], dims: list[int], mean: np.ndarray,
+                 scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray, l2: float):
+        self.streams = tuple(streams)
+        self.classes = list(classes)
+        self.dims = list(dims)
+        self.mean, self.scale = mean, scale  # (D,) training mean (also the imputed value) and std
+        self.coef, self.intercept = coef, intercept  # (C', D), (C',); C' = 1 for two classes
+        self.l2 = l2
+
+    @classmethod
+    def fit(cls, features: dict[str, np.ndarray], labels: list[str], cfg: FusionConfig,
+            streams: tuple[str, ...] = STREAMS) -> FusionModel:
+        """features[stream]: (N, D_s) float, NaN rows where a stream is missing; labels: N class names."""
+        streams = tuple(streams)
+        x = _stack(features, streams)
+        labels = np.asarray([str(v) for v in labels])
+        if len(labels) != len(x):
+            raise ValueError(f"{len(labels)} labels for {len(x)} rows")
+        if len(np.unique(labels)) < 2:
+            raise ValueError("the fusion SVM needs at least two classes")
+        mean = np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0)  # an all-NaN column → 0
+        x = np.where(np.isnan(x), mean, x)
+        scale = x.std(axis=0)
+        scale[scale < 1e-12] = 1.0
+        c = 1.0 / (2.0 * len(x) * cfg.l2)
+        svm = LinearSVC(loss="hinge", C=c, dual=True, max_iter=cfg.max_iter, random_state=0)
+        svm.fit((x - mean) / scale, labels)
+        return cls(streams, [str(v) for v in svm.classes_], [np.shape(features[s])[1] for s in streams],
+                   mean, scale, svm.coef_.copy(), svm.intercept_.copy(), cfg.l2)
+
+    def decision_scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """features[stream] (N, D_s) → (N, C) float64 SVM margins (higher: more likely)."""
+        x = _stack(features, self.streams)
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"expected {len(self.mean)} features ({self.dims} per stream), got {x.shape[1]}")
+        x = (np.where(np.isnan(x), self.mean, x) - self.mean) / self.scale
+        scores = x @ self.coef.T + self.intercept
+        return np.concatenate([-scores, scores], axis=1) if len(self.classes) == 2 else scores
+
+    def predict(self, features: dict[str, np.ndarray]) -> list[str]:
+        return self.labels_of(self.decision_scores(features))
+
+    def labels_of(self, scores: np.ndarray) -> list[str]:
+        """The predicted class of each row of decision scores (N, C)."""
+        return [self.classes[i] for i in np.asarray(scores).argmax(axis=1)]
+
+    def save(self, directory: str) -> None:
+        """One model folder (`multistream.store.modelio`) under a local path or URI."""
+        modelio.save_model(str(directory), {"mean": self.mean, "scale": self.scale, "coef": self.coef,
+                                            "intercept": self.intercept},
+                           {"kind": KIND, "format": FORMAT, "streams": list(self.streams), "dims": self.dims,
+                            "classes": self.classes, "l2": self.l2})
+
+    @classmethod
+    def load(cls, directory: str) -> FusionModel:
+        tensors, meta = modelio.load_model(str(directory))
+        if meta.get("kind") != KIND or meta.get("format") != FORMAT:
+            raise ValueError(f"{directory} holds no {KIND} model of format {FORMAT} "
+                             f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
+        arrays = {name: tensors[name].numpy() for name in ("mean", "scale", "coef", "intercept")}
+        return cls(tuple(meta["streams"]), meta["classes"], meta["dims"], arrays["mean"], arrays["scale"],
+                   arrays["coef"], arrays["intercept"], meta["l2"])
+
+
+@dataclass
+class Accuracy:
+    """Top-1 (and top-5, None with fewer than `TOP5_MIN_CLASSES` classes) of N scored videos.
+
+    `confusion[i][j]` counts videos of classes[i] predicted as classes[j]; labels outside `classes` count as
+    errors in top1/top5 and are left out of per_class and confusion (`n_unknown` counts them).
+    """
+
+    n: int
+    top1: float
+    top5: float | None
+    per_class: dict[str, float]
+    confusion: list[list[int]]
+    classes: list[str]
+    n_unknown: int
+
+
+def evaluate_predictions(scores: np.ndarray, labels: list[str], classes: list[str]) -> Accuracy:
+    """scores (N, C) over `classes` and N true labels → their `Accuracy`."""
+    scores = np.asarray(scores)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index.get(str(v), -1) for v in labels], dtype=np.int64)
+    pred = scores.argmax(axis=1)
+    top5 = None
+    if len(classes) >= TOP5_MIN_CLASSES and len(y):
+        top = np.argpartition(-scores, 4, axis=1)[:, :5]
+        top5 = float((top == y[:, None]).any(axis=1).mean())
+    known = y >= 0
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (y[known], pred[known]), 1)
+    per_class = {c: float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(classes)
+                 if confusion[i].sum()}
+    return Accuracy(int(len(y)), float((pred == y).mean()) if len(y) else float("nan"), top5, per_class,
+                    confusion.tolist(), list(classes), int((~known).sum()))
+
+
+@dataclass
+class AblationRow:
+    """The SVM on one subset of streams ("spatial+audio"), fitted and scored on its own."""
+
+    streams: str
+    top1: float
+    top5: float | None
+    ceiling: float | None = None  # the best top-1 the subset's cues allow, where the dataset documents it
+    cue_accuracy: float | None = None  # the share predicted as a class with their cues (its ceiling: 1.0)
+
+
+def stream_ablation(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: list[str],
+                    y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS,
+                    cues: Callable[[tuple[str, ...], list[str]], dict] | None = None) -> list[AblationRow]:
+    """Fits and scores the SVM on every non-empty subset of `streams` present in `train`: each stream alone,
+    then pairs, then all three. `cues(subset, predicted test labels)` gives a row's `ceiling` and
+    `cue_accuracy` where the dataset documents its cues."""
+    streams = tuple(s for s in streams if s in train)
+    rows = []
+    for size in range(1, len(streams) + 1):
+        for subset in itertools.combinations(streams, size):
+            model = FusionModel.fit(train, y_train, cfg, streams=subset)
+            scores = model.decision_scores(test)
+            accuracy = evaluate_predictions(scores, y_test, model.classes)
+            row = AblationRow("+".join(subset), accuracy.top1, accuracy.top5)
+            if cues is not None:
+                row = dataclasses.replace(row, **cues(subset, model.labels_of(scores)))
+            rows.append(row)
+    return rows

@@ -1,0 +1,243 @@
+"""The model bundle: `models/` of a trained run, with everything inference needs and a manifest that seals it.
+
+    write_bundle(run_root, cfg)               # at the end of the pipeline / fuse
+    bundle = open_bundle("runs/demo")         # a run root, its models/ folder or models/bundle.json
+    cfg = bundle.config(cfg, overrides)       # extraction settings from the bundle; a contradicting --set raises
+
+`models/bundle.json` holds the format version, the code version that wrote it, the classes and streams, the
+extraction settings the models were trained on (the video, flow, sampling, spatial and audio sections, less
+the keys that only say how fast or where it runs: `RESOURCE_KEYS`), the source and content sha256 of every
+pretrained weights file they used, and the sha256 of every model file under `models/`. `open_bundle` checks
+all of it before any video is read and raises one `BundleError` that names every missing or altered file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import yaml
+
+import multistream
+from multistream.config import Config, ConfigError
+from multistream.store import layout, modelio, schema, storage
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+EXTRACTION_SECTIONS = ("video", "flow", "sampling", "spatial", "audio")
+TRAINING_SECTIONS = ("motion_cnn", "rnn", "tune", "fusion", "anomaly")
+# Keys that change how fast or on which device a value is computed, not the value: free to set at prediction.
+RESOURCE_KEYS = frozenset({"batch_size", "embed_batch_size", "device", "amp"})
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, of another format, incomplete or altered; the message names what."""
+
+
+def model_names(streams=schema.STREAMS) -> list[str]:
+    """The model folders a bundle needs, in the order inference runs them."""
+    return [layout.MOTION_CNN, *(layout.rnn_name(s) for s in streams), layout.SVM, layout.AUTOENCODER]
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's content (sorted names, dtypes, shapes, bytes), whatever file or source holds it."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\x1f{tensor.dtype}\x1f{tuple(tensor.shape)}\x1e".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_sha256(cfg: Config, key: str, spec: str) -> str:
+    """`state_sha256` of the weights a config key names (fetched into the cache first where remote)."""
+    from multistream.weights.sources import load_state_dict
+
+    return state_sha256(load_state_dict(spec, key, getattr(cfg, key.split(".")[0])))
+
+
+def _plain(value):
+    """JSON-shaped (tuples → lists), so that a setting compares equal to its round trip through bundle.json."""
+    return json.loads(json.dumps(value))
+
+
+def extraction_settings(cfg: Config) -> dict[str, dict]:
+    """{section: {key: value}} of the extraction sections, resource keys left out."""
+    return {name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(cfg, name)).items() if k not in RESOURCE_KEYS}
+            for name in EXTRACTION_SECTIONS}
+
+
+def _model_files(models_uri: str, name: str) -> list[str]:
+    """Paths relative to `models/` of a model folder's files; its Parquet tables (training embeddings) are
+    not needed for inference and stay out."""
+    folder = storage.join(models_uri, name)
+    return [storage.relative(uri, models_uri) for uri in storage.list_files(folder, extensions=None)
+            if not uri.endswith(storage.PART_SUFFIX)]
+
+
+def _fusion_meta(models_uri: str) -> dict:
+    """classes and streams of the fusion SVM (model.json, or svm.json of the older layout)."""
+    folder = storage.join(models_uri, layout.SVM)
+    if storage.exists(storage.join(folder, modelio.META_FILE)):
+        return modelio.read_meta(folder)
+    return json.loads(storage.read_text(storage.join(folder, layout.LEGACY_SVM_META)))
+
+
+def write_bundle(root: str, cfg: Config) -> str:
+    """Seal `models/` of the run root with `models/bundle.json`; returns its URI. Rewritten only when it changes.
+
+    Raises BundleError where a model is missing (the pipeline has not finished) or where the motion CNN
+    was trained at another flow size than `cfg` says (then `cfg` is not the extraction the models saw).
+    """
+    run = layout.RunRoot(root)
+    missing = [name for name in model_names() if not _model_files(run.models, name)]
+    if missing:
+        raise BundleError(f"{run.models} has no {', '.join(missing)}: run the whole pipeline before bundling")
+    motion = modelio.read_meta(run.model(layout.MOTION_CNN))
+    if "flow_size" in motion and tuple(motion["flow_size"]) != tuple(cfg.flow.size):
+        raise BundleError(f"the motion CNN in {run.models} was trained on flow.size={motion['flow_size']}, "
+                          f"the config says {list(cfg.flow.size)}: bundle with the config of the run")
+    fusion = _fusion_meta(run.models)
+    files = {rel: file_sha256(storage.read_bytes(storage.join(run.models, rel)))
+             for name in model_names() for rel in _model_files(run.models, name)}
+    from multistream.weights.sources import resolve_all, weight_keys
+
+    cfg = resolve_all(cfg)  # remote sources pinned to the exact file (url#sha256=..., hf-hub:repo@commit)
+    weights = {key: {"source": spec, "sha256": weights_sha256(cfg, key, spec)} for key, spec in weight_keys(cfg)}
+    manifest = {"format": FORMAT_VERSION, "code_version": multistream.__version__,
+                "classes": list(fusion["classes"]), "streams": list(fusion["streams"]),
+                "models": model_names(), "extraction": extraction_settings(cfg), "weights": weights,
+                "files": dict(sorted(files.items()))}
+    if storage.exists(run.bundle):
+        old = json.loads(storage.read_text(run.bundle))
+        if {k: v for k, v in old.items() if k != "created"} == manifest:
+            return run.bundle
+    storage.write_text(run.bundle, json.dumps(manifest | {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                              indent=2, sort_keys=True))
+    log.info("model bundle: %d files, %d classes, streams %s → %s", len(files), len(manifest["classes"]),
+             "+".join(manifest["streams"]), run.bundle)
+    return run.bundle
+
+
+def locate(uri: str) -> str:
+    """The URI of bundle.json for a run root, its models/ folder or the bundle.json itself."""
+    uri = layout.absolute(uri).rstrip("/")
+    candidates = [uri] if uri.endswith(".json") else [storage.join(uri, layout.BUNDLE_FILE), layout.RunRoot(uri).bundle]
+    for candidate in candidates:
+        if storage.exists(candidate):
+            return candidate
+    raise BundleError(f"no model bundle at {uri} (looked for {' and '.join(candidates)}): give a trained run "
+                      f"root; the pipeline (or jobs/fuse.py) writes {layout.MODELS}/{layout.BUNDLE_FILE} at its end")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    uri: str  # the models/ folder
+    manifest: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(self.manifest["streams"])
+
+    @property
+    def settings(self) -> dict[str, dict]:
+        return self.manifest["extraction"]
+
+    def model(self, name: str) -> str:
+        return storage.join(self.uri, name)
+
+    def config(self, cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """`cfg` with the bundle's extraction settings; raises BundleError where one of `overrides` (the
+        user's --set) contradicts the bundle or would change a trained model."""
+        check_overrides(self.settings, overrides)
+        pairs = {f"{section}.{key}": value for section, keys in self.settings.items() for key, value in keys.items()}
+        try:
+            return cfg.replace(**pairs)
+        except ConfigError as error:
+            raise BundleError(f"the bundle's setting {error} (written by multistream "
+                              f"{self.manifest.get('code_version')}, this is {multistream.__version__})") from error
+
+    def check_weights(self, cfg: Config) -> None:
+        """Raise where a pretrained weights source now holds other tensors than the models were trained on
+        (`cfg`: the config with the bundle's settings, `Bundle.config`)."""
+        for key, entry in self.manifest.get("weights", {}).items():
+            actual = weights_sha256(cfg, key, entry["source"])
+            if actual != entry["sha256"]:
+                raise BundleError(f"{key} {entry['source']!r} now holds other weights (sha256 {actual[:16]}...) "
+                                  f"than the bundle's models were trained on ({entry['sha256'][:16]}...)")
+
+
+def open_bundle(uri: str) -> Bundle:
+    """Read and verify a bundle: its format version, then every listed file's presence and sha256."""
+    manifest_uri = locate(uri)
+    try:
+        manifest = json.loads(storage.read_text(manifest_uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{manifest_uri} is not a bundle manifest: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{manifest_uri}: bundle format {found!r} (written by multistream "
+                          f"{manifest.get('code_version') if isinstance(manifest, dict) else '?'}), but multistream "
+                          f"{multistream.__version__} reads format {FORMAT_VERSION}: re-run the pipeline's fuse "
+                          f"step with this version to rebuild the bundle")
+    models_uri = manifest_uri.rsplit("/", 1)[0]
+    problems = []
+    for rel, expected in manifest["files"].items():
+        file_uri = storage.join(models_uri, rel)
+        if not storage.exists(file_uri):
+            problems.append(f"{rel} is missing")
+        elif (actual := file_sha256(storage.read_bytes(file_uri))) != expected:
+            problems.append(f"{rel} was altered (sha256 {actual[:12]}..., the bundle lists {expected[:12]}...)")
+    if problems:
+        raise BundleError(f"model bundle {models_uri} is not intact: {'; '.join(problems)}")
+    if manifest.get("code_version") != multistream.__version__:
+        log.warning("bundle %s was written by multistream %s, this is %s", models_uri, manifest.get("code_version"),
+                    multistream.__version__)
+    return Bundle(models_uri, manifest)
+
+
+def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str, ...]) -> None:
+    """Raise BundleError for the first `key=value` that sets an extraction setting to another value than the
+    bundle's, or that sets a training key (the models are applied as trained, never re-fit)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        section, _, leaf = key.partition(".")
+        if not sep or section not in (*EXTRACTION_SECTIONS, *TRAINING_SECTIONS) or leaf.split(".")[-1] in RESOURCE_KEYS:
+            continue  # ray.*, paths.*, resource keys; malformed items are the config loader's to report
+        if section in TRAINING_SECTIONS:
+            raise BundleError(f"--set {item}: {key} is a training setting; prediction applies the bundle's models "
+                              f"as they were trained and never re-fits them")
+        value = yaml.safe_load(text)
+        wanted = value if leaf else {k: v for k, v in (value or {}).items() if k not in RESOURCE_KEYS}
+        trained = settings[section].get(leaf) if leaf else settings[section]
+        if leaf and leaf not in settings[section]:
+            raise BundleError(f"--set {item}: the bundle records no {key}")
+        if not leaf:
+            trained = {k: v for k, v in trained.items() if k in wanted}
+        if _plain(_coerce_like(wanted, trained)) != _plain(trained):
+            raise BundleError(f"--set {item} contradicts the model bundle, whose models were trained with "
+                              f"{key}={json.dumps(trained)}: extraction settings come from the bundle (drop the --set)")
+
+
+def _coerce_like(value, reference):
+    """An int where the bundle holds a float (`video.max_seconds=36` equals 36.0), tuples as lists."""
+    if isinstance(reference, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(reference, dict) and isinstance(value, dict):
+        return {k: _coerce_like(v, reference.get(k)) for k, v in value.items()}
+    return value

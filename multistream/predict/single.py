@@ -1,0 +1,74 @@
+"""One video through a trained run in this process (no Ray): its top classes, anomaly score and verdict.
+
+    python -m multistream.predict clip.mp4 --models runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import posixpath
+import sys
+import time
+
+from multistream.config import Config, ConfigError, load_config
+from multistream.dataset.manifest import VideoEntry
+from multistream.predict.bundle import Bundle, BundleError, open_bundle
+from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
+
+
+def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
+    """One video through extraction and every model, in this process → {"video_id", "classes": [(label,
+    score), ...] best first, "scores" (C,), "anomaly_score", "is_anomaly", "threshold"}; raises ValueError
+    for an unreadable video."""
+    from multistream.extract.processor import VideoProcessor
+
+    entry = VideoEntry(posixpath.basename(uri.rstrip("/")), uri, None, None)
+    row = VideoProcessor(cfg)(entry)
+    if row["video"]["status"] != "ok":
+        raise ValueError(f"{uri}: {row['video']['error']}")
+    temporal = TemporalEmbedder(bundle, batch_size=cfg.motion_cnn.embed_batch_size)(row["flow"], row["positions"])
+    vectors = VideoEmbedder(bundle)({"spatial": [row["spatial"]], "temporal": [temporal], "audio": [row["audio"]]})
+    classifier, detector = Classifier(bundle), Detector(bundle)
+    scores = classifier(vectors)
+    top_labels, top_scores = classifier.top_k(scores)
+    anomaly, flagged = detector(vectors)
+    return {"video_id": entry.video_id, "classes": list(zip(top_labels[0], top_scores[0].tolist(), strict=True)),
+            "scores": scores[0], "anomaly_score": float(anomaly[0]), "is_anomaly": bool(flagged[0]),
+            "threshold": detector.threshold}
+
+
+def format_result(result: dict, bundle: Bundle) -> str:
+    lines = [f"{result['video_id']}: top {len(result['classes'])} of {len(bundle.classes)} classes "
+             f"(linear SVM margins over {'+'.join(bundle.streams)})"]
+    lines += [f"  {rank}. {label:<24} {score:+.4f}" for rank, (label, score) in enumerate(result["classes"], 1)]
+    verdict = "ANOMALY" if result["is_anomaly"] else "normal"
+    lines.append(f"anomaly score {result['anomaly_score']:.4f} (threshold {result['threshold']:.4f}): {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m multistream.predict", description="Classify one video and "
+                                     "screen it for anomalies with a trained run, in this process (no Ray).")
+    parser.add_argument("video", help="a video file: local path or URI (s3://...)")
+    parser.add_argument("--models", required=True, metavar="RUN_ROOT_OR_BUNDLE",
+                        help="a trained run root, its models/ folder or models/bundle.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a resource setting, e.g. spatial.device=cpu (extraction settings come from the bundle)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        bundle = open_bundle(args.models)
+        cfg = bundle.config(load_config(None, args.overrides), args.overrides)
+        bundle.check_weights(cfg)
+        result = predict_video(args.video, bundle, cfg)
+    except (BundleError, ConfigError, ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: {error}\n")
+    print(format_result(result, bundle))
+    print(f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""One way to save and load every model (motion CNN, RNN heads, SVM, autoencoder): a folder holding
+`model.safetensors` (tensors only) and `model.json` (everything else: architecture, classes, statistics,
+thresholds, history), written atomically through `storage`, local or `s3://`, and never unpickled.
+
+The metadata is written first and the weights last, so the weights file marks a finished model: a folder
+without it is an interrupted save.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from multistream.store import storage
+from multistream.store.layout import MODEL_META as META_FILE
+from multistream.store.layout import MODEL_WEIGHTS as WEIGHTS_FILE
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model folder has no finished model; the message names the folder."""
+
+
+def save_model(directory: str, tensors: dict[str, torch.Tensor | np.ndarray], meta: dict) -> None:
+    """Write `meta` as model.json, then `tensors` (CPU copies, contiguous) as model.safetensors."""
+    state = {name: (torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t)
+             .detach().cpu().contiguous() for name, t in tensors.items()}
+    storage.write_text(storage.join(directory, META_FILE),
+                       json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+    storage.write_bytes(storage.join(directory, WEIGHTS_FILE), save_safetensors(state))
+
+
+def has_model(directory: str) -> bool:
+    return storage.exists(storage.join(directory, WEIGHTS_FILE))
+
+
+def read_meta(directory: str) -> dict:
+    uri = storage.join(directory, META_FILE)
+    if not storage.exists(uri):
+        raise ModelNotFoundError(f"{uri} does not exist: no model was saved in {directory}")
+    return json.loads(storage.read_text(uri))
+
+
+def load_model(directory: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors on the CPU, metadata) of a model folder; raises ModelNotFoundError where it is unfinished."""
+    if not has_model(directory):
+        raise ModelNotFoundError(f"{directory} holds no finished model ({WEIGHTS_FILE} is missing)")
+    return load_safetensors(storage.read_bytes(storage.join(directory, WEIGHTS_FILE))), read_meta(directory)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,290 @@
+"""URIs for local paths and object stores (fsspec, s3fs), and Parquet tables written one atomic part at a time.
+
+A table is a directory of `<part>.parquet` files, readable by `pyarrow.dataset.dataset(table_uri)`, pandas
+and duckdb. S3 credentials and endpoint come from the standard AWS environment variables
+(`AWS_ENDPOINT_URL` for MinIO, moto or another S3-compatible store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import posixpath
+import uuid
+
+import fsspec
+import fsspec.asyn
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from multistream.store import s3config
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+PART_SUFFIX = ".parquet"
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for a local path or URI such as `s3://bucket/key`.
+
+    fsspec caches instances per arguments (and drops its cache in forked children), so calls are cheap.
+    S3 listings are not cached: other processes write parts concurrently, and a stale listing would
+    make a resumed job redo or miss work.
+    """
+    options = {}
+    if uri.startswith(("s3://", "s3a://")):
+        options["use_listings_cache"] = False
+        options.update(s3config.client_options())  # retries, back-off, timeouts: multistream.store.s3config
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:  # explicit, so that the cached instance changes with the environment
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    fs, path = fsspec.core.url_to_fs(os.fspath(uri), **options)
+    if "s3" in fs.protocol:
+        fs.retries = s3config.current().retries  # s3fs's own retry loop around botocore's
+    return fs, path
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def join(uri: str, *parts: str) -> str:
+    """`uri/part1/part2` with exactly one slash between the pieces, protocol kept."""
+    pieces = [os.fspath(uri).rstrip("/")] + [p.strip("/") for p in parts if p.strip("/")]
+    return "/".join(pieces)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.isdir(path)
+
+
+def open_input(uri: str, mode: str = "rb"):
+    """An fsspec file object (a context manager) that reads `uri` in blocks, never staging it whole."""
+    fs, path = filesystem(uri)
+    return fs.open(path, mode)
+
+
+def list_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS) -> list[str]:
+    """Sorted URIs of the files under `root` (recursive) whose lowercase name ends with one of `extensions`.
+
+    Hidden files and folders (a name starting with ".") are skipped; None keeps every extension. A `root`
+    that is itself such a file gives [root].
+    """
+    return sorted(iter_files(root, extensions))
+
+
+def iter_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS):
+    """`list_files` as a stream, in listing order: a local tree is walked, an S3 prefix listed page by page
+    (1,000 keys a request), so that no listing of the whole archive is ever held."""
+    fs, path = filesystem(root)
+    if not fs.exists(path):
+        return
+    base = path.rstrip("/")
+    suffixes = None if extensions is None else tuple(e.lower() for e in extensions)
+    as_uri = "://" in os.fspath(root)
+    for found in [path] if fs.isfile(path) else _walk(fs, base):
+        rel = found[len(base):].lstrip("/") if found.startswith(base) else posixpath.basename(found)
+        if any(piece.startswith(".") for piece in rel.split("/")):
+            continue
+        if suffixes is None or found.lower().endswith(suffixes):
+            yield _uri(fs, found) if as_uri else found
+
+
+def _walk(fs: fsspec.AbstractFileSystem, base: str):
+    if _is_local(fs):
+        for folder, dirs, files in os.walk(base):
+            dirs.sort()
+            yield from (posixpath.join(folder, name) for name in sorted(files))
+    elif hasattr(fs, "_iterdir"):  # s3fs
+        bucket, _, prefix = base.partition("/")
+        pages = fs._iterdir(bucket, delimiter="", prefix=f"{prefix}/" if prefix else "")
+        while page := fsspec.asyn.sync(fs.loop, _next_page, pages):
+            yield from (info["name"] for info in page if info["type"] == "file")
+    else:
+        yield from fs.find(base)
+
+
+async def _next_page(items, size: int = 1000) -> list:
+    page = []
+    async for item in items:
+        page.append(item)
+        if len(page) == size:
+            break
+    return page
+
+
+def relative(uri: str, root: str) -> str:
+    """Posix path of `uri` relative to `root` (both URIs or both local paths)."""
+    _, path = filesystem(uri)
+    _, base = filesystem(root)
+    return posixpath.relpath(path, base.rstrip("/") or "/")
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write `data` atomically: readers see the old object or the whole new one, never a partial file."""
+    fs, path = filesystem(uri)
+    if _is_local(fs):
+        _replace_local(path, lambda tmp: _write_file(tmp, data))
+    else:
+        fs.pipe_file(path, data)  # one PUT (or a multipart upload, visible only once completed)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _replace_local(path: str, write) -> None:
+    """Call `write(tmp)` on a hidden temporary name beside `path`, then rename it over `path`."""
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")  # hidden: datasets ignore it
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_part(table: pa.Table, table_uri: str, part_name: str) -> str:
+    """Write `table` as `<table_uri>/<part_name>.parquet` (zstd) atomically; returns the part's URI."""
+    part_uri = join(table_uri, part_name + PART_SUFFIX)
+    fs, path = filesystem(part_uri)
+    if _is_local(fs):
+        _replace_local(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    else:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        fs.pipe_file(path, buffer.getvalue())
+    return part_uri
+
+
+def _part_paths(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
+    if not fs.isdir(path):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    return sorted(posixpath.join(path, n) for n in names
+                  if n.endswith(PART_SUFFIX) and not n.startswith((".", "_")))
+
+
+def list_parts(table_uri: str) -> list[str]:
+    """Sorted part names (without `.parquet`) of a table; [] when the table does not exist."""
+    fs, path = filesystem(table_uri)
+    return [posixpath.basename(p)[:-len(PART_SUFFIX)] for p in _part_paths(fs, path)]
+
+
+def read_part(table_uri: str, part_name: str, columns: list[str] | None = None) -> pa.Table:
+    """One part of a table (only `columns`, when given)."""
+    fs, path = filesystem(join(table_uri, part_name + PART_SUFFIX))
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns)
+
+
+def delete_part(table_uri: str, part_name: str) -> None:
+    fs, path = filesystem(join(table_uri, part_name + PART_SUFFIX))
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def read_table(table_uri: str, columns: list[str] | None = None, schema: pa.Schema | None = None,
+               filter: ds.Expression | None = None, parts: list[str] | None = None) -> pa.Table:
+    """All parts of a table (only the part names `parts`, when given) as one pyarrow Table, in name order.
+
+    `schema` unifies the parts (columns a part lacks read as null) and types the empty table returned
+    when the table is missing or has no parts. `filter` is a `pyarrow.dataset` expression.
+    """
+    fs, path = filesystem(table_uri)
+    paths = _part_paths(fs, path) if parts is None else [posixpath.join(path, p + PART_SUFFIX) for p in sorted(parts)]
+    if not paths:
+        if schema is None:
+            return pa.table({})
+        empty = schema.empty_table()
+        return empty.select(columns) if columns is not None else empty
+    return _dataset(fs, paths, schema).to_table(columns=columns, filter=filter)
+
+
+def part_index(table_uri: str, key: str) -> dict:
+    """{each row's `key` value: the name of the part holding that row}, from one read of the `key` column (a
+    reader of a few rows at a time then opens only their parts: `read_table(..., parts=...)`)."""
+    fs, path = filesystem(table_uri)
+    paths = _part_paths(fs, path)
+    if not paths:
+        return {}
+    table = _dataset(fs, paths, None).to_table(columns=[key, "__filename"])
+    names = [posixpath.basename(name)[:-len(PART_SUFFIX)] for name in table["__filename"].to_pylist()]
+    return dict(zip(table[key].to_pylist(), names, strict=True))
+
+
+def _dataset(fs: fsspec.AbstractFileSystem, paths: list[str], schema: pa.Schema | None) -> ds.Dataset:
+    arrow_fs = pafs.LocalFileSystem() if _is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=arrow_fs)
+
+
+def read_columns(table_uri: str, columns: list[str], schema: pa.Schema, batch: int = 256) -> pa.Table:
+    """`columns` of every part of a table of small parts (e.g. `videos/`), as `read_table` gives them; on an
+    object store each part is fetched whole with one GET, `batch` parts at a time concurrently (s3fs), instead
+    of a HEAD and ranged GETs per part."""
+    fs, path = filesystem(table_uri)
+    if _is_local(fs):
+        return read_table(table_uri, columns=columns, schema=schema)
+    parts = _part_paths(fs, path)
+    tables = [schema.empty_table().select(columns)]
+    for start in range(0, len(parts), batch):
+        for data in _fetch(fs, parts[start:start + batch]):
+            table = pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in pq.read_schema(
+                io.BytesIO(data)).names])
+            tables.append(table.cast(pa.schema([schema.field(name) for name in table.column_names]))
+                          if table.num_columns == len(columns) else _with_nulls(table, columns, schema))
+    return pa.concat_tables([t.select(columns) for t in tables])
+
+
+def _fetch(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes]:
+    """Whole objects, concurrently, one GET each (`fs.cat` would first look each one up)."""
+    if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return [fs.cat_file(path) for path in paths]
+
+    async def fetch_all():
+        return await asyncio.gather(*(fs._cat_file(path, max_concurrency=1) for path in paths))
+
+    return fsspec.asyn.sync(fs.loop, fetch_all)
+
+
+def _with_nulls(table: pa.Table, columns: list[str], schema: pa.Schema) -> pa.Table:
+    for name in columns:
+        if name not in table.column_names:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(columns).cast(pa.schema([schema.field(name) for name in columns]))
+
+
+def arrow_location(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """(path, pyarrow filesystem) for Ray's APIs: an absolute local path with None, or an fsspec-backed store."""
+    if "://" not in uri:
+        return os.path.abspath(uri), None
+    fs, path = filesystem(uri)
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))

@@ -1,0 +1,231 @@
+"""Training the motion CNN without Ray: one epoch (random stacks of the train split, then validation), the
+final test scoring, the plain loop over epochs, and the record kept in model.json and metrics.json.
+
+`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it scheduled checkpoints
+and sums over the workers) and, with its defaults, the plain one-process loop. Model choice
+reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
+lower one; `test` is scored once, with the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multistream.config import Config, ConfigError
+from multistream.device import actor_device, resolve_device
+from multistream.store import modelio, runinfo
+from multistream.store.layout import MOTION_CNN, RunRoot
+from multistream.train.loop import EpochLoop, Report, no_report
+from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, read_plan
+from multistream.train.motion.model import MotionCNN, model_meta
+from multistream.train.steps import evaluate, motion_optimizer, seed_everything, train_epoch
+
+log = logging.getLogger(__name__)
+
+Reduce = Callable[[dict[str, float]], dict[str, float]]
+
+
+def motion_device(cfg: Config) -> str:
+    """Where the motion CNN runs in this process: `motion_cnn.device`, "auto" being the GPU only in a Ray
+    worker that was given one (no other stage's device key moves it)."""
+    return actor_device(cfg.motion_cnn.device)
+
+
+def check_motion_resources(cfg: Config) -> None:
+    """Refuse (ConfigError), before any work, a motion CNN that must run on CUDA where Ray gives no GPU, or a
+    batch that cannot be divided among the Train workers."""
+    workers = cfg.ray.train.num_workers
+    if cfg.motion_cnn.batch_size % workers:
+        raise ConfigError(f"motion_cnn.batch_size: {cfg.motion_cnn.batch_size} stacks a step cannot be divided "
+                          f"among ray.train.num_workers={workers} Train workers")
+    if cfg.motion_cnn.device != "cuda":
+        return
+    if not cfg.ray.train.use_gpu:
+        raise ConfigError("motion_cnn.device: cuda, but ray.train.use_gpu is false: its Train workers get no GPU")
+    if not cfg.ray.embed.num_gpus:
+        raise ConfigError("motion_cnn.device: cuda, but ray.embed.num_gpus is 0: its embedding actors get no GPU")
+
+
+def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:
+    """The untrained network, initialised from `motion_cnn.seed` (the same on every worker)."""
+    seed_everything(cfg.motion_cnn.seed)
+    return MotionCNN.from_config(cfg.motion_cnn, len(plan.classes), cfg.flow.size)
+
+
+def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
+    """The generator of one epoch's stacks on one worker; it also seeds torch (dropout) for that epoch, so a
+    run resumed from a checkpoint draws what an uninterrupted one would have."""
+    rng = np.random.default_rng([seed, epoch, rank])
+    torch.manual_seed(int(rng.integers(2**62)))
+    return rng
+
+
+def _counted(batches: Iterable, count: list[int]):
+    for inputs, targets in batches:
+        count[0] += len(targets)
+        yield inputs, targets
+
+
+class MotionTrainer:
+    """The epochs of worker `rank` of `world`: `model` (unwrapped: validation, test), `wrapped` (what trains:
+    DDP across Ray Train workers, else `model`), this worker's `plan` shard, and `reduce`, which sums figures
+    over the workers (identity in one process). Each worker takes `motion_cnn.batch_size / world` stacks a
+    step, so that a step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps)."""
+
+    def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
+                 cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
+                 wrapped: torch.nn.Module | None = None, reduce: Reduce | None = None, pad_to: int | None = None):
+        self.model, self.wrapped, self.optimizer = model, wrapped or model, optimizer
+        self.source, self.plan, self.cfg, self.device, self.rank = source, plan, cfg, device, rank
+        self.batch_size = cfg.motion_cnn.batch_size // world
+        self.reduce, self.pad_to = reduce or (lambda sums: sums), pad_to
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+
+    def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
+        mc = self.cfg.motion_cnn
+        return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, self.batch_size,
+                             mc.stack_length, self.cfg.flow.clip_px, rng, pad_to)
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """Train epoch `epoch` (1-based) on random stacks, then validate → loss, accuracy, val_loss, val_accuracy."""
+        rng = epoch_rng(self.cfg.motion_cnn.seed, epoch, self.rank)
+        count = [0]
+        train = train_epoch(self.wrapped, _counted(self.batches(self.plan.train, rng, self.pad_to), count),
+                            self.optimizer, self.loss_fn, self.device, amp=True)
+        train = self._mean({"loss": train["loss"] * count[0], "correct": train["accuracy"] * count[0],
+                            "n": count[0]})
+        val = self.score(self.plan.val)
+        return {"loss": train["loss"], "accuracy": train["accuracy"], "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"]}
+
+    def score(self, ids) -> dict[str, float]:
+        """Loss and accuracy of the evenly spaced stacks of `ids` (summed over every worker's share)."""
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0}
+        if ids:
+            count = [0]
+            result = evaluate(self.model, _counted(self.batches(ids), count), self.loss_fn, self.device,
+                              top_k=(1,), amp=True)
+            sums = {"loss": result["loss"] * count[0], "correct": result["accuracy"] * count[0], "n": count[0]}
+        return self._mean(sums)
+
+    def _mean(self, sums: dict[str, float]) -> dict[str, float]:
+        sums = self.reduce(sums)
+        n = sums["n"]
+        return {"loss": sums["loss"] / n if n else math.nan, "accuracy": sums["correct"] / n if n else math.nan}
+
+
+@dataclass
+class MotionTraining:
+    """What a motion CNN's training gave: its history and the figures of its best (lowest val loss) epoch,
+    and the test split's, scored once with that epoch's weights."""
+
+    classes: list[str]
+    history: list[dict]
+    epochs: int
+    best_epoch: int
+    val_loss: float
+    val_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    n_train: int
+    n_val: int
+    n_test: int
+    chance: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> MotionTraining:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def summarize(plan: MotionPlan, history: list[dict], test: Mapping[str, float]) -> MotionTraining:
+    best = min(history, key=lambda m: m["val_loss"])  # the first of equal losses, as EarlyStopping keeps
+    tested = bool(plan.test)
+    return MotionTraining(list(plan.classes), history, history[-1]["epoch"], best["epoch"], best["val_loss"],
+                          best["val_accuracy"], test["loss"] if tested else None,
+                          test["accuracy"] if tested else None, len(plan.train), len(plan.val), len(plan.test),
+                          1 / len(plan.classes))
+
+
+def plan_meta(plan: MotionPlan, cfg: Config) -> dict:
+    """The network's architecture, flow and classes for `plan` (what its checkpoints belong to)."""
+    return model_meta(list(plan.classes), cfg.motion_cnn, cfg.flow.size, cfg.flow.clip_px)
+
+
+def training_meta(plan: MotionPlan, cfg: Config, training: MotionTraining) -> dict:
+    """model.json of a trained motion CNN: architecture, flow, classes and the training record."""
+    return plan_meta(plan, cfg) | {"training": training.to_dict()}
+
+
+def training_plan(run: RunRoot, workers: int) -> MotionPlan:
+    """The videos the motion CNN trains, selects and is tested on under `run` (refused where fewer train
+    videos than Train workers)."""
+    plan = read_plan(run)
+    if len(plan.train) < workers:
+        raise ValueError(f"{run.uri}: {len(plan.train)} train videos for {workers} Train workers")
+    log.info("motion CNN: %d classes; %d train, %d val and %d test videos", len(plan.classes), len(plan.train),
+             len(plan.val), len(plan.test))
+    return plan
+
+
+def record_motion(run: RunRoot) -> MotionTraining:
+    """The saved motion CNN's training record, also written to the "motion_cnn" metrics."""
+    training = MotionTraining.from_dict(modelio.read_meta(run.model(MOTION_CNN))["training"])
+    runinfo.update_metrics(run.uri, MOTION_CNN, training.to_dict())
+    return training
+
+
+@dataclass
+class TrainMotionResult:
+    """What `jobs/train_motion.py` did."""
+
+    training: MotionTraining
+    trained: bool  # False: the saved model was kept
+    embedded: int  # videos added to motion/
+
+
+@dataclass
+class MotionFit:
+    model: MotionCNN  # with the best epoch's weights, in eval mode
+    state: dict[str, torch.Tensor]  # those weights (CPU)
+    training: MotionTraining
+
+
+def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPlan, cfg: Config,
+                   device: str | torch.device = "auto", *, report: Report = no_report, state: dict | None = None,
+                   rank: int = 0, world: int = 1, wrap: Callable | None = None, reduce: Reduce | None = None,
+                   ) -> MotionFit:
+    """The motion CNN's epochs, then the test split scored once with the best epoch's weights, over flow in
+    memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`.
+
+    With the defaults, the plain one-process loop. A Ray Train worker passes its `rank` of `world` (it trains on
+    its share of `plan`), `wrap` (the model → its DDP wrapper), `reduce` (sums over the workers), `report`
+    (checkpoints `EpochLoop` states on its schedule) and the `state` it resumes from: the same model, stacks,
+    epochs and selection rule either way."""
+    source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
+    mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)
+    started = time.perf_counter()
+    kept = source.preload(shard.train + shard.val + shard.test)
+    log.info("motion CNN: %d videos' flow in memory (%.2f GB) after %.1f s", kept, source.kept_bytes / 2**30,
+             time.perf_counter() - started)
+    model = new_model(plan, cfg).to(device)
+    wrapped = wrap(model) if wrap is not None else model
+    optimizer = motion_optimizer(wrapped, mc)
+    loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience, epochs=mc.epochs)
+    loop.resume(state)
+    pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
+    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, rank, world, wrapped, reduce, pad_to)
+    while not loop.done:
+        loop.end_epoch(trainer.epoch(loop.epoch + 1))
+    model.load_state_dict(loop.best_state)
+    return MotionFit(model.eval(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))

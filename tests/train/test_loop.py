@@ -1,0 +1,160 @@
+"""The training workers' loops without Ray: one model's `EpochLoop` and the heads' `HeadGroup`, checkpointed
+through a plain `report` and resumed from the state it was handed."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+
+from multistream.config import RNNConfig
+from multistream.store.layout import RunRoot
+from multistream.train.loop import (
+    CheckpointSchedule,
+    EpochLoop,
+    ScheduledReport,
+    sum_metrics,
+    sum_over_workers,
+)
+from multistream.train.rnn.heads import HeadGroup, find_streams
+from tests.support.rnn import make_run_root
+
+
+def _through_disk(state: dict) -> dict:
+    """`state` as a checkpoint holds it: saved, then loaded with weights_only=True (no unpickling)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+class Recorder:
+    def __init__(self):
+        self.reports, self.finals = [], []
+
+    def __call__(self, metrics: dict, state: dict, final: bool = False) -> None:
+        self.reports.append((metrics, _through_disk(state)))
+        self.finals.append(final)
+
+
+def test_epoch_loop_keeps_the_lowest_val_loss_and_resumes_from_a_report():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = Recorder()
+    loop = EpochLoop(model, optimizer, recorder, patience=2)
+    weights = []
+    for val_loss in (1.0, 0.5, 0.7, 0.9):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # a different model every epoch
+        weights.append(model.weight.detach().clone())
+        loop.end_epoch({"val_loss": val_loss})
+    assert loop.done and loop.epoch == 4  # two epochs without a lower loss: patience 2
+    assert torch.equal(loop.best_state["weight"], weights[1])
+    assert [m["epoch"] for m, _ in recorder.reports] == [1, 2, 3, 4]
+    assert recorder.finals == [False, False, False, True]
+    assert all(m["seconds"] >= 0 and m["lr"] == 0.1 for m, _ in recorder.reports)
+
+    fresh = torch.nn.Linear(3, 2)
+    resumed = EpochLoop(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), patience=2)
+    resumed.resume(recorder.reports[2][1])  # after epoch 3: one bad epoch so far
+    assert resumed.epoch == 3 and not resumed.done and len(resumed.history) == 3
+    assert torch.equal(resumed.model.weight, weights[2]) and torch.equal(resumed.best_state["weight"], weights[1])
+    resumed.end_epoch({"val_loss": 0.9})
+    assert resumed.done  # the stopping counter came back with the state
+
+
+def test_an_epochs_seconds_leave_its_report_out():
+    model = torch.nn.Linear(3, 2)
+    slow_report = lambda metrics, state, final: time.sleep(0.3)  # noqa: E731 (a checkpoint that takes its time)
+    loop = EpochLoop(model, torch.optim.SGD(model.parameters(), lr=0.1), slow_report, patience=5)
+    started = time.perf_counter()
+    for _ in range(3):
+        loop.end_epoch({"val_loss": 1.0})
+    assert time.perf_counter() - started >= 0.9
+    assert all(m["seconds"] < 0.25 for m in loop.history)
+
+
+def test_epoch_loop_stops_after_its_epochs_and_says_the_last_is_final():
+    recorder = Recorder()
+    loop = EpochLoop(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), recorder,
+                     patience=10, epochs=3)
+    while not loop.done:
+        loop.end_epoch({"val_loss": 1.0 / (loop.epoch + 1)})
+    assert loop.epoch == 3 and recorder.finals == [False, False, True]
+
+
+def test_checkpoint_schedule_waits_its_seconds_between_checkpoints():
+    now = [0.0]
+    schedule = CheckpointSchedule(5.0, clock=lambda: now[0])
+    due = []
+    for _ in range(12):  # one epoch a second
+        now[0] += 1.0
+        due.append(schedule.due())
+        if due[-1]:
+            schedule.checkpointed()
+    assert [i + 1 for i, d in enumerate(due) if d] == [5, 10]
+    every_epoch = CheckpointSchedule(0.0, clock=lambda: now[0])
+    assert every_epoch.due() and every_epoch.due()
+
+
+def test_a_scheduled_report_checkpoints_when_due_and_after_the_final_epoch():
+    now, saved = [0.0], []
+    report = ScheduledReport(lambda metrics, state: saved.append(metrics["epoch"]),
+                             CheckpointSchedule(2.5, clock=lambda: now[0]))
+    for epoch in range(1, 7):  # one epoch a second, the sixth final
+        now[0] += 1.0
+        report({"epoch": epoch}, {}, final=epoch == 6)
+    assert saved == [3, 6]
+    told = []  # what the other workers' agreement says wins: here, never due
+    never = ScheduledReport(lambda m, s: saved.append(m["epoch"]), CheckpointSchedule(0.0),
+                            agree=lambda due: told.append(due) or False)
+    never({"epoch": 1}, {})
+    never({"epoch": 2}, {}, final=True)
+    assert saved == [3, 6, 2] and told == [True]  # the final epoch is checkpointed without asking
+
+
+def test_epoch_loop_ignores_a_state_of_another_phase():
+    loop = EpochLoop(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+    loop.resume({"spatial": {}})  # the heads' checkpoint of a chained run
+    loop.resume(None)
+    assert loop.epoch == 0 and loop.history == [] and loop.best_state is None
+
+
+def test_sums_are_the_identity_in_one_process():
+    assert sum_over_workers(np.array([1.0, 2.0]), torch.device("cpu")).tolist() == [1.0, 2.0]
+    assert sum_metrics({"n": 3, "loss": 1.5}, torch.device("cpu")) == {"n": 3.0, "loss": 1.5}
+
+
+RNN = RNNConfig(hidden=8, layers=1, dropout=0.1, lr=0.05, batch_size=4, epochs=6, patience=6)
+
+
+def _group(root) -> HeadGroup:
+    found, _ = find_streams(RunRoot(str(root)), ["spatial", "audio"])
+    return HeadGroup(list(found.values()), RNN, torch.device("cpu"))
+
+
+def _steps(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in ("seconds", "run_s")} for h in history]
+
+
+def test_head_group_trains_every_head_and_a_resumed_group_takes_the_same_steps(tmp_path):
+    make_run_root(str(tmp_path))
+    whole, recorder = _group(tmp_path), Recorder()
+    whole.fit(recorder)
+    assert len(recorder.reports) == RNN.epochs and recorder.finals == [False] * (RNN.epochs - 1) + [True]
+    first = recorder.reports[0][0]
+    assert {"spatial/val_loss", "audio/val_loss", "spatial/train_loss"} <= set(first)
+
+    resumed = _group(tmp_path)
+    resumed.resume(recorder.reports[2][1])  # the checkpoint after epoch 3
+    assert {s: h.epoch for s, h in resumed.heads.items()} == {"spatial": 3, "audio": 3}
+    rest = Recorder()
+    resumed.fit(rest)
+    assert len(rest.reports) == RNN.epochs - 3
+    for stream, head in whole.heads.items():
+        assert _steps(resumed.heads[stream].history) == _steps(head.history)
+        for name, tensor in head.best.items():
+            assert torch.allclose(resumed.heads[stream].best[name], tensor)
