@@ -1,6 +1,6 @@
 """multistream: spatial, temporal and audio video embeddings, fused for action recognition and anomalies.
 
-Importing the package first makes torchvision/timm/torchaudio importable on CPU-only torch builds
+Importing the package first makes torchvision (and so timm) importable beside a CPU-only torch build
 (see `multistream.compat`, which prepares them when they are first imported); every other module can then
 import them freely.
 """

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # what PyAV/FFmpeg raise on damaged or foreign input (an empty file object gives a bare OSError)
 _DECODE_ERRORS = (av.FFmpegError, OSError, EOFError)
+# PyAV < 19 raises on undecodable metadata unless told to ignore it; PyAV 19 has no such option (and no error)
+_OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
 class VideoError(Exception):
@@ -100,7 +102,7 @@ class VideoReader:
             raise VideoError(f"{self.name}: empty file")
         try:
             self._container = av.open(source if not isinstance(source, os.PathLike) else os.fspath(source),
-                                      mode="r", metadata_errors="ignore")
+                                      mode="r", **_OPEN_OPTIONS)
         except _DECODE_ERRORS as exc:
             raise VideoError(f"{self.name}: not a readable video ({exc})") from exc
         try:
