@@ -64,13 +64,16 @@ def _prepare_torchvision() -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     package_dir = Path(next(iter(spec.submodule_search_locations)))
-    libraries = [p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in package_dir.glob("_C" + suffix)]
-    if libraries:
+    # `_C.so` up to 0.28, `_C_stable.so` (stable ABI) since 0.29
+    libraries = sorted({p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in package_dir.glob("_C*" + suffix)})
+    if not libraries:
+        return
+    for library in libraries:
         try:
-            torch.ops.load_library(str(libraries[0]))
+            torch.ops.load_library(str(library))
             return
         except OSError as error:
-            log.debug("torchvision _C does not load (%s); declaring its op schemas", error)
+            log.debug("torchvision's %s does not load (%s)", library.name, error)
     if _has_schema(torch, "nms"):
         return
     library = torch.library.Library("torchvision", "DEF")
