@@ -93,13 +93,32 @@ def video_row(entry: VideoEntry, status: str = "ok", error: str | None = None,
     return row
 
 
+# Raised by the program itself (a bug, a missing or incompatible dependency), never by a video's content: one
+# stops the job with its traceback instead of turning every video into an error row.
+PROGRAM_ERRORS = (TypeError, AttributeError, ImportError, NameError, SyntaxError, AssertionError,
+                  NotImplementedError)
+
+
+class ProgramError(RuntimeError):
+    """An error of the program met while processing a video: the job stops (the cause's traceback follows)."""
+
+
+def stop_on_program_error(error: BaseException, uri: str, stage: str) -> None:
+    """Raise ProgramError from `error` when it is a PROGRAM_ERRORS one; return for an error of the video."""
+    if isinstance(error, PROGRAM_ERRORS):
+        raise ProgramError(f"{stage} of {uri}: {type(error).__name__}: {error}. This is an error of the program or "
+                           "of an installed package, not of the video: the job stops (traceback below); every "
+                           "committed video is kept and a re-run resumes") from error
+
+
 def error_message(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return text if isinstance(error, VideoError) else f"{type(error).__name__}: {text}"
 
 
 def fail(row: dict, stage: str, error: BaseException) -> dict:
-    """The row as an error row: its arrays dropped, the message naming the stage."""
+    """The row as an error row: its arrays dropped, the message naming the stage (ProgramError for a bug)."""
+    stop_on_program_error(error, row["video"]["uri"], stage)
     return {"video": row["video"] | {"status": "error", "error": f"{stage}: {error_message(error)}"}}
 
 
