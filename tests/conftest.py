@@ -61,3 +61,11 @@ def ray_session(s3_server):
              runtime_env={"env_vars": worker_env(1)})
     yield
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`fast`: every test that starts no Ray, runs no whole job and builds no cluster (`pytest -m fast`)."""
+    for item in items:
+        if not {"slow", "cluster"} & {m.name for m in item.iter_markers()} and \
+                "ray_session" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fast)
