@@ -100,13 +100,20 @@ def run_job_main(job: str, *args: str) -> int:
 
 def kill_train_worker_when(process, ready, timeout_s: float = 400) -> tuple[int | None, str]:
     """Once `ready()` holds, SIGKILL one Ray Train worker of the job `process` (started with
-    start_new_session=True); wait for the job to end. Returns (the killed pid or None, the job's output)."""
+    start_new_session=True, stdout=PIPE); wait for the job to end. Returns (the killed pid or None, the
+    job's output).
+
+    The job's output is read on a thread all along: a pipe nobody reads fills up (64 KiB) and blocks the job
+    on its next write, which a slow machine's longer logs reached."""
     import signal
-    import subprocess
+    import threading
     import time
 
     import psutil
 
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
     killed, deadline = None, time.time() + timeout_s
     try:
         while killed is None and time.time() < deadline and process.poll() is None:
@@ -117,10 +124,9 @@ def kill_train_worker_when(process, ready, timeout_s: float = 400) -> tuple[int 
                     killed = workers[0].pid
                     os.kill(killed, signal.SIGKILL)
             time.sleep(0.05)
-        output, _ = process.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        output = ""
+        process.wait(timeout=600)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    return killed, output
+        reader.join(timeout=10)
+    return killed, "".join(lines)
