@@ -3,7 +3,7 @@
 The autoencoder learns to reconstruct the (standardized) embeddings of a mostly normal archive through a
 narrow bottleneck; videos unlike the majority reconstruct worse. The threshold is set at a target
 false-positive rate on scores of normal videos the scoring autoencoder was not fitted on: an autoencoder
-reproduces the videos it was fitted on far better than new normal ones (to ~1e-6 on the demo), so a
+reproduces the videos it was fitted on far better than new normal ones (docs/design.md#anomaly-threshold), so a
 threshold from those would flag most new videos. Two ways (`anomaly.calibrate`):
 - "cross_fit" (`cross_fit`): one autoencoder per fold (folds of whole groups), each fitted on the normal
   videos outside its fold; each video is scored by its own fold's autoencoder, the one not fitted on it, and

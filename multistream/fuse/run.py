@@ -20,16 +20,9 @@ Every video with an embedding gets a prediction and an anomaly score: a cross-fi
 out-of-fold one (its own fold's autoencoder), any other video the folds' mean. Each output table is
 rewritten as one part.
 
-Measured on the demo: the RNNs memorise their train videos and the autoencoder memorises whatever it is
-fitted on (it reconstructs those embeddings to ~1e-6, new normal ones to ~0.5, anomalies to ~1), so a
-threshold from scores of fitted videos flags every new video. Out of fold, the train videos still score low
-(median 0.42-0.46 against 0.56-0.58 for val, three seeds of an earlier demo layout): their embeddings come
-from RNNs fitted on them. On five seeds of that layout, with them in the calibration set (train+val, 40
-videos) 0.00-0.30 of the 20 normal test videos were flagged at a 0.05 target; calibrated on the 16 val
-videos alone, 0.00-0.10, with 0.88-1.00 of the anomalies flagged when new videos get the folds' mean score
-(0.75-1.00 with one autoencoder fitted on all 40). With 24 val videos (the demo now), the threshold read off
-their scores as the 2nd-largest flagged 0.00-0.29 of the normal test videos over eight seeds, a log-normal's
-prediction bound (`anomaly.quantile`) 0.00-0.08.
+Why: the RNNs memorise their train videos and the autoencoder whatever it is fitted on, so a threshold from
+scores of fitted videos flags every new video; out of fold, the train videos still score low, their
+embeddings coming from RNNs fitted on them. The rule and the demo's figures: docs/design.md#anomaly-threshold.
 """
 
 from __future__ import annotations
