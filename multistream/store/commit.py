@@ -1,11 +1,11 @@
 """Committing extracted videos under the run root, resuming an interrupted extraction, and its summary.
 
-Commit protocol (a kill -9 loses at most the videos not yet committed):
+Commit protocol (docs/design.md#commit-protocol; a kill -9 loses at most the videos not yet committed):
   a group of finished rows (at most `ray.write.batch_size` videos, split further where their features + flow
   pass `commit.max_mb`) is written as `flow/<part>`, then `features/<part>` (its ok videos), then
   `videos/<part>` (every video of the group) under one part name. The `videos/` part is the commit.
 On start (`resume_state`), `features/` and `flow/` parts without a `videos/` twin are deleted (except flow
-parts whose videos are all committed ok: the one-part-per-video flow of runs before grouped commits), and
+parts whose videos are all committed ok: run roots that hold one flow part per video), and
 committed videos are skipped; only `video_id` and `status` of `videos/` are read. At the end of a run
 (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a killed run's
 surviving workers, whose videos this run extracted again) are deleted with their twins.

@@ -1,4 +1,4 @@
-"""The explicit pyarrow schemas of every table a job writes (DESIGN.md §3). One row per video everywhere.
+"""The explicit pyarrow schemas of every table a job writes (docs/design.md#tables). One row per video everywhere.
 
 Sequences of vectors are `list<fixed_size_list<float16|float32, D>>`: a (T, D) array per video.
 """
