@@ -45,7 +45,7 @@ class StageFigures:
 
 @dataclass
 class ExtractionReport:
-    """The extraction keys of reports/benchmark.json (DESIGN.md §7)."""
+    """The extraction keys of reports/benchmark.json (docs/design.md#benchmark-method)."""
 
     videos: int
     cores: int

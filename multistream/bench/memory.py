@@ -21,8 +21,8 @@ class LengthProbe:
 class TreeMemory:
     """Peak proportional set size (PSS) of this process and all its descendants (Ray's included), sampled.
 
-    Reading PSS walks every page table of the tree: sampled every 0.25 s it took a quarter of a core from
-    the pipeline it measures on 2 cores, every 2 s a fortieth."""
+    Reading PSS walks every page table of the tree, which takes CPU from the pipeline it measures: hence a
+    sample every `interval` seconds, 2 by default (its cost: docs/design.md#benchmark-method)."""
 
     def __init__(self, interval: float = 2.0):
         self.interval, self.peak_mb = interval, 0.0
