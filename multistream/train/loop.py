@@ -36,8 +36,8 @@ def no_report(metrics: dict, state: dict, final: bool = False) -> None:
 @dataclass
 class CheckpointSchedule:
     """Which epochs a Ray Train loop checkpoints: the final one, and any other once `every_s` seconds have passed
-    since the last checkpoint (0: every epoch). Each checkpoint costs a save and a report (~0.05 s for a demo
-    head, against its 0.1 s epochs); a worker that dies loses at most the epochs since the last one."""
+    since the last checkpoint (0: every epoch). Each checkpoint costs a save and a report
+    (docs/design.md#checkpoint-schedule); a worker that dies loses at most the epochs since the last one."""
 
     every_s: float = 0.0
     clock: Callable[[], float] = time.monotonic

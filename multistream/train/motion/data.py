@@ -1,7 +1,7 @@
 """The temporal stream's data, without Ray: which videos the motion CNN learns from, their flow in memory,
 the stacks it is fed, and the `motion/` table of every video's embedded positions.
 
-Splits (DESIGN §3): the motion CNN fits on `train`; `val` chooses its best epoch and stops it; `test` is
+Splits (docs/design.md#splits): the motion CNN fits on `train`; `val` chooses its best epoch and stops it; `test` is
 scored once, at the end. Stacks (paper §IV.C): `stacks_per_video` stacks of L flow fields per video and
 epoch, centred at random positions for training (drawn from a seeded generator: the same seed gives the
 same stacks) and at evenly spaced positions for validation and test, so that their figures compare across
