@@ -1,5 +1,6 @@
 """The motion CNN and every stream's RNN head in ONE Ray Train run, for the pipeline on a fresh run root: one
-worker-group start-up instead of two, which on a small archive is most of what training costs.
+worker-group start-up instead of two, which on a small archive is most of what training costs
+(docs/design.md#chained-train-run).
 
 The workers fit the motion CNN and embed every video into `motion/` (`ray.motion.train_loop`), then read the
 streams — the temporal one from the `motion/` table just written — and fit the heads (`ray.rnn.train_loop`).

@@ -4,10 +4,9 @@ must run under the same settings to be compared with it)."""
 from __future__ import annotations
 
 # glibc's default malloc returns large buffers to the OS after every free, so every batch of CPU inference
-# page-faults its buffers back in (25-29% of inference time measured here). Keep them mapped instead; and
-# keep every thread on the main heap: Ray Data calls a map actor's function from a non-main thread, whose
-# own malloc arena was unmapped and faulted back in on every batch whatever the thresholds (spatial CNN
-# inside the pipeline: 0.36 → 0.25 core-s per video, ~60-90k → 0 page faults per batch).
+# page-faults its buffers back in. Keep them mapped instead; and keep every thread on the main heap: Ray Data
+# calls a map actor's function from a non-main thread, whose own malloc arena would be unmapped and faulted
+# back in on every batch whatever the thresholds (figures: docs/design.md#malloc-settings).
 WORKER_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4000000000",
     "MALLOC_TRIM_THRESHOLD_": "100000000000",
