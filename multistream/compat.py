@@ -8,7 +8,7 @@ every timm model need no custom op). Where the real library loads, nothing is ch
 
 `multistream/__init__.py` calls `apply_on_import()`, so this holds in every process that imports the package
 before torchvision (Ray workers included). A script that imports torchvision or timm before `multistream`
-needs a matching pair of wheels instead (README: "Install").
+needs a matching pair of wheels instead (README: "Set up").
 """
 
 from __future__ import annotations
