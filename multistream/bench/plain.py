@@ -76,4 +76,4 @@ def rnn(cfg: Config, root: str, stream: str) -> dict:
     train, val = read_sequences(data, data.train_ids), read_sequences(data, data.val_ids)
     load_s = time.perf_counter() - started
     head = train_head(train, val, cfg.rnn, len(data.classes), _device(cfg))
-    return PlainRun(threads, load_s, len(train), [epoch["seconds"] for epoch in head.history]).to_dict()
+    return PlainRun(threads, load_s, len(train), [epoch["seconds"] for epoch in head.loop.history]).to_dict()

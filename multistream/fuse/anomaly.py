@@ -31,6 +31,7 @@ from torch import nn
 from multistream.config import AnomalyConfig
 from multistream.device import resolve_device
 from multistream.store import modelio
+from multistream.train.loop import EpochLoop
 
 KIND, FORMAT = "autoencoder", 3
 READABLE_FORMATS = (2, 3)  # 2: one autoencoder, its tensors unprefixed
@@ -136,10 +137,10 @@ class AnomalyDetector:
             model = Autoencoder(x.shape[1], cfg.hidden, cfg.bottleneck).to(device)
         data = torch.from_numpy(((x - mean) / scale).astype(np.float32)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        history = []
-        model.train()
-        for _ in range(cfg.epochs):
+        generator = torch.Generator().manual_seed(cfg.seed)  # the batches' order: torch's global seed untouched
+
+        def step(epoch: int, rng: None) -> dict[str, float]:
+            model.train()
             order = torch.randperm(len(data), generator=generator).to(device)
             total = 0.0
             for start in range(0, len(data), cfg.batch_size):
@@ -149,8 +150,11 @@ class AnomalyDetector:
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
-            history.append(total / len(data))
-        return cls([Member(model, mean, scale)], float("nan"), history, device)
+            return {"loss": total / len(data)}
+
+        # no validation: every epoch runs and the last weights are kept
+        loop = EpochLoop(model, optimizer, epochs=cfg.epochs, train_key="loss").fit(step)
+        return cls([Member(model, mean, scale)], float("nan"), [h["loss"] for h in loop.history], device)
 
     def calibrate(self, normal: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
         """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on

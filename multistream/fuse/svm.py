@@ -22,10 +22,10 @@ from sklearn.svm import LinearSVC
 
 from multistream.config import FusionConfig
 from multistream.store import modelio
+from multistream.train.steps import top_ks, topk_accuracy
 
 STREAMS = ("spatial", "temporal", "audio")
 KIND, FORMAT = "linear_svm", 2
-TOP5_MIN_CLASSES = 6  # top-5 is reported only where it can miss: with 5 classes or fewer it is always 1
 
 
 def _stack(features: dict[str, np.ndarray], streams: tuple[str, ...]) -> np.ndarray:
@@ -107,7 +107,7 @@ class FusionModel:
 
 @dataclass
 class Accuracy:
-    """Top-1 (and top-5, None with fewer than `TOP5_MIN_CLASSES` classes) of N scored videos.
+    """Top-1 (and top-5, None with 5 classes or fewer: `multistream.train.steps.top_ks`) of N scored videos.
 
     `confusion[i][j]` counts videos of classes[i] predicted as classes[j]; labels outside `classes` count as
     errors in top1/top5 and are left out of per_class and confusion (`n_unknown` counts them).
@@ -128,10 +128,7 @@ def evaluate_predictions(scores: np.ndarray, labels: list[str], classes: list[st
     index = {c: i for i, c in enumerate(classes)}
     y = np.asarray([index.get(str(v), -1) for v in labels], dtype=np.int64)
     pred = scores.argmax(axis=1)
-    top5 = None
-    if len(classes) >= TOP5_MIN_CLASSES and len(y):
-        top = np.argpartition(-scores, 4, axis=1)[:, :5]
-        top5 = float((top == y[:, None]).any(axis=1).mean())
+    top5 = topk_accuracy(scores, y, 5) if 5 in top_ks(len(classes)) and len(y) else None
     known = y >= 0
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
     np.add.at(confusion, (y[known], pred[known]), 1)

@@ -62,8 +62,7 @@ def train_loop(config: dict) -> None:
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
     fit = fit_motion_cnn(source, plan, cfg, device, report=reporter(cfg.ray.train.checkpoint_every_s),
                          state=restore_state(), rank=rank, world=world,
-                         wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device),
-                         reduce=lambda sums: sum_metrics(sums, device))
+                         wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device))
     meta = training_meta(plan, cfg, fit.training)
     mine = {v: positions[v] for v in sorted(positions)[rank::world]}
     embed_videos(fit.model, meta, source, mine, run, device, mc.embed_batch_size, cfg.ray.embed.batch_size)

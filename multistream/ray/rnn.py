@@ -26,7 +26,6 @@ from multistream.ray.worker_env import train_worker_threads
 from multistream.store import layout
 from multistream.store.layout import RunRoot
 from multistream.train import run_spec
-from multistream.train.loop import sum_over_workers
 from multistream.train.rnn.data import StreamData
 from multistream.train.rnn.heads import (
     HeadGroup,
@@ -50,8 +49,7 @@ def train_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = resolve_device(actor_device(config["rnn"].device))
     wrap = (lambda model: ray.train.torch.prepare_model(model, move_to_device=False)) if world > 1 else None
-    group = HeadGroup(config["streams"], config["rnn"], device, rank, world,
-                      reduce=lambda values: sum_over_workers(values, device), wrap=wrap)
+    group = HeadGroup(config["streams"], config["rnn"], device, rank, world, wrap=wrap)
     group.resume(restore_state())
     group.fit(reporter(config["checkpoint_every_s"]))
     if rank == 0:

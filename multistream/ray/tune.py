@@ -58,13 +58,14 @@ def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, 
     variant = config["variant"]
     head = Head(dataclasses.replace(rnn, seed=config["seed"], **{name: variant[name] for name in GRID}), input_dim,
                 num_classes, statistics, actor_device(rnn.device))
-    while not head.done:
-        report = trial_metrics(head, head.run_epoch(train, val))
-        if head.best_epoch != head.epoch:
+    loop = head.loop
+    while not loop.done:
+        report = trial_metrics(loop, head.run_epoch(train, val))
+        if loop.best_epoch != loop.epoch:
             tune.report(report)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            save_file({k: v.contiguous() for k, v in head.best.items()}, str(Path(directory) / TRIAL_WEIGHTS))
+            save_file({k: v.contiguous() for k, v in loop.best_state.items()}, str(Path(directory) / TRIAL_WEIGHTS))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
 

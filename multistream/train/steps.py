@@ -85,8 +85,17 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: str
     return result
 
 
+TOP5_MIN_CLASSES = 6  # top-5 is reported only where it can miss: with 5 classes or fewer it is always 1
+
+
+def top_ks(num_classes: int) -> tuple[int, ...]:
+    """The k reported for `num_classes` classes: (1, 5) from `TOP5_MIN_CLASSES` classes on, else (1,)."""
+    return (1, 5) if num_classes >= TOP5_MIN_CLASSES else (1,)
+
+
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows of scores (N, C) whose label (N,) int is among the k highest; k is capped at C."""
+    """Fraction of rows of scores (N, C) whose label (N,) int is among the k highest (a label of -1, a class
+    the scores do not cover, never is); k is capped at C; NaN without rows."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if len(labels) == 0:
         return float("nan")

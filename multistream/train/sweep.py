@@ -21,9 +21,10 @@ from multistream.config import Config, FusionConfig, RNNConfig, TuneConfig
 from multistream.fuse.svm import FusionModel
 from multistream.store import runinfo, storage
 from multistream.store.layout import RunRoot
+from multistream.train.loop import EpochLoop
 from multistream.train.rnn.model import SequenceClassifier
-from multistream.train.rnn.recipe import Head, embed, top_ks
-from multistream.train.steps import topk_accuracy
+from multistream.train.rnn.recipe import embed
+from multistream.train.steps import top_ks, topk_accuracy
 
 GRID = ("cell", "bidirectional", "layers", "hidden", "attention")
 # (cell, bidirectional, layers, hidden units, paper top-1 %, paper top-5 %), in the paper's order
@@ -97,10 +98,10 @@ def variant_model(weights: dict[str, torch.Tensor], variant: dict, rnn: RNNConfi
     return model.eval()
 
 
-def trial_metrics(head: Head, metrics: dict) -> dict:
+def trial_metrics(loop: EpochLoop, metrics: dict) -> dict:
     """What a trial reports for an epoch: the head's metrics, its best epoch so far and why it may stop."""
-    return {**metrics, "best_epoch": head.best_epoch, "early_stopped": head.stopping.should_stop,
-            "best_val_loss": head.stopping.best}
+    return {**metrics, "best_epoch": loop.best_epoch, "early_stopped": loop.stopping.should_stop,
+            "best_val_loss": loop.stopping.best}
 
 
 def split_scores(logits: np.ndarray, targets: np.ndarray, prefix: str) -> dict:

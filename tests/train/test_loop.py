@@ -7,6 +7,7 @@ import io
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from multistream.config import RNNConfig
@@ -14,7 +15,9 @@ from multistream.store.layout import RunRoot
 from multistream.train.loop import (
     CheckpointSchedule,
     EpochLoop,
+    EpochRecord,
     ScheduledReport,
+    epoch_rng,
     sum_metrics,
     sum_over_workers,
 )
@@ -123,6 +126,39 @@ def test_epoch_loop_ignores_a_state_of_another_phase():
     assert loop.epoch == 0 and loop.history == [] and loop.best_state is None
 
 
+def test_every_epoch_gives_one_record_and_the_plateau_schedule_reads_the_val_loss():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=0, threshold=0.0)
+    records: list[EpochRecord] = []
+    loop = EpochLoop(model, optimizer, patience=3, epochs=5, scheduler=scheduler, on_epoch=records.append)
+    losses = iter([1.0, 2.0, 3.0, 4.0])
+    loop.fit(lambda epoch, rng: {"train_loss": 0.5, "val_loss": next(losses), "val_accuracy": 0.25})
+    assert loop.epoch == 4 and loop.stopping.should_stop and loop.best_epoch == 1  # early stop, not the budget
+    assert [(r.epoch, r.of, r.train_loss, r.val_top1) for r in records] == [(e, 5, 0.5, 0.25) for e in (1, 2, 3, 4)]
+    assert [r.lr for r in records] == pytest.approx([1.0, 1.0, 0.1, 0.01])  # the rate each epoch trained at
+    assert [h["lr"] for h in loop.history] == [r.lr for r in records]
+
+
+def test_epochs_are_seeded_by_seed_epoch_and_rank():
+    draws = []
+    loop = EpochLoop(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), epochs=3,
+                     seed=7, rank=1)
+    loop.fit(lambda epoch, rng: draws.append((rng.integers(1000), float(torch.rand(1)))) or {"train_loss": 0.0})
+    again = [(epoch_rng(7, epoch, 1).integers(1000), float(torch.rand(1))) for epoch in (1, 2, 3)]
+    assert draws == again and len(set(draws)) == 3
+
+
+def test_a_loop_without_validation_runs_its_budget_and_keeps_the_last_weights():
+    model = torch.nn.Linear(2, 2)
+    loop = EpochLoop(model, torch.optim.SGD(model.parameters(), lr=0.1), patience=1, epochs=4, train_key="loss")
+    records = []
+    loop.on_epoch = records.append
+    loop.fit(lambda epoch, rng: {"loss": 1.0 / epoch})
+    assert loop.epoch == 4 and loop.best_state is None and loop.load_best() is model
+    assert [r.train_loss for r in records] == [1.0, 0.5, 1 / 3, 0.25] and records[0].val_loss is None
+
+
 def test_sums_are_the_identity_in_one_process():
     assert sum_over_workers(np.array([1.0, 2.0]), torch.device("cpu")).tolist() == [1.0, 2.0]
     assert sum_metrics({"n": 3, "loss": 1.5}, torch.device("cpu")) == {"n": 3.0, "loss": 1.5}
@@ -150,11 +186,11 @@ def test_head_group_trains_every_head_and_a_resumed_group_takes_the_same_steps(t
 
     resumed = _group(tmp_path)
     resumed.resume(recorder.reports[2][1])  # the checkpoint after epoch 3
-    assert {s: h.epoch for s, h in resumed.heads.items()} == {"spatial": 3, "audio": 3}
+    assert {s: h.loop.epoch for s, h in resumed.heads.items()} == {"spatial": 3, "audio": 3}
     rest = Recorder()
     resumed.fit(rest)
     assert len(rest.reports) == RNN.epochs - 3
     for stream, head in whole.heads.items():
-        assert _steps(resumed.heads[stream].history) == _steps(head.history)
-        for name, tensor in head.best.items():
-            assert torch.allclose(resumed.heads[stream].best[name], tensor)
+        assert _steps(resumed.heads[stream].loop.history) == _steps(head.loop.history)
+        for name, tensor in head.loop.best_state.items():
+            assert torch.allclose(resumed.heads[stream].loop.best_state[name], tensor)

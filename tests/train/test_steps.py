@@ -12,6 +12,7 @@ from multistream.train.steps import (
     motion_optimizer,
     rnn_optimizer,
     seed_everything,
+    top_ks,
     topk_accuracy,
     train_epoch,
 )
@@ -62,6 +63,10 @@ def test_topk_accuracy():
     assert topk_accuracy(scores, labels, 1) == 0.25
     assert topk_accuracy(scores, labels, 2) == 0.5
     assert topk_accuracy(scores, labels, 5) == 1.0
+
+
+def test_top5_only_with_more_than_five_classes():
+    assert top_ks(4) == (1,) and top_ks(5) == (1,) and top_ks(6) == (1, 5)
 
 
 def test_early_stopping():

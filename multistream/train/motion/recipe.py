@@ -1,8 +1,8 @@
 """Training the motion CNN without Ray: one epoch (random stacks of the train split, then validation), the
 final test scoring, the plain loop over epochs, and the record kept in model.json and metrics.json.
 
-`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it scheduled checkpoints
-and sums over the workers) and, with its defaults, the plain one-process loop. Model choice
+`fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it scheduled checkpoints;
+figures are summed over the workers' process group) and, with its defaults, the plain one-process loop. Model choice
 reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
 lower one; `test` is scored once, with the best epoch's weights.
 """
@@ -23,14 +23,12 @@ from multistream.config import Config, ConfigError
 from multistream.device import actor_device, resolve_device
 from multistream.store import modelio, runinfo
 from multistream.store.layout import MOTION_CNN, RunRoot
-from multistream.train.loop import EpochLoop, Report, no_report
+from multistream.train.loop import EpochLoop, Report, no_report, sum_metrics
 from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, read_plan
 from multistream.train.motion.model import MotionCNN, model_meta
 from multistream.train.steps import evaluate, motion_optimizer, seed_everything, train_epoch
 
 log = logging.getLogger(__name__)
-
-Reduce = Callable[[dict[str, float]], dict[str, float]]
 
 
 def motion_device(cfg: Config) -> str:
@@ -60,14 +58,6 @@ def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:
     return MotionCNN.from_config(cfg.motion_cnn, len(plan.classes), cfg.flow.size)
 
 
-def epoch_rng(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
-    """The generator of one epoch's stacks on one worker; it also seeds torch (dropout) for that epoch, so a
-    run resumed from a checkpoint draws what an uninterrupted one would have."""
-    rng = np.random.default_rng([seed, epoch, rank])
-    torch.manual_seed(int(rng.integers(2**62)))
-    return rng
-
-
 def _counted(batches: Iterable, count: list[int]):
     for inputs, targets in batches:
         count[0] += len(targets)
@@ -76,17 +66,17 @@ def _counted(batches: Iterable, count: list[int]):
 
 class MotionTrainer:
     """The epochs of worker `rank` of `world`: `model` (unwrapped: validation, test), `wrapped` (what trains:
-    DDP across Ray Train workers, else `model`), this worker's `plan` shard, and `reduce`, which sums figures
-    over the workers (identity in one process). Each worker takes `motion_cnn.batch_size / world` stacks a
-    step, so that a step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps)."""
+    DDP across Ray Train workers, else `model`) and this worker's `plan` shard; figures are summed over the
+    workers (`loop.sum_metrics`). Each worker takes `motion_cnn.batch_size / world` stacks a step, so that a
+    step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps)."""
 
     def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
-                 cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
-                 wrapped: torch.nn.Module | None = None, reduce: Reduce | None = None, pad_to: int | None = None):
+                 cfg: Config, device: torch.device, world: int = 1, wrapped: torch.nn.Module | None = None,
+                 pad_to: int | None = None):
         self.model, self.wrapped, self.optimizer = model, wrapped or model, optimizer
-        self.source, self.plan, self.cfg, self.device, self.rank = source, plan, cfg, device, rank
+        self.source, self.plan, self.cfg, self.device = source, plan, cfg, device
         self.batch_size = cfg.motion_cnn.batch_size // world
-        self.reduce, self.pad_to = reduce or (lambda sums: sums), pad_to
+        self.pad_to = pad_to
         self.loss_fn = torch.nn.CrossEntropyLoss()
 
     def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
@@ -94,9 +84,9 @@ class MotionTrainer:
         return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, self.batch_size,
                              mc.stack_length, self.cfg.flow.clip_px, rng, pad_to)
 
-    def epoch(self, epoch: int) -> dict[str, float]:
-        """Train epoch `epoch` (1-based) on random stacks, then validate → loss, accuracy, val_loss, val_accuracy."""
-        rng = epoch_rng(self.cfg.motion_cnn.seed, epoch, self.rank)
+    def epoch(self, epoch: int, rng: np.random.Generator) -> dict[str, float]:
+        """Train epoch `epoch` (1-based) on stacks drawn with `rng`, then validate → loss, accuracy, val_loss,
+        val_accuracy."""
         count = [0]
         train = train_epoch(self.wrapped, _counted(self.batches(self.plan.train, rng, self.pad_to), count),
                             self.optimizer, self.loss_fn, self.device, amp=True)
@@ -117,7 +107,7 @@ class MotionTrainer:
         return self._mean(sums)
 
     def _mean(self, sums: dict[str, float]) -> dict[str, float]:
-        sums = self.reduce(sums)
+        sums = sum_metrics(sums, self.device)
         n = sums["n"]
         return {"loss": sums["loss"] / n if n else math.nan, "accuracy": sums["correct"] / n if n else math.nan}
 
@@ -203,15 +193,13 @@ class MotionFit:
 
 def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPlan, cfg: Config,
                    device: str | torch.device = "auto", *, report: Report = no_report, state: dict | None = None,
-                   rank: int = 0, world: int = 1, wrap: Callable | None = None, reduce: Reduce | None = None,
-                   ) -> MotionFit:
+                   rank: int = 0, world: int = 1, wrap: Callable | None = None) -> MotionFit:
     """The motion CNN's epochs, then the test split scored once with the best epoch's weights, over flow in
     memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`.
 
     With the defaults, the plain one-process loop. A Ray Train worker passes its `rank` of `world` (it trains on
-    its share of `plan`), `wrap` (the model → its DDP wrapper), `reduce` (sums over the workers), `report`
-    (checkpoints `EpochLoop` states on its schedule) and the `state` it resumes from: the same model, stacks,
-    epochs and selection rule either way."""
+    its share of `plan`), `wrap` (the model → its DDP wrapper), `report` (checkpoints `EpochLoop` states on its
+    schedule) and the `state` it resumes from: the same model, stacks, epochs and selection rule either way."""
     source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
     mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)
     started = time.perf_counter()
@@ -221,11 +209,10 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     model = new_model(plan, cfg).to(device)
     wrapped = wrap(model) if wrap is not None else model
     optimizer = motion_optimizer(wrapped, mc)
-    loop = EpochLoop(wrapped, optimizer, report, patience=mc.patience, epochs=mc.epochs)
+    loop = EpochLoop(model, optimizer, report, patience=mc.patience, epochs=mc.epochs, seed=mc.seed, rank=rank,
+                     train_key="loss")
     loop.resume(state)
     pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
-    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, rank, world, wrapped, reduce, pad_to)
-    while not loop.done:
-        loop.end_epoch(trainer.epoch(loop.epoch + 1))
-    model.load_state_dict(loop.best_state)
-    return MotionFit(model.eval(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))
+    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, world, wrapped, pad_to)
+    loop.fit(trainer.epoch)
+    return MotionFit(loop.load_best(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))

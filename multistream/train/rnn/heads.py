@@ -20,7 +20,7 @@ import torch
 from multistream.config import Config, RNNConfig
 from multistream.store import embeddings, layout, modelio, runinfo
 from multistream.store.layout import RunRoot
-from multistream.train.loop import Report
+from multistream.train.loop import Report, sum_over_workers
 from multistream.train.rnn.data import (
     MissingStreamError,
     StreamData,
@@ -30,8 +30,8 @@ from multistream.train.rnn.data import (
     stream_data,
 )
 from multistream.train.rnn.model import SequenceClassifier
-from multistream.train.rnn.recipe import Head, Reduce, embed, frame_moments, input_statistics, top_ks
-from multistream.train.steps import topk_accuracy
+from multistream.train.rnn.recipe import Head, embed, frame_moments, input_statistics
+from multistream.train.steps import top_ks, topk_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,12 @@ def heads_spec(rnn: RNNConfig, streams: dict[str, dict]) -> dict:
 
 def head_meta(data: StreamData, head: Head) -> dict:
     """model.json of a trained head (`embed_stream` adds the scores and saves it with the best weights)."""
-    best = {m["epoch"]: m for m in head.history}[head.best_epoch]
+    loop = head.loop
+    best = {m["epoch"]: m for m in loop.history}[loop.best_epoch]
     meta = {"stream": data.stream, "input_dim": data.input_dim, "classes": data.classes,
             "embedding_dim": head.model.embedding_dim, "rnn": architecture(head.rnn),
-            "config": dataclasses.asdict(head.rnn), "epochs": head.epoch, "best_epoch": head.best_epoch,
-            "best_val_loss": best["val_loss"], "history": head.history}
+            "config": dataclasses.asdict(head.rnn), "epochs": loop.epoch, "best_epoch": loop.best_epoch,
+            "best_val_loss": best["val_loss"], "history": loop.history}
     return meta
 
 
@@ -103,19 +104,20 @@ def find_streams(run: RunRoot, streams: list[str], skip_missing: bool = False,
 class HeadGroup:
     """Several streams' heads trained side by side by worker `rank` of `world`, which reads its shard of every
     stream's train and val videos once. Each epoch trains every head not done one epoch (`Head`, the recipe
-    shared with the sweep), then reports once, with one state holding every head.
+    shared with the sweep), then reports once, with one state holding every head. Figures are summed over the
+    workers' process group (`loop.sum_over_workers`).
 
-    reduce: sums over the workers (None in one process); wrap: a head's model → what trains (DDP), or None."""
+    wrap: a head's model → what trains (DDP), or None."""
 
     def __init__(self, streams: list[StreamData], rnn: RNNConfig, device: torch.device, rank: int = 0,
-                 world: int = 1, reduce: Reduce = None, wrap: Callable | None = None):
-        self.streams, self.reduce = streams, reduce
+                 world: int = 1, wrap: Callable | None = None):
+        self.streams = streams
         self.heads, self.splits = {}, {}
         for data in streams:
             own = shard(data.train_ids, rank, world)
             train = read_sequences(data, shard(data.train_ids, rank, world, pad=True))
             moments = frame_moments(train.seqs[:len(own)])  # the padding repeats videos: left out
-            moments = reduce(moments) if reduce is not None else moments
+            moments = sum_over_workers(moments, device)
             head = Head(rnn, data.input_dim, len(data.classes), input_statistics(moments), device, world)
             if wrap is not None:
                 head.network = wrap(head.model)
@@ -127,20 +129,20 @@ class HeadGroup:
         if state is None or not set(self.heads) <= set(state):
             return
         for stream, head in self.heads.items():
-            head.load_state_dict(state[stream])
-        log.info("resumed after epoch %s", ", ".join(f"{s} {h.epoch}" for s, h in self.heads.items()))
+            head.loop.resume(state[stream])
+        log.info("resumed after epoch %s", ", ".join(f"{s} {h.loop.epoch}" for s, h in self.heads.items()))
 
     def fit(self, report: Report) -> None:
         """Epochs until every head is done; each epoch's metrics are "<stream>/<key>"."""
         last = time.perf_counter()
-        while not all(head.done for head in self.heads.values()):
-            training = [stream for stream, head in self.heads.items() if not head.done]
+        while not all(head.loop.done for head in self.heads.values()):
+            training = [stream for stream, head in self.heads.items() if not head.loop.done]
             metrics = {f"{stream}/{key}": value for stream in training
-                       for key, value in self.heads[stream].run_epoch(*self.splits[stream], self.reduce).items()}
+                       for key, value in self.heads[stream].run_epoch(*self.splits[stream]).items()}
             for stream in training:  # "seconds": the head's own epoch; "run_s": every head's + the last report
-                self.heads[stream].history[-1]["run_s"] = time.perf_counter() - last
-            report(metrics, {stream: head.state_dict() for stream, head in self.heads.items()},
-                   all(head.done for head in self.heads.values()))
+                self.heads[stream].loop.history[-1]["run_s"] = time.perf_counter() - last
+            report(metrics, {stream: head.loop.state_dict() for stream, head in self.heads.items()},
+                   all(head.loop.done for head in self.heads.values()))
             last = time.perf_counter()
 
     def save_and_embed(self, run: RunRoot, batch_size: int) -> None:

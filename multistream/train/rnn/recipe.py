@@ -8,15 +8,13 @@ plain loop the benchmark compares them with:
 - `rnn.batch_size` videos per optimizer step in total: with W data-parallel workers each takes batch_size / W;
 - only the `val` split is read for those choices; the test split is scored once, by whoever holds the result.
 
-`Head` is one model in training (its state round-trips through `state_dict` for checkpoints);
-`train_head` is the plain loop over in-memory sequences.
+`Head` is one model in training: the recipe's epoch run by the one epoch loop (`multistream.train.loop`),
+whose state round-trips through checkpoints; `train_head` is the plain loop over in-memory sequences.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -24,19 +22,12 @@ import torch
 
 from multistream.config import RNNConfig
 from multistream.device import autocast, resolve_device
+from multistream.train.loop import EpochLoop, EpochRecord, sum_metrics
 from multistream.train.rnn.data import Sequences
 from multistream.train.rnn.model import SequenceClassifier, pad_sequences
-from multistream.train.steps import EarlyStopping, evaluate, rnn_optimizer, seed_everything, train_epoch
+from multistream.train.steps import evaluate, rnn_optimizer, seed_everything, top_ks, train_epoch
 
 log = logging.getLogger(__name__)
-
-# sums over workers: (values,) float64 → (values,) float64; None on a single worker
-Reduce = Callable[[np.ndarray], np.ndarray] | None
-
-
-def top_ks(num_classes: int) -> tuple[int, ...]:
-    """Top-5 only where there are more than 5 classes (with fewer it is 1 by construction)."""
-    return (1, 5) if num_classes > 5 else (1,)
 
 
 def frame_moments(seqs: Iterable[np.ndarray]) -> np.ndarray:
@@ -70,7 +61,9 @@ def batches(data: Sequences, batch_size: int, rng: np.random.Generator | None = 
 
 
 class Head:
-    """One recurrent head in training: model, optimizer, plateau schedule, early stopping, best weights."""
+    """One recurrent head in training: the model, what runs it forward (`network`: the model or its DDP
+    wrapper) and its `loop` (SGD + Nesterov, the plateau schedule, early stopping, best weights, history);
+    `run_epoch` is one epoch of the recipe. Its state round-trips through `loop.state_dict` / `loop.resume`."""
 
     def __init__(self, rnn: RNNConfig, input_dim: int, num_classes: int, statistics: tuple[np.ndarray, np.ndarray],
                  device: str | torch.device = "cpu", world: int = 1):
@@ -83,87 +76,46 @@ class Head:
         self.model = SequenceClassifier.from_config(rnn, input_dim, num_classes)
         self.model.set_input_statistics(*statistics)
         self.model.to(self.device)
-        self.network: torch.nn.Module = self.model  # what runs forward: the model, or its DDP wrapper
-        self.optimizer, self.scheduler = rnn_optimizer(self.model, rnn)
-        self.stopping = EarlyStopping(rnn.patience)
+        self.network: torch.nn.Module = self.model
+        optimizer, scheduler = rnn_optimizer(self.model, rnn)
+        # shuffling and dropout seeded by epoch (not by rank): a resumed run, or a head trained beside others,
+        # takes the very steps an uninterrupted one alone would
+        self.loop = EpochLoop(self.model, optimizer, patience=rnn.patience, epochs=rnn.epochs, scheduler=scheduler,
+                              seed=rnn.seed)
         self.loss_fn = torch.nn.CrossEntropyLoss()
-        self.epoch, self.history, self.best, self.best_epoch = 0, [], None, 0
-        self.final = False  # restored from an early-stopped checkpoint: no state to train on from
 
-    @property
-    def done(self) -> bool:
-        return self.final or self.stopping.should_stop or self.epoch >= self.rnn.epochs
+    def run_epoch(self, train: Sequences, val: Sequences) -> dict:
+        """One epoch on this worker's `train` and `val` shards, its figures summed over the workers so that
+        every worker takes the same schedule and stopping decisions. Returns its history entry (val_* on
+        `val`)."""
+        return self.loop.run_epoch(lambda epoch, rng: self._step(train, val, rng))
 
-    def run_epoch(self, train: Sequences, val: Sequences, reduce: Reduce = None) -> dict:
-        """One epoch on this worker's `train` and `val` shards; `reduce` sums over the workers, so that every
-        worker takes the same schedule and stopping decisions. Returns the epoch's metrics (val_* on `val`)."""
-        started = time.perf_counter()
-        self.epoch += 1
-        # shuffling and dropout seeded by epoch: a resumed run (or a head trained beside others) takes the
-        # very steps an uninterrupted one alone would
-        rng = np.random.default_rng([self.rnn.seed, self.epoch])
-        torch.manual_seed(int(rng.integers(2**62)))
+    def _step(self, train: Sequences, val: Sequences, rng: np.random.Generator) -> dict:
         ks = top_ks(self.num_classes)
-        fit = train_epoch(self.network, batches(train, self.batch_size, rng), self.optimizer, self.loss_fn,
+        fit = train_epoch(self.network, batches(train, self.batch_size, rng), self.loop.optimizer, self.loss_fn,
                           self.device)
         keys = ["loss", "accuracy", *(f"top{k}" for k in ks[1:])]
         # the unwrapped model: evaluation takes no collective step, so a worker may have an empty shard
         val_stats = (evaluate(self.model, batches(val, self.batch_size), self.loss_fn, self.device, top_k=ks)
                      if len(val) else dict.fromkeys(keys, 0.0))
-        sums = np.array([fit["loss"] * len(train), fit["accuracy"] * len(train), len(train),
-                         *(val_stats[k] * len(val) for k in keys), len(val)], np.float64)
-        if reduce is not None:
-            sums = reduce(sums)
-        n_train, n_val = sums[2], sums[-1]
-        metrics = {"epoch": self.epoch, "train_loss": sums[0] / n_train, "train_accuracy": sums[1] / n_train,
-                   **{f"val_{k}": v / n_val for k, v in zip(keys, sums[3:-1], strict=True)},
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
-        self.scheduler.step(metrics["val_loss"])
-        if self.stopping.step(metrics["val_loss"]):
-            self.best = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            self.best_epoch = self.epoch
-        self.history.append(metrics)
-        return metrics
+        sums = sum_metrics({"train_loss": fit["loss"] * len(train), "train_accuracy": fit["accuracy"] * len(train),
+                            "n_train": len(train), **{f"val_{k}": val_stats[k] * len(val) for k in keys},
+                            "n_val": len(val)}, self.device)
+        n_train, n_val = sums.pop("n_train"), sums.pop("n_val")
+        return {k: v / (n_train if k.startswith("train_") else n_val) for k, v in sums.items()}
 
     def best_model(self) -> SequenceClassifier:
         """The model with the best epoch's weights, in eval mode, on this head's device."""
-        if self.best is not None:
-            self.model.load_state_dict(self.best)
-        return self.model.eval()
-
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs; tensors and JSON strings only (loads with weights_only=True).
-        An early-stopped head keeps only its best weights and history: it never trains again."""
-        book = json.dumps({"epoch": self.epoch, "history": self.history, "best_epoch": self.best_epoch,
-                           "stopping": self.stopping.state_dict()})
-        if self.stopping.should_stop:
-            return {"best": self.best, "bookkeeping": book}
-        # where this epoch is the best, the best weights are the model's: not written twice
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "bookkeeping": book,
-                **({} if self.best_epoch == self.epoch else {"best": self.best})}
-
-    def load_state_dict(self, state: dict) -> None:
-        book = json.loads(state["bookkeeping"])
-        self.epoch, self.history, self.best_epoch = book["epoch"], book["history"], book["best_epoch"]
-        self.stopping.load_state_dict(book["stopping"])
-        self.final = "model" not in state
-        if not self.final:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.best = state["best"] if "best" in state else {k: v.detach().cpu().clone()
-                                                           for k, v in self.model.state_dict().items()}
+        return self.loop.load_best()
 
 
 def train_head(train: Sequences, val: Sequences, rnn: RNNConfig, num_classes: int, device: str = "cpu",
-               on_epoch: Callable[[Head, dict], None] | None = None) -> Head:
-    """The plain loop (one process, no Ray): statistics of `train`, then epochs until `Head.done`."""
+               on_epoch: Callable[[EpochRecord], None] | None = None) -> Head:
+    """The plain loop (one process, no Ray): statistics of `train`, then epochs until the head's loop is done."""
     head = Head(rnn, train.seqs[0].shape[1], num_classes, input_statistics(frame_moments(train.seqs)), device)
-    while not head.done:
-        metrics = head.run_epoch(train, val)
-        if on_epoch is not None:
-            on_epoch(head, metrics)
+    head.loop.on_epoch = on_epoch
+    while not head.loop.done:
+        head.run_epoch(train, val)
     return head
 
 

@@ -17,7 +17,6 @@ from multistream.train.rnn.recipe import (
     embed,
     frame_moments,
     input_statistics,
-    top_ks,
     train_head,
 )
 from tests.support.rnn import make_run_root
@@ -61,18 +60,14 @@ def test_input_statistics_over_every_frame_and_shards_add_up():
         frame_moments([np.zeros((0, 4))])
 
 
-def test_top5_only_with_more_than_five_classes():
-    assert top_ks(4) == (1,) and top_ks(5) == (1,) and top_ks(6) == (1, 5)
-
-
 def test_the_plain_loop_learns_and_keeps_the_best_val_epoch(tmp_path):
     train, val, test = _splits(tmp_path)
     head = train_head(train, val, RNN, num_classes=3)
-    history = head.history
+    history = head.loop.history
     assert [h["epoch"] for h in history] == list(range(1, 13)) and "val_top5" not in history[0]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     best = min(history, key=lambda h: h["val_loss"])
-    assert head.best_epoch == best["epoch"]  # the lowest validation loss, the first of equals
+    assert head.loop.best_epoch == best["epoch"]  # the lowest validation loss, the first of equals
     assert head.model.input_mean.abs().sum() > 0  # standardized with the train split's statistics
     _, logits = embed(head.best_model(), test, batch_size=4)
     assert (logits.argmax(1) == test.targets).mean() >= 0.75  # chance is 1/3
@@ -84,20 +79,21 @@ def test_model_choices_ignore_the_test_split(tmp_path):
     clean = train_head(*_splits(tmp_path / "clean")[:2], rnn, num_classes=3)
     train, val, test = _splits(tmp_path / "poisoned", poison_test=True)
     poisoned = train_head(train, val, rnn, num_classes=3)
-    assert _steps(poisoned.history) == _steps(clean.history) and poisoned.best_epoch == clean.best_epoch
+    assert _steps(poisoned.loop.history) == _steps(clean.loop.history)
+    assert poisoned.loop.best_epoch == clean.loop.best_epoch
 
 
 def test_resuming_from_a_state_takes_the_same_steps(tmp_path):
     train, val, _ = _splits(tmp_path)
     whole = train_head(train, val, dataclasses.replace(RNN, epochs=6), num_classes=3)
     first = train_head(train, val, dataclasses.replace(RNN, epochs=3), num_classes=3)
-    state = first.state_dict()
+    state = first.loop.state_dict()
     resumed = Head(dataclasses.replace(RNN, epochs=6), train.seqs[0].shape[1], 3,
                    input_statistics(frame_moments(train.seqs)))
-    resumed.load_state_dict(state)
-    while not resumed.done:
+    resumed.loop.resume(state)
+    while not resumed.loop.done:
         resumed.run_epoch(train, val)
-    assert _steps(resumed.history) == _steps(whole.history)
+    assert _steps(resumed.loop.history) == _steps(whole.loop.history)
     for name, value in whole.best_model().state_dict().items():
         torch.testing.assert_close(resumed.best_model().state_dict()[name], value)
 
@@ -105,13 +101,13 @@ def test_resuming_from_a_state_takes_the_same_steps(tmp_path):
 def test_an_early_stopped_head_keeps_only_its_best_weights(tmp_path):
     train, val, _ = _splits(tmp_path)
     head = train_head(train, val, dataclasses.replace(RNN, epochs=40, patience=1, lr=0.5), num_classes=3)
-    assert head.stopping.should_stop and head.epoch < 40
-    state = head.state_dict()
+    assert head.loop.stopping.should_stop and head.loop.epoch < 40
+    state = head.loop.state_dict()
     assert set(state) == {"best", "bookkeeping"}
     again = Head(dataclasses.replace(RNN, epochs=40, patience=5), train.seqs[0].shape[1], 3,
                  input_statistics(frame_moments(train.seqs)))
-    again.load_state_dict(state)
-    assert again.done and again.best_epoch == head.best_epoch
+    again.loop.resume(state)
+    assert again.loop.done and again.loop.best_epoch == head.loop.best_epoch
 
 
 def test_the_batch_is_split_over_workers():
