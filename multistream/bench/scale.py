@@ -97,7 +97,7 @@ def archive_figures(make, sizes: tuple[int, int], overrides: list[str], env=None
 
 def committed_run(output: str, n: int, per_part: int = 256) -> None:
     """A run root whose `videos/` commits `n` videos (error rows), `per_part` a part, written directly."""
-    from multistream.extract.processor import part_name
+    from multistream.store.commit import part_name
 
     for start in range(0, n, per_part):
         ids = [f"c{i // PER_FOLDER:04d}/v{i:07d}.mp4" for i in range(start, min(start + per_part, n))]

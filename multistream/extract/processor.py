@@ -7,7 +7,6 @@ can be sampled once the whole motion profile is known), and the 16 kHz mono wave
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ import numpy as np
 from multistream.config import Config, ConfigError
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.flow.core import FlowEstimator, make_flow_estimator, mean_magnitude, quantize
-from multistream.extract.rows import error_message, fail, flow_table, read_flow, video_row  # noqa: F401 - re-exported
+from multistream.extract.rows import error_message, fail, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
 from multistream.extract.video import VideoError, open_video
 from multistream.store.storage import open_input
@@ -98,12 +97,6 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVide
         flow=flow,
         seconds={"decode_s": decode_seconds, "flow_s": flow_seconds},
     )
-
-
-def part_name(video_ids: list[str]) -> str:
-    """A stable part name for a set of videos: re-processing the same videos overwrites, never duplicates."""
-    digest = hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()
-    return f"part-{digest[:20]}"
 
 
 class Decoder:

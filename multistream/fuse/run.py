@@ -42,7 +42,8 @@ from multistream.fuse.anomaly import AnomalyDetector, cross_fit, roc_auc
 from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
 from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablation
-from multistream.store import layout, modelio, runinfo, schema, storage
+from multistream.store import layout, modelio, runinfo, schema
+from multistream.store.commit import replace_table
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ def is_current(root: str) -> bool:
     fingerprint = metrics.get("fusion", {}).get("embeddings_fingerprint")
     return (bool(fingerprint) and "anomaly" in metrics and fingerprint == embeddings_fingerprint(root)
             and modelio.has_model(run.model(layout.SVM)) and modelio.has_model(run.model(layout.AUTOENCODER)))
-
-
-def replace_table(table: pa.Table, table_uri: str) -> None:
-    """Write `table` as the one part of `table_uri` (atomically), then delete any other parts."""
-    storage.write_part(table, table_uri, PART)
-    for name in storage.list_parts(table_uri):
-        if name != PART:
-            storage.delete_part(table_uri, name)
 
 
 def _labelled(data: Embeddings, splits: str) -> np.ndarray:
@@ -206,7 +199,7 @@ def _run_fuse(cfg: Config) -> FuseResult:
         "video_id": data.video_id, "label": data.label, "split": data.split,
         "predicted": [model.classes[i] for i in scores.argmax(axis=1)],
         "scores": pa.array(list(scores.astype(np.float32)), pa.list_(pa.float32())),
-    }, schema=schema.PREDICTIONS_SCHEMA), run.predictions)
+    }, schema=schema.PREDICTIONS_SCHEMA), run.predictions, PART)
     runinfo.update_metrics(root, "fusion", dataclasses.asdict(fusion))
     log.info("fusion top-1 %.4f on %d test videos", fusion.top1, fusion.n_test)
 
@@ -214,7 +207,7 @@ def _run_fuse(cfg: Config) -> FuseResult:
     replace_table(pa.table({
         "video_id": data.video_id, "split": data.split, "score": anomaly_scores.astype(np.float32),
         "is_anomaly": flagged,
-    }, schema=schema.ANOMALY_SCHEMA), run.anomaly)
+    }, schema=schema.ANOMALY_SCHEMA), run.anomaly, PART)
     runinfo.update_metrics(root, "anomaly", dataclasses.asdict(anomaly))
     log.info("anomaly: ROC AUC %s, false-positive rate %s at a %.2f target, detection rate %s", anomaly.roc_auc,
              anomaly.false_positive_rate, anomaly.target_fpr, anomaly.detection_rate)

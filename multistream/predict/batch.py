@@ -3,7 +3,7 @@
 The batch job and one-file mode (`multistream.predict.single`) run the same cores (`multistream.predict.models`)
 on the same extracted arrays, so a clip gets the same class and scores from both. The batch job commits a group of videos (one
 `videos/` part of its extraction) as `embeddings/<part>`, then `predictions/<part>`, then `anomaly/<part>`:
-the last one is the commit (`embeddings/` alone with `--embed-only`). On start, parts without it are deleted
+the last one is the commit (`multistream.store.commit`; `embeddings/` alone with `--embed-only`). On start, parts without it are deleted
 and committed videos are skipped.
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 from multistream.config import Config, ConfigError
-from multistream.extract.processor import part_name
 from multistream.fuse.anomaly import roc_auc
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
+from multistream.store.commit import committed_parts, drop_uncommitted, part_name, write_group
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,9 @@ def _read_parts(table_uri: str, names: list[str], columns: list[str]) -> list[pa
 def committed_ids(run: RunRoot, embed_only: bool) -> set[str]:
     """Videos whose results are committed; in full mode, first drop the parts of an interrupted commit."""
     marker = run.embeddings if embed_only else run.anomaly
-    done = set(storage.list_parts(marker))
+    done = committed_parts(marker)
     if not embed_only:
-        for table in (run.embeddings, run.predictions):
-            for name in set(storage.list_parts(table)) - done:
-                log.info("removing uncommitted part %s", storage.join(table, name))
-                storage.delete_part(table, name)
+        drop_uncommitted(done, [run.embeddings, run.predictions])
     return {v for table in _read_parts(marker, sorted(done), ["video_id"]) for v in table["video_id"].to_pylist()}
 
 
@@ -60,19 +57,16 @@ def pending(run: RunRoot, embed_only: bool = False) -> list[dict]:
 
 
 def read_inputs(run: RunRoot, item: dict) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """The item's `features/` rows (in item order) and {video_id: (P, H, W, 2) uint8 flow}. Flow sits in the
-    part named like the commit, or (runs extracted before grouped commits) in one part per video."""
+    """The item's `features/` rows (in item order) and {video_id: (P, H, W, 2) uint8 flow}, both from the part
+    named like the commit."""
     from multistream.extract.rows import read_flow
 
     ids = item["video_id"]
     features = storage.read_part(run.features, item["part"], FEATURE_COLUMNS)
     index = {v: i for i, v in enumerate(features["video_id"].to_pylist())}
     features = features.take([index[v] for v in ids])
-    if storage.exists(storage.join(run.flow, item["part"] + storage.PART_SUFFIX)):
-        tables = [storage.read_part(run.flow, item["part"])]
-    else:
-        tables = _read_parts(run.flow, [part_name([v]) for v in ids], ["video_id", "shape", "data"])
-    flows = {row["video_id"]: read_flow(row) for table in tables for row in table.to_pylist() if row["video_id"] in index}
+    flows = {row["video_id"]: read_flow(row) for row in storage.read_part(run.flow, item["part"]).to_pylist()
+             if row["video_id"] in index}
     return features, flows
 
 
@@ -136,14 +130,14 @@ def commit_group(run: RunRoot, table: pa.Table, streams: tuple[str, ...], classi
     ids, splits = table["video_id"].to_pylist(), table["split"].to_pylist()
     name = part_name(ids)
     table = table.cast(schema.embeddings_schema(table.schema.field(schema.STREAMS[0]).type.list_size))
-    storage.write_part(table, run.embeddings, name)
+    parts = [(table, run.embeddings)]
     if classifier is not None:
         vectors = {s: table[s].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
                    for s in streams}
         scores = classifier(vectors)
-        storage.write_part(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier),
-                           run.predictions, name)
-        storage.write_part(anomaly_table(ids, splits, *detector(vectors)), run.anomaly, name)
+        parts += [(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier), run.predictions),
+                  (anomaly_table(ids, splits, *detector(vectors)), run.anomaly)]
+    write_group(name, parts)
     return name
 
 

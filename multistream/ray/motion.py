@@ -21,7 +21,7 @@ import ray.train.torch
 
 from multistream.config import Config
 from multistream.device import resolve_device
-from multistream.extract.processor import read_flow
+from multistream.extract.rows import read_flow
 from multistream.ray.session import init_ray, map_stage, read_parquet, worker_setup
 from multistream.ray.train import reporter, restore_state, run_training
 from multistream.ray.worker_env import train_worker_threads

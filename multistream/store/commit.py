@@ -1,31 +1,71 @@
-"""Committing extracted videos under the run root, resuming an interrupted extraction, and its summary.
+"""The commit protocol of every table written incrementally, and committing extracted videos under it.
 
-Commit protocol (docs/design.md#commit-protocol; a kill -9 loses at most the videos not yet committed):
-  a group of finished rows (at most `ray.write.batch_size` videos, split further where their features + flow
-  pass `commit.max_mb`) is written as `flow/<part>`, then `features/<part>` (its ok videos), then
-  `videos/<part>` (every video of the group) under one part name. The `videos/` part is the commit.
-On start (`resume_state`), `features/` and `flow/` parts without a `videos/` twin are deleted (except flow
-parts whose videos are all committed ok: run roots that hold one flow part per video), and
-committed videos are skipped; only `video_id` and `status` of `videos/` are read. At the end of a run
-(`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a killed run's
-surviving workers, whose videos this run extracted again) are deleted with their twins.
+A group of videos is written as one part per table under ONE part name (`part_name`), in order: the last table
+written is the group's marker and its part the commit (`write_group`). Whoever resumes lists the marker's
+parts (`committed_parts`), deletes the parts of the other tables without a twin there (`drop_uncommitted`:
+a group killed before its marker) and skips the committed videos. A table rewritten whole is one part,
+written before any other part is deleted (`replace_table`). Users:
+- extraction: `flow/<part>`, then `features/<part>` (its ok videos), then the marker `videos/<part>` (every
+  video of the group); a group is at most `ray.write.batch_size` videos, split further where their
+  features + flow pass `commit.max_mb` (a kill -9 loses at most the videos not yet committed). On start
+  (`resume_state`) only `video_id` of `videos/` is read. At the end of a run
+  (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a killed run's
+  surviving workers, whose videos this run extracted again) are deleted with their twins;
+- predict (`multistream.predict.batch`): `embeddings/<part>`, `predictions/<part>`, then the marker
+  `anomaly/<part>` (`embeddings/` alone with --embed-only);
+- fuse: `predictions/` and `anomaly/`, each replaced as the one part "fuse".
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from multistream.extract.processor import part_name
 from multistream.extract.rows import features_table, flow_table, row_bytes, videos_table
 from multistream.store import schema, storage
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
+
+
+def part_name(video_ids: list[str]) -> str:
+    """A stable part name for a set of videos: re-processing the same videos overwrites, never duplicates."""
+    digest = hashlib.sha1("\n".join(sorted(video_ids)).encode()).hexdigest()
+    return f"part-{digest[:20]}"
+
+
+def write_group(name: str, parts: Sequence[tuple[pa.Table, str]]) -> None:
+    """One group's parts: each (table, table URI) written as `<table URI>/<name>` in order; the last is the
+    marker, whose part commits the group."""
+    for table, table_uri in parts:
+        storage.write_part(table, table_uri, name)
+
+
+def committed_parts(marker: str) -> set[str]:
+    """The names of the committed groups: the parts of the `marker` table."""
+    return set(storage.list_parts(marker))
+
+
+def drop_uncommitted(committed: set[str], tables: Iterable[str]) -> None:
+    """Delete every part of `tables` that is not one of the `committed` groups (its marker was never written)."""
+    for table_uri in tables:
+        for name in set(storage.list_parts(table_uri)) - committed:
+            log.info("removing uncommitted part %s", storage.join(table_uri, name))
+            storage.delete_part(table_uri, name)
+
+
+def replace_table(table: pa.Table, table_uri: str, name: str) -> None:
+    """Write `table` as the one part `name` of `table_uri` (atomically), then delete any other parts."""
+    storage.write_part(table, table_uri, name)
+    for other in storage.list_parts(table_uri):
+        if other != name:
+            storage.delete_part(table_uri, other)
 
 
 def groups_by_bytes(rows: list[dict], max_bytes: float) -> list[list[dict]]:
@@ -47,11 +87,9 @@ def commit(rows: list[dict], run: RunRoot, clip_px: float, max_bytes: float) -> 
     for group in groups_by_bytes(rows, max_bytes):
         name = part_name([row["video"]["video_id"] for row in group])
         ok = [row for row in group if row["video"]["status"] == "ok"]
-        if ok:
-            storage.write_part(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px)
-                                                 for row in ok]), run.flow, name)
-            storage.write_part(features_table(ok), run.features, name)
-        storage.write_part(videos_table(group), run.videos, name)
+        flow = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in ok]),
+                 run.flow), (features_table(ok), run.features)] if ok else []
+        write_group(name, [*flow, (videos_table(group), run.videos)])
         committed.append((name, [row["video"] for row in group]))
     return committed
 
@@ -64,20 +102,10 @@ class ResumeState:
 
 def resume_state(run: RunRoot) -> ResumeState:
     """Drop the uncommitted parts of an interrupted run; what is committed already."""
-    parts = set(storage.list_parts(run.videos))
-    videos = storage.read_columns(run.videos, ["video_id", "status"], schema.VIDEOS_SCHEMA)
-    ids, statuses = videos["video_id"].to_pylist(), videos["status"].to_pylist()
-    for name in set(storage.list_parts(run.features)) - parts:
-        log.info("removing uncommitted part %s/%s", schema.FEATURES, name)
-        storage.delete_part(run.features, name)
-    orphans = set(storage.list_parts(run.flow)) - parts
-    if orphans:
-        ok = {vid for vid, status in zip(ids, statuses, strict=True) if status == "ok"}
-        for name in orphans:
-            flow_ids = storage.read_part(run.flow, name, columns=["video_id"])["video_id"].to_pylist()
-            if not set(flow_ids) <= ok:
-                storage.delete_part(run.flow, name)
-    return ResumeState(set(ids), parts)
+    parts = committed_parts(run.videos)
+    drop_uncommitted(parts, [run.features, run.flow])
+    videos = storage.read_columns(run.videos, ["video_id"], schema.VIDEOS_SCHEMA)
+    return ResumeState(set(videos["video_id"].to_pylist()), parts)
 
 
 def drop_stray_commits(run: RunRoot, known_parts: set[str]) -> int:

@@ -5,8 +5,10 @@ import pytest
 
 from multistream.config import load_config
 from multistream.extract.flow.core import make_flow_estimator
-from multistream.extract.processor import decode_video, flow_table, part_name, read_flow
+from multistream.extract.processor import decode_video
+from multistream.extract.rows import flow_table, read_flow
 from multistream.extract.video import VideoError
+from multistream.store.commit import part_name
 from tests.support.helpers import write_test_video
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from multistream.config import FusionConfig, load_config
 from multistream.demo.dataset import generate_demo
-from multistream.extract.processor import part_name
 from multistream.fuse.svm import FusionModel
 from multistream.jobs.pipeline import run_pipeline
 from multistream.predict.batch import (
@@ -26,6 +25,7 @@ from multistream.predict.models import Classifier
 from multistream.predict.single import main as one_file_main
 from multistream.predict.single import predict_video
 from multistream.store import layout, modelio, schema, storage
+from multistream.store.commit import part_name
 from multistream.store.layout import RunRoot
 from tests.support.helpers import write_test_video
 

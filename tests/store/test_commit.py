@@ -1,11 +1,11 @@
 """Grouped commits, resume bookkeeping and the extraction summary, without Ray."""
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pds
 import pytest
 
 from multistream.dataset.manifest import VideoEntry
-from multistream.extract.processor import part_name
 from multistream.extract.rows import flow_table, read_flow, video_row
 from multistream.store import storage
 from multistream.store.commit import (
@@ -13,10 +13,15 @@ from multistream.store.commit import (
     ExtractSummary,
     Progress,
     commit,
+    committed_parts,
     drop_stray_commits,
+    drop_uncommitted,
     error_kind,
     groups_by_bytes,
+    part_name,
+    replace_table,
     resume_state,
+    write_group,
 )
 from multistream.store.layout import RunRoot
 
@@ -58,20 +63,33 @@ def test_commit_writes_one_part_per_table_readable_per_video(tmp_path):
     np.testing.assert_array_equal(read_flow(flow[0]), rows[2]["flow"])
 
 
-def test_resume_drops_uncommitted_parts_and_keeps_committed_and_old_flow(tmp_path):
+def test_resume_drops_uncommitted_parts_and_keeps_committed(tmp_path):
     run = RunRoot(str(tmp_path))
     (done, _), = commit([ok_row("a"), error_row("b")], run, 20.0, 1e9)
     # a killed commit: features and flow written, videos not
     (killed, _), = commit([ok_row("c")], run, 20.0, 1e9)
     storage.delete_part(run.videos, killed)
-    # a run from before grouped commits: one flow part per video, named after it
-    legacy = part_name(["a"])
-    storage.write_part(flow_table("a", ok_row("a")["flow"], 20.0), run.flow, legacy)
     storage.write_part(flow_table("z", ok_row("z")["flow"], 20.0), run.flow, part_name(["z"]))
     state = resume_state(run)
     assert state.done == {"a", "b"} and state.parts == {done}
     assert storage.list_parts(run.features) == [done]
-    assert set(storage.list_parts(run.flow)) == {done, legacy}
+    assert storage.list_parts(run.flow) == [done]
+
+
+def test_a_group_commits_with_its_marker_and_a_replaced_table_keeps_one_part(tmp_path):
+    tables = {name: str(tmp_path / name) for name in ("a", "b", "marker")}
+    rows = pa.table({"video_id": ["v"]})
+    write_group("one", [(rows, tables["a"]), (rows, tables["b"]), (rows, tables["marker"])])
+    write_group("two", [(rows, tables["a"]), (rows, tables["b"])])  # killed before its marker
+    done = committed_parts(tables["marker"])
+    assert done == {"one"} and storage.list_parts(tables["a"]) == ["one", "two"]
+    drop_uncommitted(done, [tables["a"], tables["b"]])
+    assert storage.list_parts(tables["a"]) == storage.list_parts(tables["b"]) == ["one"]
+    assert committed_parts(str(tmp_path / "none")) == set()
+
+    replace_table(pa.table({"video_id": ["w"]}), tables["a"], "whole")
+    assert storage.list_parts(tables["a"]) == ["whole"]
+    assert storage.read_table(tables["a"])["video_id"].to_pylist() == ["w"]
 
 
 def test_stray_commits_are_dropped_with_their_twins(tmp_path):

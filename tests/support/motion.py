@@ -10,8 +10,9 @@ import pyarrow as pa
 from multistream.config import load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.flow.core import quantize
-from multistream.extract.processor import flow_table, part_name, video_row
+from multistream.extract.rows import flow_table, video_row
 from multistream.store import schema, storage
+from multistream.store.commit import part_name
 
 SIZE = (72, 64)  # (W, H): the motion CNN takes 57 px a side at the least
 OVERRIDES = [f"flow.size=[{SIZE[0]}, {SIZE[1]}]", "motion_cnn.width=0.125", "motion_cnn.stack_length=4",

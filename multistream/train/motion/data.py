@@ -21,8 +21,9 @@ import pyarrow.dataset as pads
 import torch
 
 from multistream.device import autocast
-from multistream.extract.processor import part_name, read_flow
+from multistream.extract.rows import read_flow
 from multistream.store import schema, storage
+from multistream.store.commit import part_name
 from multistream.store.layout import RunRoot
 from multistream.train.motion.model import EMBEDDING_DIM, MotionCNN, flow_stacks
 
