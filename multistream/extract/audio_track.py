@@ -8,6 +8,9 @@ from collections.abc import Callable
 import av
 import numpy as np
 
+# Hz: a source rate above it is treated as no audio (no recording has one; the resampler's filter grows with it)
+MAX_AUDIO_RATE = 384_000
+
 
 class AudioTrack:
     """Decodes and resamples `stream`'s packets into a buffer of at most `max_samples` (plus the packet that
@@ -21,12 +24,17 @@ class AudioTrack:
         self._samples = 0
         self.start: float | None = None  # time of the first decoded audio frame
         self.done = False
+        self.dropped: str | None = None  # why the track is treated as no audio (a frame's rate over MAX_AUDIO_RATE)
 
     def feed(self, packet: av.Packet) -> None:
         """Decode one of the stream's packets (an empty one flushes the decoder and ends the track)."""
         if self.done:
             return
         for frame in self._decode(self.stream, packet):
+            if frame.sample_rate > MAX_AUDIO_RATE:
+                self.dropped = f"audio at {frame.sample_rate} Hz exceeds {MAX_AUDIO_RATE} Hz"
+                self._chunks, self._samples, self.done = [], 0, True
+                return
             if self.start is None and frame.time is not None:
                 self.start = frame.time
             self._resample(frame)
@@ -41,12 +49,18 @@ class AudioTrack:
 
     def wave(self, t0: float | None) -> np.ndarray:
         """(N,) float32: the decoded audio placed on a clock that starts at `t0` (the video's first frame):
-        padded with silence where audio starts later, cut where it starts earlier."""
+        padded with silence where audio starts later (at most `max_samples` of it), cut where it starts earlier."""
         wave = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
         if self.start is None:
             return wave
-        offset = int(round((self.start - (t0 or 0.0)) * self.rate))
+        offset = int(round(min(self.start - (t0 or 0.0), self.max_samples / self.rate) * self.rate))
         return np.concatenate([np.zeros(offset, np.float32), wave]) if offset > 0 else wave[-offset:]
+
+    def late(self, t0: float | None, window_s: float) -> str | None:
+        """Why the track is no audio of the first `window_s` seconds on the video's clock: it starts after them."""
+        if self.start is not None and self.start - (t0 or 0.0) >= window_s:
+            return f"audio starts {self.start - (t0 or 0.0):g} s after the video, past the first {window_s:g} s"
+        return None
 
     def _new_resampler(self) -> av.AudioResampler:
         # rematrix_maxval=1 makes the downmix the mean of the channels instead of a sum that clips

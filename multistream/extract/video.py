@@ -1,4 +1,5 @@
-"""Streaming video decoding with PyAV: frames resized on the fly, mono audio, one demux pass, `max_seconds` cap.
+"""Streaming video decoding with PyAV: frames resized on the fly, mono audio, one demux pass, `max_seconds` cap,
+per-video budgets (`multistream.extract.budgets`: frames kept per second, pixels per frame, decoding time).
 
     with open_video("clip.avi", max_seconds=36) as reader:   # or an open binary file (storage.open_input)
         for frame in reader.frames({"flow": (320, 240), "spatial": None}):
@@ -20,7 +21,9 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from multistream.extract.audio_track import AudioTrack
+from multistream.extract.audio_track import MAX_AUDIO_RATE, AudioTrack
+from multistream.extract.budgets import Budget, FrameGate
+from multistream.extract.errors import VideoError
 from multistream.extract.timestamps import BestEffortPts
 
 log = logging.getLogger(__name__)
@@ -29,10 +32,6 @@ log = logging.getLogger(__name__)
 _DECODE_ERRORS = (av.FFmpegError, OSError, EOFError)
 # PyAV < 19 raises on undecodable metadata unless told to ignore it; PyAV 19 has no such option (and no error)
 _OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
-
-
-class VideoError(Exception):
-    """The input cannot be used as a video: empty, truncated, not a video, or without a video stream."""
 
 
 @dataclass(frozen=True)
@@ -83,18 +82,21 @@ def _size_of(source: str | os.PathLike | BinaryIO) -> int | None:
 class VideoReader:
     """An open video. Iterate `frames()` once, then (optionally) call `audio()`; or call `audio()` alone.
 
-    After `frames()` is exhausted: `n_frames` (frames decoded within max_seconds), `measured_fps`
-    (from timestamps) and `duration_s`.
+    After `frames()` is exhausted: `n_frames` (frames kept within max_seconds: every decoded one unless the
+    video is faster than `budget.max_fps`), `n_decoded`, `measured_fps` (the source's, from timestamps),
+    `kept_fps` and `duration_s`; after `audio()`, `audio_dropped` (why a present audio stream gave silence).
+    Over a budget (pixels, deadline) the reader raises `budgets.BudgetError`, a VideoError.
     """
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
-                 threads: int = 1):
+                 threads: int = 1, budget: Budget | None = None):
         if max_seconds <= 0 or audio_rate <= 0:
             raise ValueError(f"max_seconds and audio_rate must be positive, got {max_seconds}, {audio_rate}")
         self.name = _source_name(source)
         self.max_seconds = float(max_seconds)
         self.audio_rate = int(audio_rate)
         self.threads = threads
+        self._gate = FrameGate(budget or Budget(), self.max_seconds, self.name)
         # one reformatter per output size keeps its scaler from frame to frame (a new one per frame set up
         # swscale, and its thread pool, again for every frame: half of decode's CPU time)
         self._reformatters: dict[tuple[int, int] | None, av.video.reformatter.VideoReformatter] = {}
@@ -107,17 +109,25 @@ class VideoReader:
             raise VideoError(f"{self.name}: not a readable video ({exc})") from exc
         try:
             self.info = self._open_streams()
+            self._gate.check_size(self.info.width, self.info.height)
         except BaseException:
             self._container.close()
             raise
-        self.n_frames = 0
-        self._first_time: float | None = None
+        self.n_frames = self.n_decoded = 0
+        self._first_time: float | None = None  # of the decoded frames
         self._last_time: float | None = None
+        self._kept_times: tuple[float, float] | None = None  # first and last kept frame
         self._frames_started = False
         self._audio_called = False
-        self._audio = None if self._audio_stream is None else AudioTrack(
-            self._audio_stream, self.audio_rate, (self.max_seconds + 1.0) * self.audio_rate, self._decode)
-        streams = [s for s in (self._video_stream, self._audio_stream) if s is not None]
+        self._audio, self._audio_dropped = None, None
+        source_rate = self._audio_stream.codec_context.sample_rate if self._audio_stream is not None else 0
+        if source_rate and source_rate > MAX_AUDIO_RATE:
+            self._audio_dropped = f"audio at {source_rate} Hz exceeds {MAX_AUDIO_RATE} Hz"
+            log.warning("%s: %s: treated as no audio", self.name, self._audio_dropped)
+        elif self._audio_stream is not None:
+            self._audio = AudioTrack(self._audio_stream, self.audio_rate, (self.max_seconds + 1.0) * self.audio_rate,
+                                     self._decode)
+        streams = [self._video_stream] + ([self._audio_stream] if self._audio is not None else [])
         self._demuxer = self._container.demux(*streams)
 
     def _open_streams(self) -> VideoInfo:
@@ -174,7 +184,8 @@ class VideoReader:
         """Decoded frames within `max_seconds`, each converted to RGB at every requested (width, height).
 
         `sizes` maps a name to (width, height), or None for the native size. Raises VideoError when the
-        stream ends without a single decodable frame.
+        stream ends without a single decodable frame. Frames faster than `budget.max_fps` are decoded and
+        dropped (`budgets.FrameGate.keep`): `Frame.index` counts the frames kept.
         """
         if self._frames_started or self._audio_called:
             raise RuntimeError(f"{self.name}: frames() can be iterated only once, and before audio()")
@@ -183,26 +194,43 @@ class VideoReader:
         step = 1.0 / self.info.fps if self.info.fps > 0 else 0.0
         time_base = self._video_stream.time_base
         best_effort = BestEffortPts(prefer_dts=self._container.format.name == "avi")
-        for packet in self._packets():
-            if packet.stream.type == "audio":
-                self._audio.feed(packet)
-                continue
-            for vframe in self._decode(self._video_stream, packet):
-                pts = best_effort(vframe.pts, vframe.dts)
-                if pts is None:  # no timestamp at all: continue the nominal cadence
-                    time_s = 0.0 if self._last_time is None else self._last_time + step
-                else:
-                    if self._t0 is None:
-                        self._t0 = float(pts * time_base)
-                    time_s = float(pts * time_base) - self._t0
-                if time_s >= self.max_seconds:
-                    return
-                frame = Frame(self.n_frames, time_s, self._convert(vframe, sizes))
-                if self._first_time is None:
-                    self._first_time = time_s
-                self._last_time = time_s
-                self.n_frames += 1
-                yield frame
+        gate = self._gate
+        gate.start()  # decoding time: stopped while the consumer has a frame
+        try:
+            for packet in self._packets():
+                gate.check_deadline()
+                if packet.stream.type == "audio":
+                    self._audio.feed(packet)
+                    continue
+                for vframe in self._decode(self._video_stream, packet):
+                    gate.check_size(vframe.width, vframe.height)
+                    gate.check_deadline()
+                    pts = best_effort(vframe.pts, vframe.dts)
+                    if pts is None:  # no timestamp at all: continue the nominal cadence
+                        time_s = 0.0 if self._last_time is None else self._last_time + step
+                    else:
+                        if self._t0 is None:
+                            self._t0 = float(pts * time_base)
+                        time_s = float(pts * time_base) - self._t0
+                    if time_s >= self.max_seconds:
+                        return
+                    if gate.full:
+                        log.warning("%s: stopped at %d frames kept (max_seconds x video.max_fps)", self.name, gate.kept)
+                        return
+                    if self._first_time is None:
+                        self._first_time = time_s
+                    self._last_time = time_s
+                    self.n_decoded += 1
+                    if not gate.keep(time_s):
+                        continue
+                    frame = Frame(self.n_frames, time_s, self._convert(vframe, sizes))
+                    self._kept_times = (time_s if self._kept_times is None else self._kept_times[0], time_s)
+                    self.n_frames += 1
+                    gate.stop()
+                    yield frame
+                    gate.start()
+        finally:
+            gate.stop()
         if self.n_frames == 0:
             raise VideoError(f"{self.name}: no decodable video frames (truncated or damaged file)")
 
@@ -223,31 +251,54 @@ class VideoReader:
     def audio(self) -> np.ndarray:
         """(N,) float32 mono in [-1, 1] at `audio_rate`, N = round(min(duration_s, max_seconds) * audio_rate).
 
-        Zeros when the file has no audio track. Reads on from wherever `frames()` stopped, skipping video.
+        Zeros when the file has no audio track, or one that is dropped (`audio_dropped`: a source rate over
+        MAX_AUDIO_RATE, or audio that starts after the first max_seconds). Reads on from wherever `frames()`
+        stopped, skipping video.
         """
         self._audio_called = True
         wave = np.zeros(0, np.float32)
         if self._audio is not None:
             if not self._audio.done:
-                for packet in self._packets():
-                    if packet.stream.type == "audio":
-                        self._audio.feed(packet)
-                        if self._audio.done:
-                            break
-                self._audio.finish()
-            wave = self._audio.wave(self._t0)  # on the video's clock
+                self._gate.start()
+                try:
+                    for packet in self._packets():
+                        self._gate.check_deadline()
+                        if packet.stream.type == "audio":
+                            self._audio.feed(packet)
+                            if self._audio.done:
+                                break
+                    self._audio.finish()
+                finally:
+                    self._gate.stop()
+            wave = self._audio.wave(self._t0)  # on the video's clock, silence before it at most max_samples
         duration = self.duration_s if self.duration_s > 0 else len(wave) / self.audio_rate
         n = int(round(min(duration, self.max_seconds) * self.audio_rate))
+        if self._audio is not None and self._audio_dropped is None:
+            self._audio_dropped = self._audio.dropped or self._audio.late(self._t0, n / self.audio_rate)
+        if self._audio_dropped is not None:
+            wave = np.zeros(0, np.float32)
         out = np.zeros(n, np.float32)
         out[:min(n, len(wave))] = wave[:n]
         return np.clip(out, -1.0, 1.0)
 
     @property
     def measured_fps(self) -> float:
-        """(n_frames - 1) / (last - first timestamp); the nominal rate when fewer than two frames."""
-        if self.n_frames >= 2 and self._last_time > self._first_time:
-            return (self.n_frames - 1) / (self._last_time - self._first_time)
+        """(n_decoded - 1) / (last - first timestamp) of the decoded frames; the nominal rate when fewer than two."""
+        if self.n_decoded >= 2 and self._last_time > self._first_time:
+            return (self.n_decoded - 1) / (self._last_time - self._first_time)
         return self.info.fps
+
+    @property
+    def kept_fps(self) -> float:
+        """As measured_fps, of the frames kept: measured_fps unless the video was decimated to ~budget.max_fps."""
+        if self.n_frames >= 2 and self._kept_times[1] > self._kept_times[0]:
+            return (self.n_frames - 1) / (self._kept_times[1] - self._kept_times[0])
+        return min(self.measured_fps, self._gate.budget.max_fps)
+
+    @property
+    def audio_dropped(self) -> str | None:
+        """Why an audio stream gave silence (known at open for its rate, after `audio()` for its start)."""
+        return self._audio_dropped
 
     @property
     def duration_s(self) -> float:
@@ -269,8 +320,9 @@ class VideoReader:
 
 
 def open_video(source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
-               threads: int = 1) -> VideoReader:
+               threads: int = 1, budget: Budget | None = None) -> VideoReader:
     """Open a local path or a binary file object (e.g. `storage.open_input(uri)`) for streaming decode.
 
-    `threads` is the video decoder's (0: FFmpeg's choice, one per core); one suits a worker per core."""
-    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads)
+    `threads` is the video decoder's (0: FFmpeg's choice, one per core); one suits a worker per core.
+    `budget`: the per-video budgets (default: the `video` config's defaults)."""
+    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads, budget=budget)

@@ -31,9 +31,10 @@ VIDEOS_SCHEMA = pa.schema([
     ("error", pa.string()),  # null when ok
     ("duration_s", pa.float64()),
     ("fps", pa.float64()),  # measured from timestamps
+    ("kept_fps", pa.float64()),  # of the frames kept: fps, or ~video.max_fps where a faster video was decimated
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("n_frames", pa.int32()),  # frames decoded within max_seconds
+    ("n_frames", pa.int32()),  # frames kept within max_seconds (all decoded ones unless decimated)
     ("has_audio", pa.bool_()),
     ("n_samples", pa.int32()),  # sampled positions (features sequence length)
     *[(name, pa.float64()) for name in STAGE_SECONDS],
