@@ -9,7 +9,7 @@ threshold from those would flag most new videos. Two ways (`anomaly.calibrate`):
   videos outside its fold; each video is scored by its own fold's autoencoder, the one not fitted on it, and
   (some of) those out-of-fold scores set the threshold. New videos get the mean score of the folds'
   autoencoders. Every normal video is used for fitting and for calibrating, none for both at once;
-- "val": `fit` on one set of normal videos, `calibrate` on ANOTHER.
+- "val": `fit` on one set of normal videos, `calibrate_scores` on the scores of ANOTHER.
 The threshold is the (1 - target_fpr) quantile of those scores (`anomaly.quantile`): read off the sorted
 scores ("empirical") where enough of them lie beyond it, else from a log-normal fitted to them
 ("lognormal"): with 24 calibration videos at a 0.05 target the empirical one is their 2nd-largest score, an
@@ -123,7 +123,7 @@ class AnomalyDetector:
     def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
             ) -> AnomalyDetector:
         """embeddings (N, D) float (NaN allowed) → a detector of one autoencoder trained with Adam, MSE, seeded
-        by cfg.seed, on `device` (default cfg.device); its threshold is NaN until `calibrate`."""
+        by cfg.seed, on `device` (default cfg.device); its threshold is NaN until `calibrate_scores`."""
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"embeddings must be (N >= 2, D), got {x.shape}")
@@ -156,13 +156,9 @@ class AnomalyDetector:
         loop = EpochLoop(model, optimizer, epochs=cfg.epochs, train_key="loss").fit(step)
         return cls([Member(model, mean, scale)], float("nan"), [h["loss"] for h in loop.history], device)
 
-    def calibrate(self, normal: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
-        """Set the threshold from the embeddings (N, D) of normal videos this detector was not fitted on
-        (`split` names where they come from) at their (1 - target_fpr) quantile (`quantile_rule`); → it."""
-        return self.calibrate_scores(self.score(normal), target_fpr, split, quantile)
-
     def calibrate_scores(self, scores: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
-        """`calibrate` from the scores (N,) of normal videos, each given by an autoencoder not fitted on it."""
+        """Set the threshold from the scores (N,) of normal videos, each given by an autoencoder not fitted on it
+        (`split` names where they come from), at their (1 - target_fpr) quantile (`quantile_rule`); → it."""
         rule = quantile_rule(len(scores), target_fpr, quantile)
         self.threshold = THRESHOLDS[rule](scores, target_fpr)
         self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr), "quantile": rule}
@@ -249,3 +245,17 @@ def roc_auc(scores: np.ndarray, is_anomalous: np.ndarray) -> float:
     if labels.all() or not labels.any():
         return float("nan")
     return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def detection_figures(scores: np.ndarray, flagged: np.ndarray, anomalous: np.ndarray, normal: np.ndarray) -> dict:
+    """What a detector's scores (N,) and flags (N,) bool do on known videos: `anomalous` (N,) bool marks the
+    anomalies, `normal` (N,) bool the normal videos they are set against (other rows are left out) →
+    {"roc_auc" (anomalous against normal), "false_positive_rate" (flagged share of normal), "detection_rate"
+    (flagged share of anomalous)}, each None where its videos are missing."""
+    scores, flagged = np.asarray(scores), np.asarray(flagged, dtype=bool)
+    anomalous, normal = np.asarray(anomalous, dtype=bool), np.asarray(normal, dtype=bool)
+    known = anomalous | normal
+    auc = roc_auc(scores[known], anomalous[known])
+    return {"roc_auc": None if np.isnan(auc) else auc,
+            "false_positive_rate": float(flagged[normal].mean()) if normal.any() else None,
+            "detection_rate": float(flagged[anomalous].mean()) if anomalous.any() else None}

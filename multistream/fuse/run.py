@@ -38,7 +38,7 @@ import torch
 from multistream.config import Config
 from multistream.dataset.splits import group_folds
 from multistream.demo.dataset import cue_accuracy, cue_ceiling
-from multistream.fuse.anomaly import AnomalyDetector, cross_fit, roc_auc
+from multistream.fuse.anomaly import AnomalyDetector, cross_fit, detection_figures
 from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
 from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablation
@@ -151,16 +151,12 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
     scores, rest = held_out.copy(), np.isnan(held_out)
     scores[rest] = detector.score(x[rest])
     flagged = detector.is_anomaly(scores)
-    evaluated = test | anomalous
-    auc = roc_auc(scores[evaluated], anomalous[evaluated])
     result = AnomalyResult(
         streams=list(streams), input_dim=int(x.shape[1]), n_fit=int(fit.sum()),
         n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
         threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr, quantile=detector.calibration["quantile"],
         calibration_fpr=float(flagged[calibration].mean()),
-        false_positive_rate=float(flagged[test].mean()) if test.any() else None,
-        detection_rate=float(flagged[anomalous].mean()) if anomalous.any() else None,
-        roc_auc=None if np.isnan(auc) else auc,
+        **detection_figures(scores, flagged, anomalous, test),
         flagged={split: int(flagged[data.split_mask(split)].sum()) for split in sorted({str(s) for s in data.split})},
         splits={"fit": fit_split, "calibrate": detector.calibration["split"], "score": f"{TEST} + {ANOMALY}"},
         history=detector.history, device=str(detector.device), seconds=time.perf_counter() - started)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from multistream.config import Config, ConfigError
-from multistream.fuse.anomaly import roc_auc
+from multistream.fuse.anomaly import detection_figures
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
 from multistream.store.commit import committed_parts, drop_uncommitted, part_name, write_group
@@ -172,9 +172,7 @@ def evaluate(root: str, classes: list[str]) -> dict:
     if anomaly.num_rows:
         is_anomalous = np.array([s == "anomaly" for s in anomaly["split"].to_pylist()])
         flagged = np.array(anomaly["is_anomaly"].to_pylist())
-        auc = roc_auc(np.array(anomaly["score"].to_pylist()), is_anomalous)
         out |= {"n_anomalous": int(is_anomalous.sum()), "n_normal": int((~is_anomalous).sum()),
-                "flagged": int(flagged.sum()), "roc_auc": None if np.isnan(auc) else auc,
-                "false_positive_rate": float(flagged[~is_anomalous].mean()) if (~is_anomalous).any() else None,
-                "detection_rate": float(flagged[is_anomalous].mean()) if is_anomalous.any() else None}
+                "flagged": int(flagged.sum()),
+                **detection_figures(np.array(anomaly["score"].to_pylist()), flagged, is_anomalous, ~is_anomalous)}
     return out

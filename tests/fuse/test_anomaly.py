@@ -12,6 +12,7 @@ from multistream.fuse.anomaly import (
     Autoencoder,
     calibrate_threshold,
     cross_fit,
+    detection_figures,
     lognormal_threshold,
     quantile_rule,
     roc_auc,
@@ -35,7 +36,8 @@ def _embeddings(n_normal, n_outliers, seed):
 def detector():
     train, _ = _embeddings(300, 6, seed=0)  # a few anomalies hide in the training archive
     detector = AnomalyDetector.fit(train, CFG)
-    detector.calibrate(_embeddings(200, 0, seed=8)[0], target_fpr=0.1, split="val")
+    normal = _embeddings(200, 0, seed=8)[0]
+    detector.calibrate_scores(detector.score(normal), target_fpr=0.1, split="val")
     return detector
 
 
@@ -65,7 +67,7 @@ def test_threshold_holds_for_new_normal_videos_when_the_autoencoder_memorizes():
     detector = AnomalyDetector.fit(train, cfg, device="cpu")
     own = calibrate_threshold(detector.score(train), 0.1)
     assert np.mean(detector.score(fresh[200:]) > own) > 0.5  # a threshold from its own videos fails
-    detector.calibrate(fresh[:200], target_fpr=0.1, split="val")
+    detector.calibrate_scores(detector.score(fresh[:200]), target_fpr=0.1, split="val")
     assert np.mean(detector.is_anomaly(detector.score(fresh[200:]))) < 0.2
 
 
@@ -139,7 +141,7 @@ def test_missing_values_are_imputed(detector):
     train, _ = _embeddings(64, 0, seed=4)
     train[::4, -5:] = np.nan
     detector = AnomalyDetector.fit(train, AnomalyConfig(hidden=8, bottleneck=2, epochs=2))
-    assert np.isfinite(detector.calibrate(test, 0.05, "val"))
+    assert np.isfinite(detector.calibrate_scores(detector.score(test), 0.05, "val"))
 
 
 def test_save_load_roundtrip(detector, tmp_path):
@@ -209,9 +211,21 @@ def test_a_cross_fitted_detector_saves_every_fold_model_and_a_one_model_folder_o
     np.testing.assert_array_equal(loaded.score(test), detector.score(test))
 
     single = AnomalyDetector.fit(train, cfg)
-    single.calibrate(test, 0.1, "val")
+    single.calibrate_scores(single.score(test), 0.1, "val")
     single.save(tmp_path / "one")
     meta_path = tmp_path / "one" / "model.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "members"} | {"format": 2}))
     np.testing.assert_array_equal(AnomalyDetector.load(tmp_path / "one").score(test), single.score(test))
+
+
+def test_detection_figures_set_the_anomalies_against_the_normal_videos_only():
+    scores = np.array([0.1, 0.2, 0.9, 0.8, 0.95, 0.3])
+    flagged = scores > 0.5
+    anomalous = np.array([False, False, True, True, False, False])
+    normal = np.array([True, True, False, False, True, False])  # the last row is neither: left out
+    figures = detection_figures(scores, flagged, anomalous, normal)
+    assert figures == {"roc_auc": pytest.approx(4 / 6), "false_positive_rate": pytest.approx(1 / 3),
+                       "detection_rate": 1.0}
+    none = detection_figures(scores, flagged, np.zeros(6, bool), normal)
+    assert none["roc_auc"] is None and none["detection_rate"] is None and none["false_positive_rate"] == 1 / 3
