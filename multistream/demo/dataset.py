@@ -206,6 +206,14 @@ def cue_accuracy(streams: tuple[str, ...], labels: list[str], predicted: list[st
     return float(np.mean(agree))
 
 
+def cue_figures(streams: tuple[str, ...], labels: list[str], predicted: list[str],
+                present: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """{"ceiling": `cue_ceiling`, "cue_accuracy": `cue_accuracy`} of an ablation row: what the fuse job is
+    given to judge its rows by (`multistream.fuse.run.CueFigures`)."""
+    return {"ceiling": cue_ceiling(streams, labels, present),
+            "cue_accuracy": cue_accuracy(streams, labels, predicted, present)}
+
+
 def _seen_cues(streams: tuple[str, ...], present: dict[str, np.ndarray], i: int) -> list[int]:
     """The cue indices video `i` shows in `streams` (a stream it lacks shows none)."""
     return [STREAM_CUE[s] for s in streams if present[s][i]]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +38,6 @@ import torch
 
 from multistream.config import Config
 from multistream.dataset.splits import group_folds
-from multistream.demo.dataset import cue_accuracy, cue_ceiling
 from multistream.fuse.anomaly import AnomalyDetector, cross_fit, detection_figures
 from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 PART = "fuse"  # the single part each output table is written as
 FIT, CALIBRATE, TEST, ANOMALY = "train", "val", "test", "anomaly"
+# (an ablation row's streams, the test videos' labels (N,), their predicted labels (N,), {stream: (N,) bool, the
+# videos that have it}) → {"ceiling", "cue_accuracy"} where the dataset documents its classes' cues (None
+# elsewhere): given by the caller that knows the dataset (`multistream.demo.dataset.cue_figures`)
+CueFigures = Callable[[tuple[str, ...], list[str], list[str], dict[str, np.ndarray]], dict]
 
 
 def is_current(root: str) -> bool:
@@ -67,21 +71,23 @@ def _labelled(data: Embeddings, splits: str) -> np.ndarray:
     return mask & np.asarray([v is not None for v in data.label])
 
 
-def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot) -> tuple[FusionModel, FusionResult]:
+def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot, cue_figures: CueFigures | None
+                ) -> tuple[FusionModel, FusionResult]:
     started = time.perf_counter()
     train, test = _labelled(data, cfg.fusion.fit), data.split_mask(TEST)
     y_train, y_test = data.labels(train), data.labels(test)
     model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams)
     model.save(run.model(layout.SVM))
     accuracy = evaluate_predictions(model.decision_scores(data.rows(test, streams)), y_test, model.classes)
-    present = {s: data.present(s)[test] for s in streams}
-    tracks = has_audio(run.uri, [data.video_id[i] for i in np.flatnonzero(test)])
-    if "audio" in present and tracks is not None:
-        present["audio"] &= tracks
+    cues = None
+    if cue_figures is not None:
+        present = {s: data.present(s)[test] for s in streams}  # a clip without an audio track has no audio cue
+        tracks = has_audio(run.uri, [data.video_id[i] for i in np.flatnonzero(test)])
+        if "audio" in present and tracks is not None:
+            present["audio"] &= tracks
 
-    def cues(subset: tuple[str, ...], predicted: list[str]) -> dict:
-        return {"ceiling": cue_ceiling(subset, y_test, present),
-                "cue_accuracy": cue_accuracy(subset, y_test, predicted, present)}
+        def cues(subset: tuple[str, ...], predicted: list[str]) -> dict:
+            return cue_figures(subset, y_test, predicted, present)
 
     ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
                                cfg.fusion, streams, cues)
@@ -163,20 +169,21 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
     return scores, flagged, result
 
 
-def run_fuse(cfg: Config) -> FuseResult:
-    """Fit the fusion SVM and the anomaly autoencoder on `embeddings/`, score every video.
+def run_fuse(cfg: Config, cue_figures: CueFigures | None = None) -> FuseResult:
+    """Fit the fusion SVM and the anomaly autoencoder on `embeddings/`, score every video; `cue_figures` gives
+    each ablation row's cue ceiling and accuracy where the dataset documents its cues (None: not given).
 
     Runs as one worker with `ray.torch_threads` torch threads (more threads than work only spin).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.ray.torch_threads))
     try:
-        return _run_fuse(cfg)
+        return _run_fuse(cfg, cue_figures)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_fuse(cfg: Config) -> FuseResult:
+def _run_fuse(cfg: Config, cue_figures: CueFigures | None) -> FuseResult:
     root = cfg.paths.output
     run = RunRoot(root)
     fingerprint = embeddings_fingerprint(root)
@@ -188,7 +195,7 @@ def _run_fuse(cfg: Config) -> FuseResult:
     log.info("fusing %s over %d videos (%d train)", "+".join(streams), len(data.video_id), int(train.sum()))
     data = data.select(np.any([data.present(s) for s in streams], axis=0), streams)
 
-    model, fusion = _fit_fusion(cfg, data, streams, run)
+    model, fusion = _fit_fusion(cfg, data, streams, run, cue_figures)
     fusion.embeddings_fingerprint = fingerprint
     scores = model.decision_scores(data.rows(np.ones(len(data.video_id), bool), streams))
     replace_table(pa.table({

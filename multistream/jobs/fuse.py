@@ -11,6 +11,7 @@ and ROC AUC. Fits on the train split, calibrates the anomaly threshold on val, s
 """
 
 from multistream.cli import job_parser, parse_job_args
+from multistream.demo.dataset import cue_figures
 from multistream.fuse.results import summary_table
 from multistream.fuse.run import run_fuse
 from multistream.predict.bundle import BundleError, write_bundle
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Fit the fusion SVM and the anomaly autoencoder on video embeddings",
                                        __doc__), argv)
     with start_job(cfg, "fuse", uses_ray=False):  # checks, then the run root's lease
-        result = run_fuse(cfg)
+        result = run_fuse(cfg, cue_figures)  # the demo's cue figures: None for other classes
         try:
             write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py applies
         except BundleError as error:  # e.g. fused before every stream was trained: nothing to seal yet

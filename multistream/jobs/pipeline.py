@@ -88,6 +88,7 @@ def _rnn_figures(result) -> dict:
 
 
 def _fuse(cfg: Config) -> dict:
+    from multistream.demo.dataset import cue_figures
     from multistream.fuse.results import FuseResult
     from multistream.fuse.run import is_current, run_fuse
     from multistream.predict.bundle import write_bundle
@@ -96,7 +97,7 @@ def _fuse(cfg: Config) -> dict:
         log.info("fusion and anomaly models are up to date with embeddings/: skipping")
         result, status = FuseResult.from_metrics(runinfo.read_json(cfg.paths.output, runinfo.METRICS)), "skipped"
     else:
-        result, status = run_fuse(cfg), "ran"
+        result, status = run_fuse(cfg, cue_figures), "ran"
     write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py needs, sealed
     return {"status": status, "top1": result.fusion.top1, "roc_auc": result.anomaly.roc_auc,
             "false_positive_rate": result.anomaly.false_positive_rate}

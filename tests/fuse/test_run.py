@@ -11,6 +11,7 @@ import pytest
 
 from multistream.config import load_config
 from multistream.dataset.splits import group_folds
+from multistream.demo.dataset import cue_figures
 from multistream.fuse.anomaly import AnomalyDetector
 from multistream.fuse.data import embeddings_fingerprint, load_embeddings
 from multistream.fuse.results import FuseResult, summary_table
@@ -40,7 +41,7 @@ def test_fuse_fits_fusion_and_anomaly_and_writes_everything(tmp_path):
     assert np.isnan(data.features["audio"][data.video_id.index("Archery/test_00")]).all()
     assert not np.isnan(data.features["spatial"][data.video_id.index("Archery/test_00")]).any()
 
-    result = run_fuse(fuse_config(root))
+    result = run_fuse(fuse_config(root), cue_figures)
 
     fusion, anomaly = result.fusion, result.anomaly
     ablation = {row.streams: row for row in fusion.ablation}
@@ -127,7 +128,15 @@ def test_fuse_job_refits_in_place_and_reports_table_ii(tmp_path):
     root = str(tmp_path / "run")
     write_synthetic_embeddings(root)
     assert not is_current(root)
-    run_fuse(fuse_config(root))
+    judged = []  # the caller's cue figures reach every ablation row with the row's test predictions
+
+    def cues(subset, labels, predicted, present):
+        judged.append((subset, len(labels), len(predicted), sorted(present)))
+        return {"ceiling": 1.0, "cue_accuracy": 0.5}
+
+    rows = run_fuse(fuse_config(root), cues).fusion.ablation
+    assert [(r.ceiling, r.cue_accuracy) for r in rows] == [(1.0, 0.5)] * 7
+    assert judged[-1] == (tuple(schema.STREAMS), 30, 30, sorted(schema.STREAMS))
     assert is_current(root)
     stale = pa.table({"video_id": ["x"], "label": ["x"], "split": ["test"], "predicted": ["x"], "scores": [[0.0]]},
                      schema=schema.PREDICTIONS_SCHEMA)
