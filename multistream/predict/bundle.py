@@ -85,14 +85,6 @@ def _model_files(models_uri: str, name: str) -> list[str]:
             if not uri.endswith(storage.PART_SUFFIX)]
 
 
-def _fusion_meta(models_uri: str) -> dict:
-    """classes and streams of the fusion SVM (model.json, or svm.json of the older layout)."""
-    folder = storage.join(models_uri, layout.SVM)
-    if storage.exists(storage.join(folder, modelio.META_FILE)):
-        return modelio.read_meta(folder)
-    return json.loads(storage.read_text(storage.join(folder, layout.LEGACY_SVM_META)))
-
-
 def write_bundle(root: str, cfg: Config) -> str:
     """Seal `models/` of the run root with `models/bundle.json`; returns its URI. Rewritten only when it changes.
 
@@ -107,7 +99,7 @@ def write_bundle(root: str, cfg: Config) -> str:
     if "flow_size" in motion and tuple(motion["flow_size"]) != tuple(cfg.flow.size):
         raise BundleError(f"the motion CNN in {run.models} was trained on flow.size={motion['flow_size']}, "
                           f"the config says {list(cfg.flow.size)}: bundle with the config of the run")
-    fusion = _fusion_meta(run.models)
+    fusion = modelio.read_meta(run.model(layout.SVM))  # its classes and streams
     files = {rel: file_sha256(storage.read_bytes(storage.join(run.models, rel)))
              for name in model_names() for rel in _model_files(run.models, name)}
     from multistream.weights.sources import resolve_all, weight_keys

@@ -20,7 +20,6 @@ METRICS_FILE = "metrics.json"
 LEASE = "lease"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"  # models/<name>/: `multistream.store.modelio`
-LEGACY_SVM_META = "svm.json"  # models/svm/ of run roots written before the SVM was saved with modelio
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
 BUNDLE_FILE = "bundle.json"
 CHECKPOINT_SPEC = "multistream_spec.json"  # checkpoints/<name>/: the models those checkpoints belong to

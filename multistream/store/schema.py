@@ -110,20 +110,6 @@ def sequence_array(seqs: list[np.ndarray | None], dim: int, dtype=np.float16) ->
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner, mask=pa.array(mask, pa.bool_()))
 
 
-def to_sequence(value: pa.Scalar | list | None, dtype=np.float32) -> np.ndarray | None:
-    """(T, D) numpy array from one cell of a `vectors()` column (None stays None)."""
-    if value is None:
-        return None
-    if isinstance(value, pa.Scalar):
-        if not value.is_valid:
-            return None
-        inner = value.values
-        if len(inner) == 0:
-            return np.zeros((0, value.type.value_type.list_size), dtype)
-        return inner.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(len(inner), -1)
-    return np.asarray([np.asarray(v, dtype) for v in value], dtype)
-
-
 def column_to_sequences(column: pa.ChunkedArray | pa.Array, dtype=np.float32) -> list[np.ndarray | None]:
     """Every cell of a `vectors()` column as a (T, D) array, without a Python loop over the vectors."""
     if isinstance(column, pa.ChunkedArray):
