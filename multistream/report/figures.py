@@ -15,6 +15,8 @@ from multistream.store.layout import RunRoot
 
 SPLIT_ORDER = ["train", "val", "test", "anomaly"]
 SPLIT_COLOURS = {"train": "#8c9bab", "val": "#3aa864", "test": "#2f6fdf", "anomaly": "#e0452b"}
+# class names are data: drawn as they are, never parsed as mathtext or LaTeX (a "$", "^" or "\frac" in a name)
+PLAIN_TEXT = {"parse_math": False, "usetex": False}
 
 
 def split_key(split: str) -> int:
@@ -46,8 +48,8 @@ def confusion_figure(classes: list[str], confusion: np.ndarray) -> Figure:
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
            title="Confusion matrix (test split, all streams)")
     font = 9 if len(classes) <= 20 else 5
-    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=font)
-    ax.set_yticklabels(classes, fontsize=font)
+    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=font, **PLAIN_TEXT)
+    ax.set_yticklabels(classes, fontsize=font, **PLAIN_TEXT)
     if len(classes) <= 20:
         for (i, j), count in np.ndenumerate(confusion):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=9,

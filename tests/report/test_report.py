@@ -126,3 +126,18 @@ def test_report_on_s3_with_pipeline_and_benchmark(s3_bucket):
 def test_rnn_notation_follows_the_paper(meta, expected):
     assert rnn_notation(meta) == expected
 
+
+
+def test_class_names_are_drawn_as_text_not_mathtext(tmp_path):
+    import numpy as np
+
+    from multistream.report.figures import Figures, confusion_figure
+
+    names = ["A$b$_c^d", "\\frac", "$\\frac$", "x$^$"]  # "$\frac$" is a mathtext syntax error
+    fig = confusion_figure(names, np.arange(16).reshape(4, 4))
+    tag = Figures(str(tmp_path / "run"))("confusion", fig, "confusion matrix")
+    assert tag.startswith('<img alt="confusion matrix" src="data:image/png;base64,')
+    assert (tmp_path / "run" / "reports" / "figures" / "confusion.png").read_bytes().startswith(PNG_MAGIC)
+    for labels in (fig.axes[0].get_xticklabels(), fig.axes[0].get_yticklabels()):
+        assert [label.get_text() for label in labels] == names
+        assert not any(label.get_parse_math() or label.get_usetex() for label in labels)
