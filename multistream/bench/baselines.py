@@ -3,7 +3,8 @@
 - sequential: the plain loop: the library's per-video runner (`extract.VideoProcessor`: decode+flow →
   spatial → audio, default threads) over the videos;
 - standalone: each stage alone on one thread over the same videos → its core-seconds (the ceiling's input);
-- decode_peak_rss: peak RSS of the per-video core on one video (`memory.memory_vs_length` on growing lengths).
+- decode_peak_rss: peak RSS of the per-video core on one video (`memory.memory_vs_length` on growing lengths,
+  `memory.memory_vs_rate` on growing frame rates).
 
 Entries travel as dicts (`dataclasses.asdict(VideoEntry)`); results come back as dicts of the dataclasses here.
 """
@@ -69,10 +70,10 @@ def standalone(cfg: Config, entries: list[dict]) -> dict:
 
 
 def decode_peak_rss(cfg: Config, entries: list[dict]) -> dict:
-    """Decode+flow+sampling of the one video in `entries`: {n_frames, peak_rss_mb} of this process."""
+    """Decode+flow+sampling of the one video in `entries`: {n_frames, fps, peak_rss_mb} of this process."""
     from multistream.extract.processor import Decoder
 
     video = Decoder(cfg)(_entries(entries)[0])["video"]
     if video["status"] != "ok":
         raise ValueError(f"{video['uri']}: {video['error']}")
-    return {"n_frames": video["n_frames"], "peak_rss_mb": peak_rss_mb()}
+    return {"n_frames": video["n_frames"], "fps": video["fps"], "peak_rss_mb": peak_rss_mb()}

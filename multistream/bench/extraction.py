@@ -4,7 +4,9 @@
   thread → its core-seconds; the ceiling is videos ÷ (Σ stage core-seconds ÷ cores), what perfect overlap
   on this machine could reach;
 - pipeline: the Ray Data job itself, its start-up, steady-state rate and process-tree memory;
-- memory vs length: peak RSS of the per-video core on low-resolution videos of growing length.
+- memory vs length: peak RSS of the per-video core on low-resolution videos of growing length;
+- memory vs frame rate: the same on a 25 fps clip, a 240 fps clip and a bomb of tiny frames 100 µs apart, each
+  as long as the shortest of those videos.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 from multistream.bench.baselines import STAGES
 from multistream.bench.fresh import in_fresh_process
-from multistream.bench.memory import TreeMemory, memory_vs_length, peak_rss_mb
+from multistream.bench.memory import TreeMemory, memory_vs_length, memory_vs_rate, peak_rss_mb
 from multistream.config import Config
 from multistream.dataset.manifest import VideoEntry
 
@@ -158,7 +160,8 @@ def measure(cfg: Config, entries: list[VideoEntry], config_path: str | None, ove
         ceiling_videos_per_s=ceiling, fraction_of_ceiling=pipe.steady_videos_per_s / ceiling,
         startup_s=pipe.startup_s, fixed_cost_s=pipe.seconds - n / pipe.steady_videos_per_s, stages=stages,
         peak_rss_mb={"pipeline_tree_pss": pipe.peak_pss_mb, "benchmark_driver": peak_rss_mb(),
-                     "per_video_length": memory_vs_length(config_path, overrides, env, lengths) if lengths else []},
+                     "per_video_length": memory_vs_length(config_path, overrides, env, lengths) if lengths else [],
+                     "per_frame_rate": memory_vs_rate(config_path, overrides, env, min(lengths)) if lengths else []},
     )
 
 
@@ -190,4 +193,7 @@ def format_lines(report: dict) -> list[str]:
     for row in memory["per_video_length"]:
         lines.append(f"  decode+flow of a {row['video_s']:>4} s video ({row['n_frames']} frames used): "
                      f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    for row in memory.get("per_frame_rate", []):
+        lines.append(f"  decode+flow of the {row['clip']} clip ({row['source_fps']:.0f} fps, {row['n_frames']} frames "
+                     f"kept): peak RSS {row['peak_rss_mb']:.0f} MB, {row['ratio']:.2f}x the 25 fps clip's")
     return lines

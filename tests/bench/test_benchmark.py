@@ -135,5 +135,8 @@ def test_benchmark_reports_ratios_against_baselines_of_the_same_run(ray_session,
     assert [row["video_s"] for row in lengths] == [2, 4]
     assert [row["n_frames"] for row in lengths] == [30, 60]  # 15 fps, all of it used
     assert all(row["peak_rss_mb"] > 50 for row in lengths)
+    rates = report["peak_rss_mb"]["per_frame_rate"]  # each as long as the shortest length, 2 s
+    assert [row["clip"] for row in rates] == ["25 fps", "240 fps", "bomb"] and rates[0]["ratio"] == 1
+    assert rates[0]["n_frames"] == 50 and abs(rates[1]["n_frames"] - 120) <= 2 and rates[2]["n_frames"] <= 122
     assert report["peak_rss_mb"]["pipeline_tree_pss"] > lengths[0]["peak_rss_mb"]
     assert "speedup vs sequential" in capsys.readouterr().out
