@@ -20,6 +20,7 @@ weights and the scalers as tensors, the architecture, the threshold and how it w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from torch import nn
 from multistream.config import AnomalyConfig
 from multistream.device import resolve_device
 from multistream.store import modelio
-from multistream.train.loop import EpochLoop
+from multistream.train.loop import EpochLoop, EpochRecord
 
 KIND, FORMAT = "autoencoder", 3
 READABLE_FORMATS = (2, 3)  # 2: one autoencoder, its tensors unprefixed
@@ -120,10 +121,11 @@ class AnomalyDetector:
         self.calibration = dict(calibration or {})
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
-            ) -> AnomalyDetector:
+    def fit(cls, embeddings: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None,
+            on_epoch: Callable[[EpochRecord], None] | None = None) -> AnomalyDetector:
         """embeddings (N, D) float (NaN allowed) → a detector of one autoencoder trained with Adam, MSE, seeded
-        by cfg.seed, on `device` (default cfg.device); its threshold is NaN until `calibrate_scores`."""
+        by cfg.seed, on `device` (default cfg.device); its threshold is NaN until `calibrate_scores`.
+        `on_epoch` gets each epoch's `EpochRecord`."""
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"embeddings must be (N >= 2, D), got {x.shape}")
@@ -153,7 +155,7 @@ class AnomalyDetector:
             return {"loss": total / len(data)}
 
         # no validation: every epoch runs and the last weights are kept
-        loop = EpochLoop(model, optimizer, epochs=cfg.epochs, train_key="loss").fit(step)
+        loop = EpochLoop(model, optimizer, epochs=cfg.epochs, train_key="loss", on_epoch=on_epoch).fit(step)
         return cls([Member(model, mean, scale)], float("nan"), [h["loss"] for h in loop.history], device)
 
     def calibrate_scores(self, scores: np.ndarray, target_fpr: float, split: str, quantile: str = "auto") -> float:
@@ -220,12 +222,14 @@ class AnomalyDetector:
         return cls(members, meta["threshold"], meta["history"], device, meta["calibration"])
 
 
-def cross_fit(embeddings: np.ndarray, folds: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None
+def cross_fit(embeddings: np.ndarray, folds: np.ndarray, cfg: AnomalyConfig, device: str | torch.device | None = None,
+              on_epoch: Callable[[int], Callable[[EpochRecord], None] | None] | None = None
               ) -> tuple[AnomalyDetector, np.ndarray]:
     """(a detector of one autoencoder per fold, each fitted on the rows of embeddings (N, D) outside its fold;
     out-of-fold scores (N,) float64: row i scored by the autoencoder of its own fold (N,) int, the one not
     fitted on it). Fold by group, so that a video is never scored by a model fitted on its near-duplicates.
-    The detector's threshold is still NaN; it scores new videos by the mean over the folds' autoencoders."""
+    The detector's threshold is still NaN; it scores new videos by the mean over the folds' autoencoders.
+    on_epoch: fold → the `on_epoch` hook of its autoencoder (or None)."""
     x, folds = np.asarray(embeddings), np.asarray(folds)
     if len(set(folds.tolist())) < 2:
         raise ValueError(f"cross-fitting needs two folds or more, got {sorted(set(folds.tolist()))}")
@@ -233,7 +237,7 @@ def cross_fit(embeddings: np.ndarray, folds: np.ndarray, cfg: AnomalyConfig, dev
     fitted = []
     for fold in sorted(set(folds.tolist())):
         held = folds == fold
-        fitted.append(AnomalyDetector.fit(x[~held], cfg, device))
+        fitted.append(AnomalyDetector.fit(x[~held], cfg, device, on_epoch(fold) if on_epoch else None))
         scores[held] = fitted[-1].score(x[held])
     history = np.mean([d.history for d in fitted], axis=0).tolist()
     return AnomalyDetector([m for d in fitted for m in d.members], float("nan"), history, fitted[0].device), scores

@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,7 @@ from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablat
 from multistream.store import layout, modelio, runinfo, schema
 from multistream.store.commit import replace_table
 from multistream.store.layout import RunRoot
+from multistream.train.progress import epoch_log
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +121,25 @@ def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
     """→ (the detector with its threshold, fit mask (N,), calibration mask (N,), held-out scores (N,): each
     cross-fitted video's out-of-fold score and each calibration video's score, both from an autoencoder not
     fitted on it, NaN elsewhere; the name of the fit split)."""
-    ac = cfg.anomaly
     held_out = np.full(len(x), np.nan)
+    with ExitStack() as logs:
+        def progress(name: str):  # the autoencoder's epoch log (`train.progress`), closed at the end
+            hook = epoch_log(cfg.paths.output, cfg.tracking, name)
+            logs.callback(hook.close)
+            return hook
+
+        return _fit_calibrated(cfg, data, x, held_out, progress)
+
+
+def _fit_calibrated(cfg: Config, data: Embeddings, x: np.ndarray, held_out: np.ndarray, progress: Callable
+                    ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str]:
+    ac = cfg.anomaly
     if ac.calibrate == "cross_fit":
         val = data.split_mask(CALIBRATE)
         pool = data.split_mask(FIT) | val
         ids = [data.video_id[i] for i in np.flatnonzero(pool)]
-        detector, scores = cross_fit(x[pool], group_folds(ids, ac.folds, ac.seed), ac)
+        detector, scores = cross_fit(x[pool], group_folds(ids, ac.folds, ac.seed), ac,
+                                     on_epoch=lambda fold: progress(f"{layout.AUTOENCODER}/fold{fold}"))
         # the RNNs were fitted on train, whose embeddings are tighter than new videos': its scores run low
         if val.any():
             calibration, calibration_split, fit_split = val, CALIBRATE, f"{FIT}+{CALIBRATE}"
@@ -138,7 +152,7 @@ def _calibrated_detector(cfg: Config, data: Embeddings, x: np.ndarray
                                   f"{calibration_split}, out-of-fold ({ac.folds} folds)", ac.quantile)
         return detector, pool, calibration, held_out, fit_split
     fit, calibration, calibration_split = _calibration_rows(cfg, data)
-    detector = AnomalyDetector.fit(x[fit], ac)
+    detector = AnomalyDetector.fit(x[fit], ac, on_epoch=progress(layout.AUTOENCODER))
     held_out[calibration] = detector.score(x[calibration])
     detector.calibrate_scores(held_out[calibration], ac.target_fpr, calibration_split, ac.quantile)
     return detector, fit, calibration, held_out, FIT

@@ -12,12 +12,14 @@ from multistream.cli import job_parser, parse_job_args
 from multistream.dataset.inputs import prepare_input
 from multistream.ray.extract import run_extract
 from multistream.ray.guard import start_job
+from multistream.train.progress import job_run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Extract flow, spatial and audio features into Parquet", __doc__), argv)
     prepare_input(cfg)
-    with start_job(cfg, "extract", reads_input=True):  # checks, then the run root's lease
+    # checks, then the run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "extract", reads_input=True), job_run(cfg, "extract") as cfg:
         summary = run_extract(cfg)
     print(f"extract: {summary.total} videos, {summary.skipped} already done, {summary.ok} ok, "
           f"{len(summary.errors)} errors in {summary.seconds:.1f} s ({summary.parts} commits) → {cfg.paths.output}")

@@ -16,12 +16,14 @@ from multistream.fuse.results import summary_table
 from multistream.fuse.run import run_fuse
 from multistream.predict.bundle import BundleError, write_bundle
 from multistream.ray.guard import start_job
+from multistream.train.progress import job_run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Fit the fusion SVM and the anomaly autoencoder on video embeddings",
                                        __doc__), argv)
-    with start_job(cfg, "fuse", uses_ray=False):  # checks, then the run root's lease
+    # checks, then the run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "fuse", uses_ray=False), job_run(cfg, "fuse") as cfg:
         result = run_fuse(cfg, cue_figures)  # the demo's cue figures: None for other classes
         try:
             write_bundle(cfg.paths.output, cfg)  # models/bundle.json: what jobs/predict.py applies

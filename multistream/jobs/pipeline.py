@@ -32,6 +32,7 @@ from multistream.dataset.inputs import prepare_input
 from multistream.fuse.results import FuseResult, summary_table
 from multistream.ray.guard import start_job
 from multistream.store import runinfo
+from multistream.train.progress import job_run
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def _record(cfg: Config, steps: list[StepResult], total: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Run extract, train_motion, train_rnn, fuse and the report", __doc__), argv)
     prepare_input(cfg)
-    with start_job(cfg, "pipeline", reads_input=True):  # one lease for every step
+    # one lease for every step; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "pipeline", reads_input=True), job_run(cfg, "pipeline") as cfg:
         result = run_pipeline(cfg)
     print(f"{'step':<14} {'status':<8} {'seconds':>9}")
     for step in result.steps:

@@ -22,6 +22,7 @@ from multistream.predict.bundle import BundleError, open_bundle
 from multistream.ray.guard import start_job
 from multistream.ray.predict import run_predict
 from multistream.store import layout, storage
+from multistream.train.progress import job_run
 
 DEMO_MODELS, DEMO_INPUT, DEMO_OUTPUT, DEMO_SEED = "runs/demo", "runs/demo-data-new", "runs/predict", 7
 
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cfg.replace(**{"paths.input": source, "paths.output": output, "paths.demo": False,
                          "validation.fraction": 0.0})
 
-    with start_job(cfg, "predict", reads_input=True):  # checks, then the output run root's lease
+    # checks, then the output run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "predict", reads_input=True), job_run(cfg, "predict") as cfg:
         summary = run_predict(cfg, bundle, embed_only=args.embed_only)
     extract = summary.extract
     print(f"extract: {extract.total} videos, {extract.skipped} already done, {extract.ok} ok, "

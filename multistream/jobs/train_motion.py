@@ -12,11 +12,13 @@ Re-running resumes from the last epoch's checkpoint, and skips training once a m
 from multistream.cli import job_parser, parse_job_args
 from multistream.ray.guard import start_job
 from multistream.ray.motion import run_train_motion
+from multistream.train.progress import job_run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = parse_job_args(job_parser("Train the motion CNN and embed flow stacks", __doc__), argv)
-    with start_job(cfg, "train_motion"):  # checks, then the run root's lease
+    # checks, then the run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "train_motion"), job_run(cfg, "train_motion") as cfg:
         result = run_train_motion(cfg)
     t = result.training
     test = f"test accuracy {t.test_accuracy:.3f}" if t.test_accuracy is not None else "no test split"

@@ -14,6 +14,7 @@ from multistream.ray.guard import start_job
 from multistream.ray.rnn import run_train_rnn
 from multistream.store.layout import RunRoot
 from multistream.store.schema import STREAMS
+from multistream.train.progress import job_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="which stream to train (default: all; all skips a stream whose table is missing)")
     cfg, args = parse_job_args(parser, argv)
     streams = list(STREAMS) if args.stream == "all" else [args.stream]
-    with start_job(cfg, "train_rnn"):  # checks, then the run root's lease
+    # checks, then the run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "train_rnn"), job_run(cfg, "train_rnn") as cfg:
         result = run_train_rnn(cfg, streams, skip_missing=args.stream == "all")
     for stream, why in result.missing.items():
         print(f"{stream:>8}: not trained: {why}")

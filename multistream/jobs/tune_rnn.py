@@ -13,13 +13,15 @@ from multistream.cli import job_parser, parse_job_args
 from multistream.ray.tune import run_tune_rnn
 from multistream.store.layout import RunRoot
 from multistream.store.schema import STREAMS
+from multistream.train.progress import job_run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Sweep RNN architectures on one stream (paper Table I)", __doc__)
     parser.add_argument("--stream", choices=STREAMS, default=None, help="stream to sweep (default: tune.stream)")
     cfg, args = parse_job_args(parser, argv)
-    result = run_tune_rnn(cfg, args.stream)
+    with job_run(cfg, "tune_rnn") as cfg:
+        result = run_tune_rnn(cfg, args.stream)
     table = result.table
     columns = ["model", "hidden", "val_top1", "test_top1", "paper_top1", "epochs", "stopped_by"]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

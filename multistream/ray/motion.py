@@ -48,6 +48,7 @@ from multistream.train.motion.recipe import (
     training_meta,
     training_plan,
 )
+from multistream.train.progress import epoch_log
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,12 @@ def train_loop(config: dict) -> None:
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = resolve_device(motion_device(cfg))
     source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
+    progress = epoch_log(run.uri, cfg.tracking, MOTION_CNN, rank)
     fit = fit_motion_cnn(source, plan, cfg, device, report=reporter(cfg.ray.train.checkpoint_every_s),
                          state=restore_state(), rank=rank, world=world,
-                         wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device))
+                         wrap=lambda model: ray.train.torch.prepare_model(model, move_to_device=device),
+                         on_epoch=progress)
+    progress.close()
     meta = training_meta(plan, cfg, fit.training)
     mine = {v: positions[v] for v in sorted(positions)[rank::world]}
     embed_videos(fit.model, meta, source, mine, run, device, mc.embed_batch_size, cfg.ray.embed.batch_size)

@@ -49,7 +49,8 @@ def train_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = resolve_device(actor_device(config["rnn"].device))
     wrap = (lambda model: ray.train.torch.prepare_model(model, move_to_device=False)) if world > 1 else None
-    group = HeadGroup(config["streams"], config["rnn"], device, rank, world, wrap=wrap)
+    group = HeadGroup(config["streams"], config["rnn"], device, rank, world, wrap=wrap,
+                      progress=(config["root"], config["tracking"]))
     group.resume(restore_state())
     group.fit(reporter(config["checkpoint_every_s"]))
     if rank == 0:
@@ -59,7 +60,8 @@ def train_loop(config: dict) -> None:
 def loop_config(cfg: Config, run: RunRoot) -> dict:
     """train_loop's config, less "streams"; a worker computes on every CPU it holds (ray.torch_threads is the
     floor)."""
-    return {"rnn": cfg.rnn, "root": run.uri, "checkpoint_every_s": cfg.ray.train.checkpoint_every_s,
+    return {"rnn": cfg.rnn, "root": run.uri, "tracking": cfg.tracking,
+            "checkpoint_every_s": cfg.ray.train.checkpoint_every_s,
             "torch_threads": train_worker_threads(cfg.ray.torch_threads, cfg.ray.train.cpus_per_worker)}
 
 

@@ -24,12 +24,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from safetensors.torch import load_file, save_file
 
-from multistream.config import Config, RNNConfig
+from multistream.config import Config, RNNConfig, TrackingConfig
 from multistream.device import actor_device
 from multistream.ray.session import init_ray, worker_setup
 from multistream.store import layout, storage
 from multistream.store.layout import TRIAL_WEIGHTS, RunRoot
 from multistream.train import run_spec
+from multistream.train.progress import epoch_log
 from multistream.train.rnn.data import ok_videos, read_sequences, stream_data
 from multistream.train.rnn.recipe import Head, frame_moments, input_statistics
 from multistream.train.sweep import (
@@ -52,13 +53,15 @@ NAME = "tune_rnn"
 
 
 def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, num_classes: int,
-          torch_threads: int) -> None:
-    """One variant: per epoch `tune.report` of the head's metrics; a checkpoint of its weights when improved."""
+          torch_threads: int, progress: tuple[str, TrackingConfig]) -> None:
+    """One variant: per epoch `tune.report` of the head's metrics; a checkpoint of its weights when improved;
+    its epoch log (`train.progress`) under `logs/tune_rnn/<trial>/`."""
     worker_setup(torch_threads)
     variant = config["variant"]
     head = Head(dataclasses.replace(rnn, seed=config["seed"], **{name: variant[name] for name in GRID}), input_dim,
                 num_classes, statistics, actor_device(rnn.device))
     loop = head.loop
+    loop.on_epoch = epoch_log(*progress, f"{NAME}/{tune.get_context().get_trial_name()}")
     while not loop.done:
         report = trial_metrics(loop, head.run_epoch(train, val))
         if loop.best_epoch != loop.epoch:
@@ -67,6 +70,7 @@ def trial(config: dict, train, val, statistics, rnn: RNNConfig, input_dim: int, 
         with tempfile.TemporaryDirectory() as directory:
             save_file({k: v.contiguous() for k, v in loop.best_state.items()}, str(Path(directory) / TRIAL_WEIGHTS))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+    loop.on_epoch.close()
 
 
 def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spec: dict) -> tune.ResultGrid:
@@ -124,7 +128,8 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
     rnn = dataclasses.replace(cfg.rnn, epochs=cfg.tune.epochs)
     trainable = tune.with_resources(tune.with_parameters(
         trial, train=splits["train"], val=splits["val"], statistics=statistics, rnn=rnn,
-        input_dim=data.input_dim, num_classes=len(data.classes), torch_threads=cfg.ray.torch_threads),
+        input_dim=data.input_dim, num_classes=len(data.classes), torch_threads=cfg.ray.torch_threads,
+        progress=(run.uri, cfg.tracking)),
         {"cpu": cfg.tune.cpus_per_trial, "gpu": cfg.tune.gpus_per_trial})
     spec = {"stream": stream, "tune": dataclasses.asdict(cfg.tune), "rnn": dataclasses.asdict(rnn),
             "classes": data.classes, "counts": counts}

@@ -17,7 +17,7 @@ from multistream.store import schema, storage
 
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
 METRICS_FILE = "metrics.json"
-LEASE = "lease"
+LEASE, LOGS = "lease", "logs"
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"  # models/<name>/: `multistream.store.modelio`
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
@@ -107,6 +107,10 @@ class RunRoot:
     @property
     def lease(self) -> str:
         return self.join(LEASE)
+
+    def logs(self, model: str) -> str:
+        """`logs/<model>/`: the model's TensorBoard event files (`tensorboard --logdir RUN/logs`)."""
+        return self.join(LOGS, model)
 
     # reports
     def report(self, name: str) -> str:

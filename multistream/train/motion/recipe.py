@@ -23,7 +23,7 @@ from multistream.config import Config, ConfigError
 from multistream.device import actor_device, resolve_device
 from multistream.store import modelio, runinfo
 from multistream.store.layout import MOTION_CNN, RunRoot
-from multistream.train.loop import EpochLoop, Report, no_report, sum_metrics
+from multistream.train.loop import EpochLoop, EpochRecord, Report, no_report, sum_metrics
 from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, read_plan
 from multistream.train.motion.model import MotionCNN, model_meta
 from multistream.train.steps import evaluate, motion_optimizer, seed_everything, train_epoch
@@ -193,13 +193,14 @@ class MotionFit:
 
 def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPlan, cfg: Config,
                    device: str | torch.device = "auto", *, report: Report = no_report, state: dict | None = None,
-                   rank: int = 0, world: int = 1, wrap: Callable | None = None) -> MotionFit:
+                   rank: int = 0, world: int = 1, wrap: Callable | None = None,
+                   on_epoch: Callable[[EpochRecord], None] | None = None) -> MotionFit:
     """The motion CNN's epochs, then the test split scored once with the best epoch's weights, over flow in
     memory ({video_id: (P, H, W, 2) uint8}) or a `FlowSource`.
 
     With the defaults, the plain one-process loop. A Ray Train worker passes its `rank` of `world` (it trains on
     its share of `plan`), `wrap` (the model → its DDP wrapper), `report` (checkpoints `EpochLoop` states on its
-    schedule) and the `state` it resumes from: the same model, stacks, epochs and selection rule either way."""
+    schedule) and the `state` it resumes from; `on_epoch` gets each epoch's `EpochRecord`: the same model, stacks, epochs and selection rule either way."""
     source = flows if isinstance(flows, FlowSource) else FlowSource.of(flows)
     mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)
     started = time.perf_counter()
@@ -210,7 +211,7 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     wrapped = wrap(model) if wrap is not None else model
     optimizer = motion_optimizer(wrapped, mc)
     loop = EpochLoop(model, optimizer, report, patience=mc.patience, epochs=mc.epochs, seed=mc.seed, rank=rank,
-                     train_key="loss")
+                     train_key="loss", on_epoch=on_epoch)
     loop.resume(state)
     pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
     trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, world, wrapped, pad_to)

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from multistream.config import Config, RNNConfig
+from multistream.config import Config, RNNConfig, TrackingConfig
 from multistream.store import embeddings, layout, modelio, runinfo
 from multistream.store.layout import RunRoot
 from multistream.train.loop import Report, sum_over_workers
+from multistream.train.progress import epoch_log
 from multistream.train.rnn.data import (
     MissingStreamError,
     StreamData,
@@ -107,10 +108,11 @@ class HeadGroup:
     shared with the sweep), then reports once, with one state holding every head. Figures are summed over the
     workers' process group (`loop.sum_over_workers`).
 
-    wrap: a head's model → what trains (DDP), or None."""
+    wrap: a head's model → what trains (DDP), or None. progress: the run root and tracking settings of each
+    head's epoch log (`train.progress`), or None."""
 
     def __init__(self, streams: list[StreamData], rnn: RNNConfig, device: torch.device, rank: int = 0,
-                 world: int = 1, wrap: Callable | None = None):
+                 world: int = 1, wrap: Callable | None = None, progress: tuple[str, TrackingConfig] | None = None):
         self.streams = streams
         self.heads, self.splits = {}, {}
         for data in streams:
@@ -121,6 +123,8 @@ class HeadGroup:
             head = Head(rnn, data.input_dim, len(data.classes), input_statistics(moments), device, world)
             if wrap is not None:
                 head.network = wrap(head.model)
+            if progress is not None:
+                head.loop.on_epoch = epoch_log(*progress, layout.rnn_name(data.stream), rank)
             self.heads[data.stream] = head
             self.splits[data.stream] = (train, read_sequences(data, shard(data.val_ids, rank, world)))
 
@@ -144,6 +148,9 @@ class HeadGroup:
             report(metrics, {stream: head.loop.state_dict() for stream, head in self.heads.items()},
                    all(head.loop.done for head in self.heads.values()))
             last = time.perf_counter()
+        for head in self.heads.values():
+            if head.loop.on_epoch is not None:
+                head.loop.on_epoch.close()
 
     def save_and_embed(self, run: RunRoot, batch_size: int) -> None:
         """Every head's best model saved and every ok video embedded with it (`embed_stream`)."""
