@@ -28,6 +28,7 @@ from multistream.config_loader import (
     in_range,
     min_side,
 )
+from multistream.extract.flow.registry import known_backend
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -41,10 +42,10 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    backend: Literal["dis", "farneback", "raft_small", "raft_large"] = "dis"
+    backend: Annotated[str, known_backend] = "dis"  # a name in multistream.extract.flow.registry.BACKENDS
     size: Annotated[tuple[int, int], min_side(16)] = (320, 240)  # (width, height) flow is computed at; larger videos are resized down
     clip_px: PosFloat = 20.0  # stored flow is quantized to uint8 over [-clip_px, +clip_px]
-    weights: str | None = None  # RAFT weights (multistream.weights spec, e.g. torchvision); required for raft_*
+    weights: str | None = None  # weights of a backend that reads them (multistream.weights spec, e.g. torchvision); required for raft_*
     batch_size: PosInt = 16  # frame pairs per RAFT forward pass
     device: Device = "auto"
 
@@ -256,17 +257,6 @@ class CommitConfig:
 
 
 @dataclass(frozen=True)
-class TrackingConfig:
-    # Training as it happens (`multistream.train.progress`): a log line per epoch always; TensorBoard event
-    # files under RUN/logs/<model>/; with `mlflow_uri` (e.g. "file:./mlruns" or an MLflow server's http URL;
-    # needs the `mlflow` extra) one MLflow run per job in `mlflow_experiment`.
-    tensorboard: bool = True
-    mlflow_uri: str | None = None
-    mlflow_experiment: str = "multistream"
-    mlflow_run_id: str | None = None  # set by the job for its workers; set it to log into a run of your own
-
-
-@dataclass(frozen=True)
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -283,7 +273,6 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     commit: CommitConfig = field(default_factory=CommitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def replace(self, **dotted: object) -> Config:
         """A copy with dotted keys replaced: `cfg.replace(**{"paths.output": "runs/x"})`."""

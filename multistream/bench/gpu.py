@@ -84,7 +84,7 @@ def flow(cfg: Config, pairs: int) -> dict:
     import torch
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    from multistream.extract.flow.core import make_flow_estimator
+    from multistream.extract.flow.registry import make_flow_estimator
 
     width, height = cfg.flow.size
     video = np.random.default_rng(0).integers(0, 256, (pairs + 1, height, width, 3), dtype=np.uint8)

@@ -15,7 +15,9 @@ import numpy as np
 
 from multistream.config import Config, ConfigError
 from multistream.dataset.manifest import VideoEntry
-from multistream.extract.flow.core import FlowEstimator, make_flow_estimator, mean_magnitude, quantize
+from multistream.extract.flow.base import FlowEstimator
+from multistream.extract.flow.codec import mean_magnitude, quantize
+from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
 from multistream.extract.video import VideoError, open_video
@@ -177,9 +179,9 @@ class VideoProcessor:
 def check_gpu_placement(cfg: Config) -> list[str]:
     """Refuse (ConfigError) a model that must run on CUDA in a pool that is given no GPU; return the warnings
     for RAFT falling back to the CPU for that reason ("auto" is the GPU only in actors Ray gave one)."""
-    raft = cfg.flow.backend.startswith("raft")
+    on_device = flow_backend(cfg.flow.backend).gpu
     warnings = []
-    for name, device, pool in (("flow", cfg.flow.device if raft else "cpu", "decode"),
+    for name, device, pool in (("flow", cfg.flow.device if on_device else "cpu", "decode"),
                                ("spatial", cfg.spatial.device, "spatial"), ("audio", cfg.audio.device, "audio")):
         pool = pool if cfg.ray.fused is None else "fused"
         if getattr(cfg.ray, pool).num_gpus:

@@ -14,11 +14,13 @@ A weights value (`spatial.weights`, `audio.weights`, `audio.pca_params`, `flow.w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import urllib.parse
 
 import torch
 
+from multistream.extract.flow.registry import BACKENDS, flow_backend, load
 from multistream.store import storage
 from multistream.weights.fetch import (
     WeightsError,
@@ -52,26 +54,34 @@ def _timm_default(section) -> str:
     raise WeightsError(f"spatial.weights=timm: {section.model!r} names no hub repo or URL in timm")
 
 
-def _torchvision_raft(section) -> str:
-    from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights
-
-    if section.backend not in ("raft_small", "raft_large"):
-        raise WeightsError(f"flow.weights=torchvision: flow.backend is {section.backend}, not raft_small/large")
-    weights = Raft_Small_Weights if section.backend == "raft_small" else Raft_Large_Weights
-    return weights.DEFAULT.url
+def _flow_default(name: str, section) -> str:
+    """flow.weights=`name`: the default that `section.backend`'s registry entry gives under that name."""
+    weights = flow_backend(section.backend).weights or {}
+    if name not in weights:
+        offering = "/".join(b.name for b in BACKENDS.values() if name in (b.weights or {}))
+        raise WeightsError(f"flow.weights={name}: flow.backend is {section.backend}, not {offering}")
+    return load(weights[name])(section)
 
 
 NAMED = {
     "spatial.weights": {"timm": _timm_default},
     "audio.weights": {"torchvggish": lambda section: VGGISH_URL},
     "audio.pca_params": {"torchvggish": lambda section: VGGISH_PCA_URL},
-    "flow.weights": {"torchvision": _torchvision_raft},
 }
+
+
+def named_sources(key: str) -> dict:
+    """The named defaults `key` may take: name → function of the config section giving the concrete source.
+    flow.weights's are the ones the flow backends' registry entries offer."""
+    if key != "flow.weights":
+        return NAMED.get(key, {})
+    names = {name for backend in BACKENDS.values() for name in backend.weights or {}}
+    return {name: functools.partial(_flow_default, name) for name in names}
 
 
 def expand(key: str, spec: str, section=None) -> str:
     """A named default → its concrete source (URL or hf-hub:); any other spec unchanged."""
-    named = NAMED.get(key, {})
+    named = named_sources(key)
     if spec in named:
         return named[spec](section)
     if spec.isidentifier():  # a bare word is no path anyone means
@@ -140,7 +150,7 @@ def weight_keys(cfg) -> list[tuple[str, str]]:
             spec = getattr(value, name, None)
             if isinstance(spec, str):
                 keys.append((f"{section.name}.{name}", spec))
-    used = {"flow.weights": cfg.flow.backend.startswith("raft"),
+    used = {"flow.weights": flow_backend(cfg.flow.backend).weights is not None,
             "audio.pca_params": getattr(cfg.audio, "postprocess", "raw") != "raw"}
     return [(key, spec) for key, spec in keys if used.get(key, True)]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from multistream.config import FlowConfig
-from multistream.extract.flow.core import dequantize, make_flow_estimator, mean_magnitude, quantize
+from multistream.extract.flow.codec import dequantize, mean_magnitude, quantize
+from multistream.extract.flow.registry import make_flow_estimator
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from multistream.config import load_config
-from multistream.extract.flow.core import make_flow_estimator
+from multistream.extract.flow.registry import make_flow_estimator
 from multistream.extract.processor import decode_video
 from multistream.extract.rows import flow_table, read_flow
 from multistream.extract.video import VideoError

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from multistream.config import load_config
 from multistream.dataset.manifest import VideoEntry
-from multistream.extract.flow.core import quantize
+from multistream.extract.flow.codec import quantize
 from multistream.extract.rows import flow_table, video_row
 from multistream.store import schema, storage
 from multistream.store.commit import part_name

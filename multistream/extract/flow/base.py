@@ -1,4 +1,4 @@
-"""The optical-flow interface every backend implements (`flow` builds them; `raft` is one of them)."""
+"""The optical-flow interface every backend implements (`registry` names and builds them)."""
 
 from __future__ import annotations
 

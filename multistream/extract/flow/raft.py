@@ -1,6 +1,6 @@
-"""RAFT optical flow (torchvision), the GPU flow backend; `flow.make_flow_estimator` builds it.
+"""RAFT optical flow (torchvision), the GPU flow backends `raft_small` and `raft_large` (see `registry`).
 
-Kept apart from `flow` so that the CPU backends never import torch.
+Kept apart from the CPU backends (`opencv`), which never import torch.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.optical_flow import raft_large, raft_small
+from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
 from multistream.config import FlowConfig
 from multistream.device import resolve_device
@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 # RAFT's 4-level correlation pyramid needs feature maps (1/8 of the input) of at least 16 px per side.
 _RAFT_MIN_SIDE = 128
+
+
+def torchvision_weights(cfg: FlowConfig) -> str:
+    """`flow.weights: torchvision`: the URL of torchvision's DEFAULT weights of `cfg.backend`."""
+    return (Raft_Small_Weights if cfg.backend == "raft_small" else Raft_Large_Weights).DEFAULT.url
 
 
 class RAFTFlow:
