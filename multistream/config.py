@@ -38,6 +38,12 @@ DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 class VideoConfig:
     max_seconds: PosFloat = 36.0  # only the first seconds of each video are used (paper §V.C)
     audio_rate: PosInt = 16000  # audio is decoded to mono float32 at this rate
+    # per-video budgets (docs/design.md#per-video-budgets): at most max_fps frames are kept a second of video
+    # time (a faster video is decimated; its flow pairs then span several source frames); a frame of more than
+    # max_pixels, or decoding past deadline_s seconds (flow not counted), makes the video an error row
+    max_fps: PosFloat = 60.0
+    max_pixels: PosInt = 40_000_000  # 8K (7680x4320, 8192x4320) passes
+    deadline_s: PosFloat = 300.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +276,7 @@ class Config:
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     commit: CommitConfig = field(default_factory=CommitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

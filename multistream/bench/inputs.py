@@ -28,4 +28,4 @@ def benchmark_entries(cfg: Config, demo_sets: int) -> list[VideoEntry]:
     """Demo clips when the config asks for the demo, else the videos of `paths.input`."""
     if cfg.paths.demo:
         return demo_entries(demo_sets)
-    return build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split)
+    return build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, limits=cfg.dataset)

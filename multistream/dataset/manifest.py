@@ -12,6 +12,7 @@ In priority order:
 
 A CSV may also name a `group` column (clips of one source, kept on one side of the validation split) and
 `val` in its `split` column. With a `validation` config, `val` is carved from `train` (`multistream.dataset.splits`).
+Labels are bounded (`config.DatasetConfig`: classes, characters a label): past them the manifest is refused.
 
 `video_id` is the video's posix path relative to the input, e.g. `ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi`.
 The listing and the CSV are read as streams (an archive of 10^6 videos costs ~300 bytes of memory each).
@@ -28,7 +29,7 @@ import logging
 import os
 import posixpath
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from multistream.dataset.splits import SPLITS, UCF101_NAME, carve_validation
@@ -49,9 +50,11 @@ class VideoEntry:
     group: str | None = None  # a CSV manifest's `group`: clips that must stay on one side of train/val
 
 
-def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, validation=None) -> list[VideoEntry]:
+def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, validation=None,
+                   limits=None) -> list[VideoEntry]:
     """Videos under `input_uri` (a folder, a prefix or one file), labelled from `labels` or from the layout;
-    with `validation` (a `config.ValidationConfig`), `val` carved from `train`."""
+    with `validation` (a `config.ValidationConfig`), `val` carved from `train`. `limits` (a
+    `config.DatasetConfig`, default its defaults) bounds the classes and the length of a label (ValueError)."""
     if split not in (1, 2, 3):
         raise ValueError(f"split must be 1, 2 or 3 (the UCF101 splits), got {split}")
     if "://" not in input_uri:
@@ -73,10 +76,27 @@ def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, va
         entries = _from_csv(root, videos, labels)
     if not entries:
         raise ValueError(f"no videos found under {input_uri} (extensions: {', '.join(storage.VIDEO_EXTENSIONS)})")
+    check_labels(entries, labels or input_uri, limits)
     entries.sort(key=lambda entry: entry.video_id)
     if validation is not None:
         entries = carve_validation(entries, validation.fraction, validation.seed)
     return entries
+
+
+def check_labels(entries: list[VideoEntry], source: str, limits=None) -> None:
+    """Refuse (ValueError, one line) a label longer than `limits.max_label_chars` or more classes (distinct labels
+    outside the anomaly split) than `limits.max_classes`; `limits` a `config.DatasetConfig` (default: its defaults)."""
+    if limits is None:
+        from multistream.config import DatasetConfig
+
+        limits = DatasetConfig()
+    for entry in entries:
+        if entry.label is not None and len(entry.label) > limits.max_label_chars:
+            raise ValueError(f"{source}: the label of {entry.video_id} has {len(entry.label)} characters, more than "
+                             f"dataset.max_label_chars ({limits.max_label_chars})")
+    classes = {entry.label for entry in entries if entry.label is not None and entry.split != "anomaly"}
+    if len(classes) > limits.max_classes:
+        raise ValueError(f"{source}: {len(classes)} classes, more than dataset.max_classes ({limits.max_classes})")
 
 
 def _video_id(uri: str, root: str) -> str:
@@ -130,32 +150,40 @@ def _from_split_files(root: str, videos: Iterable[str], folder: str, split: int)
 
 def _from_csv(root: str, videos: Iterable[str], csv_uri: str) -> list[VideoEntry]:
     """Rows of a CSV manifest whose files exist (read line by line); missing files are logged and skipped."""
-    listed = set(videos)
-    entries, seen = [], set()
     with storage.open_input(csv_uri, "rt") as handle:
         reader = csv.reader(line.lstrip("\ufeff") if number == 0 else line for number, line in enumerate(handle))
-        header = [(name or "").strip().lower() for name in next(reader, [])]
-        path_column = next((c for c in PATH_COLUMNS if c in header), None)
-        if path_column is None:
-            raise ValueError(f"{csv_uri}: needs a column named one of {PATH_COLUMNS}, found {header}")
-        for line, values in enumerate(reader, start=2):
-            row = dict(zip(header, (value.strip() for value in values), strict=False))
-            name = row.get(path_column, "").replace("\\", "/")
-            if not name:
-                continue
-            uri = name if "://" in name or os.path.isabs(name) else storage.join(root, name)
-            if uri not in listed and not storage.exists(uri):
-                log.warning("%s line %d: %s does not exist, skipped", csv_uri, line, uri)
-                continue
-            split = row.get("split", "").lower() or None
-            if split is not None and split not in SPLITS:
-                raise ValueError(f"{csv_uri} line {line}: split must be one of {SPLITS} or empty, got {split!r}")
-            video_id = _video_id(uri, root)
-            if video_id in seen:
-                log.warning("%s line %d: %s listed twice, kept the first", csv_uri, line, video_id)
-                continue
-            seen.add(video_id)
-            entries.append(VideoEntry(video_id, uri, row.get("label") or None, split, row.get("group") or None))
+        try:
+            return _csv_entries(root, set(videos), csv_uri, reader)
+        except csv.Error as error:  # one line, not a traceback
+            what = (f"a field longer than {csv.field_size_limit()} characters" if "field limit" in str(error)
+                    else f"not a readable CSV row ({error})")
+            raise ValueError(f"{csv_uri} line {reader.line_num}: {what}") from None
+
+
+def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[list[str]]) -> list[VideoEntry]:
+    entries, seen = [], set()
+    header = [(name or "").strip().lower() for name in next(reader, [])]
+    path_column = next((c for c in PATH_COLUMNS if c in header), None)
+    if path_column is None:
+        raise ValueError(f"{csv_uri}: needs a column named one of {PATH_COLUMNS}, found {header}")
+    for line, values in enumerate(reader, start=2):
+        row = dict(zip(header, (value.strip() for value in values), strict=False))
+        name = row.get(path_column, "").replace("\\", "/")
+        if not name:
+            continue
+        uri = name if "://" in name or os.path.isabs(name) else storage.join(root, name)
+        if uri not in listed and not storage.exists(uri):
+            log.warning("%s line %d: %s does not exist, skipped", csv_uri, line, uri)
+            continue
+        split = row.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"{csv_uri} line {line}: split must be one of {SPLITS} or empty, got {split!r}")
+        video_id = _video_id(uri, root)
+        if video_id in seen:
+            log.warning("%s line %d: %s listed twice, kept the first", csv_uri, line, video_id)
+            continue
+        seen.add(video_id)
+        entries.append(VideoEntry(video_id, uri, row.get("label") or None, split, row.get("group") or None))
     return entries
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from multistream.config import Config, ConfigError
 from multistream.dataset.manifest import VideoEntry
+from multistream.extract.budgets import Budget
 from multistream.extract.flow.base import FlowEstimator
 from multistream.extract.flow.codec import mean_magnitude, quantize
 from multistream.extract.flow.registry import flow_backend, make_flow_estimator
@@ -66,7 +67,7 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVide
         pending = pending[-1:] if keep_last else []
 
     with open_input(uri) as handle, open_video(handle, max_seconds=cfg.video.max_seconds,
-                                               audio_rate=cfg.video.audio_rate) as reader:
+                                               audio_rate=cfg.video.audio_rate, budget=Budget.of(cfg.video)) as reader:
         info = reader.info
         scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
         for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
@@ -79,7 +80,8 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVide
         wave = reader.audio()
         n_frames = reader.n_frames
         facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
-                 "width": info.width, "height": info.height, "n_frames": n_frames, "has_audio": info.has_audio}
+                 "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height, "n_frames": n_frames,
+                 "has_audio": info.has_audio and reader.audio_dropped is None}
     if n_frames == 0:
         raise VideoError(f"{uri}: no frame decodes within the first {cfg.video.max_seconds:g} s")
 

@@ -125,7 +125,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     for warning in check_gpu_placement(cfg):
         log.warning("%s", warning)
     if entries is None:
-        entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, cfg.validation)
+        entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, cfg.validation, cfg.dataset)
     run = RunRoot(cfg.paths.output)
     state = resume_state(run)
     todo = [entry for entry in entries if entry.video_id not in state.done]

@@ -250,3 +250,30 @@ def test_group_folds_keep_each_ucf101_group_in_one_fold():
     assert sizes.max() - sizes.min() <= 3  # fold sizes differ by about one group (3 clips)
     np.testing.assert_array_equal(folds, group_folds(ids, 4, seed=0))
     assert not np.array_equal(folds, group_folds(ids, 4, seed=1))
+
+
+def test_labels_past_the_dataset_limits_are_refused_in_one_line(tmp_path):
+    from multistream.config import DatasetConfig
+
+    names = [f"c{i:04d}.mp4" for i in range(1002)]
+    root = make_tree(tmp_path / "in", names)
+    csv_uri = str(tmp_path / "labels.csv")
+    rows = [f"{name},class{i},train" for i, name in enumerate(names[:1001])] + [f"{names[1001]},odd,anomaly"]
+    storage.write_text(csv_uri, "uri,label,split\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"1001 classes, more than dataset.max_classes \(1000\)$"):
+        build_manifest(root, labels=csv_uri)
+    assert len(build_manifest(root, labels=csv_uri, limits=DatasetConfig(max_classes=1001))) == 1002  # anomaly apart
+
+    storage.write_text(csv_uri, f"uri,label\nc0000.mp4,{'x' * 201}\nc0001.mp4,walk\n")
+    with pytest.raises(ValueError, match=r"label of c0000.mp4 has 201 characters, more than "
+                                         r"dataset.max_label_chars \(200\)") as refused:
+        build_manifest(root, labels=csv_uri)
+    assert "xxx" not in str(refused.value)
+    storage.write_text(csv_uri, f"uri,label\nc0000.mp4,walk\nc0001.mp4,{'y' * 10_000_000}\n")  # 10 MB
+    with pytest.raises(ValueError, match=r"labels.csv line 3: a field longer than 131072 characters$") as refused:
+        build_manifest(root, labels=csv_uri)
+    assert "\n" not in str(refused.value) and refused.value.__cause__ is None
+    # a layout's folders are labels too
+    long_folder = make_tree(tmp_path / "tree", (f"{'z' * 250}/v.mp4",))
+    with pytest.raises(ValueError, match="dataset.max_label_chars"):
+        build_manifest(long_folder)
