@@ -246,6 +246,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    # a manifest past these is refused before any work: each class is a head output, a row and a column of the
+    # confusion matrix (classes: the distinct labels outside the anomaly split)
+    max_classes: PosInt = 1000
+    max_label_chars: PosInt = 200
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     # share of each class's train groups carved into `val` (UCF101 groups / a CSV `group` column stay whole);
     # 0 carves nothing. A CSV manifest that names its own `val` videos is used as it is.
