@@ -271,6 +271,17 @@ class CommitConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # Training as it happens (`multistream.train.progress`): a log line per epoch always; TensorBoard event
+    # files under RUN/logs/<model>/; with `mlflow_uri` (e.g. "file:./mlruns" or an MLflow server's http URL;
+    # needs the `mlflow` extra) one MLflow run per job in `mlflow_experiment`.
+    tensorboard: bool = True
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "multistream"
+    mlflow_run_id: str | None = None  # set by the job for its workers; set it to log into a run of your own
+
+
+@dataclass(frozen=True)
 class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -288,6 +299,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     commit: CommitConfig = field(default_factory=CommitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def replace(self, **dotted: object) -> Config:
         """A copy with dotted keys replaced: `cfg.replace(**{"paths.output": "runs/x"})`."""
