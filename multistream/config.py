@@ -29,6 +29,7 @@ from multistream.config_loader import (
     min_side,
 )
 from multistream.extract.flow.registry import known_backend
+from multistream.streams import STREAMS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -125,7 +126,7 @@ class RNNConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    stream: Literal["spatial", "temporal", "audio"] = "spatial"
+    stream: Literal[STREAMS] = "spatial"
     num_samples: int = 1  # samples per grid point
     epochs: PosInt = 100
     grace_period: PosInt = 10  # ASHA

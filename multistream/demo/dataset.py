@@ -50,6 +50,7 @@ import av
 import numpy as np
 
 from multistream.demo.render import ClipSpec, render_anomaly, render_class_audio, render_class_video
+from multistream.streams import STREAMS
 
 DEMO_CLASSES = ["CircleSlide", "CircleBob", "SquareZigzag", "TriangleZigzag"]
 CUES: dict[str, tuple[str, str, str]] = {  # class -> (appearance, motion, audio)
@@ -66,7 +67,7 @@ TEST_SHARE, VAL_SHARE = 1 / 3, 1 / 3  # of each class's clips; the rest is train
 # top-1 is under 0.8 of its 0.75 ceiling with probability 79/4096 (at most 2 of the 12 flips right). 12
 # anomalies: the detection rate moves in steps of 1/12.
 CLIPS_PER_CLASS, N_ANOMALIES = 18, 12
-STREAM_CUE = {"spatial": 0, "temporal": 1, "audio": 2}  # each stream's cue: its index in the CUES triples
+STREAM_CUE = {s: i for i, s in enumerate(STREAMS)}  # each stream's cue: its index in the CUES triples
 
 
 @dataclass(frozen=True)

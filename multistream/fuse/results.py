@@ -7,8 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from multistream.fuse.svm import AblationRow
+from multistream.streams import STREAMS
 
-STREAM_NAMES = {"spatial": "Spatial", "temporal": "Temporal", "audio": "Audio"}
+STREAM_NAMES = {stream: stream.title() for stream in STREAMS}  # Spatial, Temporal, Audio
 QUANTILE_WORDS = {  # anomaly.quantile → how the threshold was read off the calibration videos' scores
     "empirical": "the lowest score that flags at most that share of them",
     "lognormal": "the quantile of a log-normal fitted to their scores",

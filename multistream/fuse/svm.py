@@ -22,9 +22,9 @@ from sklearn.svm import LinearSVC
 
 from multistream.config import FusionConfig
 from multistream.store import modelio
+from multistream.streams import STREAMS
 from multistream.train.steps import top_ks, topk_accuracy
 
-STREAMS = ("spatial", "temporal", "audio")
 KIND, FORMAT = "linear_svm", 2
 
 

@@ -32,11 +32,12 @@ from multistream.dataset.inputs import prepare_input
 from multistream.fuse.results import FuseResult, summary_table
 from multistream.ray.guard import start_job
 from multistream.store import runinfo
+from multistream.streams import STREAMS
 from multistream.train.progress import job_run
 
 log = logging.getLogger(__name__)
 
-RNN_STREAMS = ["spatial", "temporal", "audio"]
+RNN_STREAMS = list(STREAMS)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from multistream.config import Config, ConfigError, load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.predict.bundle import Bundle, BundleError, open_bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
+from multistream.streams import STREAMS
 
 
 def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
@@ -28,7 +29,7 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     if row["video"]["status"] != "ok":
         raise ValueError(f"{uri}: {row['video']['error']}")
     temporal = TemporalEmbedder(bundle, batch_size=cfg.motion_cnn.embed_batch_size)(row["flow"], row["positions"])
-    vectors = VideoEmbedder(bundle)({"spatial": [row["spatial"]], "temporal": [temporal], "audio": [row["audio"]]})
+    vectors = VideoEmbedder(bundle)({s: [temporal if s == "temporal" else row[s]] for s in STREAMS})
     classifier, detector = Classifier(bundle), Detector(bundle)
     scores = classifier(vectors)
     top_labels, top_scores = classifier.top_k(scores)

@@ -35,8 +35,8 @@ from multistream.report.html import CSS, esc, missing, pct, read_json, table
 from multistream.store import layout, modelio, runinfo, schema, storage
 from multistream.store.layout import RunRoot
 
-MODEL_TITLES = {"motion_cnn": "Motion CNN (temporal)", "rnn_spatial": "Spatial RNN", "rnn_temporal": "Temporal RNN",
-                "rnn_audio": "Audio RNN"}
+MODEL_TITLES = {layout.MOTION_CNN: "Motion CNN (temporal)",
+                **{layout.rnn_name(s): f"{STREAM_NAMES[s]} RNN" for s in schema.STREAMS}}
 SPLIT_ROLES = {"fit": "fitted on", "select": "selected on", "calibrate": "calibrated on", "score": "scored on"}
 PAPER_NOTE = ("The paper reports 93.1 % top-1 on UCF101 split 1 with all three streams (spatial S.BiGRU512 "
               "alone 78.34 %, with the SVM 79.40 %).")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from multistream.streams import STREAMS  # the stream columns of embeddings/, as everywhere
+
 VIDEOS = "videos"
 FEATURES = "features"
 FLOW = "flow"
@@ -18,7 +20,6 @@ ANOMALY = "anomaly"
 
 AUDIO_DIM = 128  # VGGish
 MOTION_DIM = 2048  # motion CNN full7
-STREAMS = ("spatial", "temporal", "audio")
 
 STAGE_SECONDS = ("decode_s", "flow_s", "spatial_s", "audio_s")
 

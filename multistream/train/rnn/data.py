@@ -21,8 +21,8 @@ from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"spatial": (schema.FEATURES, "spatial"), "temporal": (schema.MOTION, "temporal"),
-           "audio": (schema.FEATURES, "audio")}
+# stream → (table, column): the motion CNN's embeddings are in motion/, the extracted ones in features/
+SOURCES = {s: (schema.MOTION if s == "temporal" else schema.FEATURES, s) for s in schema.STREAMS}
 PRODUCER = {schema.FEATURES: "jobs/extract.py", schema.MOTION: "jobs/train_motion.py"}
 SPLITS = ("train", "val", "test")
 
