@@ -9,7 +9,10 @@ so that no model lands on a GPU that Ray did not count. Mixed precision is bfloa
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING
+
+from multistream.config_loader import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where a model runs: decode and write actors start without it
     import torch
@@ -24,6 +27,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for but torch sees no CUDA device")
     return torch.device(device)
+
+
+# who a pool's GPU key gives GPUs to (the default: the actors of a `ray.<pool>` section)
+_GIVEN_TO = {"ray.train.use_gpu": "its Train workers", "tune.gpus_per_trial": "its trials"}
+
+
+def check_gpu_given(cfg, model: str, gpus_key: str) -> None:
+    """Refuse (ConfigError), before any work, `<model>.device: cuda` where the pool it runs in is given no GPU.
+
+    `model` is a config section with a `device` key ("flow", "motion_cnn", "rnn", ...); `gpus_key` the dotted
+    key of that pool's GPUs: ray.<pool>.num_gpus, ray.train.use_gpu or tune.gpus_per_trial. "auto" and "cpu"
+    pass ("auto" is the CPU in a process Ray gave no GPU, see `actor_device`).
+    """
+    device = getattr(cfg, model).device
+    gpus = functools.reduce(getattr, gpus_key.split("."), cfg)
+    if device == "cuda" and not gpus:
+        shown = str(gpus).lower() if isinstance(gpus, bool) else f"{gpus:g}"
+        raise ConfigError(f"{model}.device: cuda, but {gpus_key} is {shown}: "
+                          f"{_GIVEN_TO.get(gpus_key, 'its actors')} are given no GPU")
 
 
 def actor_device(device: str) -> str:

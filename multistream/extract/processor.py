@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from multistream.config import Config, ConfigError
+from multistream.config import Config
 from multistream.dataset.manifest import VideoEntry
+from multistream.device import check_gpu_given
 from multistream.extract.budgets import Budget
 from multistream.extract.flow.base import FlowEstimator
 from multistream.extract.flow.codec import mean_magnitude, quantize
@@ -179,18 +180,15 @@ class VideoProcessor:
 
 
 def check_gpu_placement(cfg: Config) -> list[str]:
-    """Refuse (ConfigError) a model that must run on CUDA in a pool that is given no GPU; return the warnings
-    for RAFT falling back to the CPU for that reason ("auto" is the GPU only in actors Ray gave one)."""
-    on_device = flow_backend(cfg.flow.backend).gpu
+    """Refuse (ConfigError, `check_gpu_given`) a model that must run on CUDA in a pool that is given no GPU;
+    return the warnings for a GPU flow backend (RAFT) falling back to the CPU for that reason ("auto" is the
+    GPU only in actors Ray gave one). A CPU flow backend leaves flow.device unused."""
+    models = ("flow", "decode"), ("spatial", "spatial"), ("audio", "audio")
     warnings = []
-    for name, device, pool in (("flow", cfg.flow.device if on_device else "cpu", "decode"),
-                               ("spatial", cfg.spatial.device, "spatial"), ("audio", cfg.audio.device, "audio")):
+    for name, pool in models if flow_backend(cfg.flow.backend).gpu else models[1:]:
         pool = pool if cfg.ray.fused is None else "fused"
-        if getattr(cfg.ray, pool).num_gpus:
-            continue
-        if device == "cuda":
-            raise ConfigError(f"{name}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
-        if name == "flow" and device == "auto":
+        check_gpu_given(cfg, name, f"ray.{pool}.num_gpus")
+        if name == "flow" and cfg.flow.device == "auto" and not getattr(cfg.ray, pool).num_gpus:
             warnings.append(f"flow.backend={cfg.flow.backend} runs on the CPU: ray.{pool}.num_gpus is 0, "
                             "so its actors are given no GPU")
     return warnings

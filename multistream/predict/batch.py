@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from multistream.config import Config, ConfigError
+from multistream.config import Config
+from multistream.device import check_gpu_given
 from multistream.fuse.anomaly import detection_figures
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
@@ -143,10 +144,8 @@ def commit_group(run: RunRoot, table: pa.Table, streams: tuple[str, ...], classi
 
 def check_predict_devices(cfg: Config) -> None:
     """Refuse a model that must run on CUDA in a pool given no GPU, before any work starts."""
-    for key, section, pool in (("motion_cnn", cfg.motion_cnn, "embed"), ("rnn", cfg.rnn, "embed"),
-                               ("anomaly", cfg.anomaly, "write")):
-        if section.device == "cuda" and not getattr(cfg.ray, pool).num_gpus:
-            raise ConfigError(f"{key}.device: cuda, but ray.{pool}.num_gpus is 0: its actors are given no GPU")
+    for model, pool in (("motion_cnn", "embed"), ("rnn", "embed"), ("anomaly", "write")):
+        check_gpu_given(cfg, model, f"ray.{pool}.num_gpus")
 
 
 @dataclass

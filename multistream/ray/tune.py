@@ -25,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler
 from safetensors.torch import load_file, save_file
 
 from multistream.config import Config, RNNConfig, TrackingConfig
-from multistream.device import actor_device
+from multistream.device import actor_device, check_gpu_given
 from multistream.ray.session import init_ray, worker_setup
 from multistream.store import layout, storage
 from multistream.store.layout import TRIAL_WEIGHTS, RunRoot
@@ -116,8 +116,7 @@ def _rows(results: tune.ResultGrid, splits: dict, cfg: Config, input_dim: int, n
 def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
     """The sweep on `stream` (default `cfg.tune.stream`) → reports/sweep.{csv,md} and the "sweep" metrics."""
     started = time.perf_counter()
-    if cfg.rnn.device == "cuda" and not cfg.tune.gpus_per_trial:
-        raise ValueError("rnn.device is cuda but tune.gpus_per_trial is 0: the trials get no GPU")
+    check_gpu_given(cfg, "rnn", "tune.gpus_per_trial")
     stream = stream or cfg.tune.stream
     run = RunRoot(layout.absolute(cfg.paths.output))
     data = stream_data(run, stream, ok_videos(run))

@@ -102,7 +102,7 @@ def test_missing_motion_table_names_the_job(tmp_path):
 
 def test_cuda_without_gpus_is_refused_before_work(tmp_path):
     make_run_root(str(tmp_path))
-    with pytest.raises(ValueError, match="rnn.device is cuda"):
+    with pytest.raises(ValueError, match="rnn.device: cuda, but ray.train.use_gpu is false"):
         run_train_rnn(toy_config(tmp_path, **{"rnn.device": "cuda"}), ["spatial"])
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from multistream.config import Config, ConfigError
-from multistream.device import actor_device, resolve_device
+from multistream.device import actor_device, check_gpu_given, resolve_device
 from multistream.store import modelio, runinfo
 from multistream.store.layout import MOTION_CNN, RunRoot
 from multistream.train.loop import EpochLoop, EpochRecord, Report, no_report, sum_metrics
@@ -44,12 +44,8 @@ def check_motion_resources(cfg: Config) -> None:
     if cfg.motion_cnn.batch_size % workers:
         raise ConfigError(f"motion_cnn.batch_size: {cfg.motion_cnn.batch_size} stacks a step cannot be divided "
                           f"among ray.train.num_workers={workers} Train workers")
-    if cfg.motion_cnn.device != "cuda":
-        return
-    if not cfg.ray.train.use_gpu:
-        raise ConfigError("motion_cnn.device: cuda, but ray.train.use_gpu is false: its Train workers get no GPU")
-    if not cfg.ray.embed.num_gpus:
-        raise ConfigError("motion_cnn.device: cuda, but ray.embed.num_gpus is 0: its embedding actors get no GPU")
+    check_gpu_given(cfg, "motion_cnn", "ray.train.use_gpu")
+    check_gpu_given(cfg, "motion_cnn", "ray.embed.num_gpus")
 
 
 def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from multistream.config import Config, RNNConfig, TrackingConfig
+from multistream.device import check_gpu_given
 from multistream.store import embeddings, layout, modelio, runinfo
 from multistream.store.layout import RunRoot
 from multistream.train.loop import Report, sum_over_workers
@@ -62,10 +63,8 @@ def head_meta(data: StreamData, head: Head) -> dict:
 
 def check_rnn_devices(cfg: Config) -> None:
     """A head asked onto CUDA where Ray gives its workers no GPU is refused before any work starts."""
-    if cfg.rnn.device == "cuda" and not cfg.ray.train.use_gpu:
-        raise ValueError("rnn.device is cuda but ray.train.use_gpu is false: the Train workers get no GPU")
-    if cfg.rnn.device == "cuda" and not cfg.ray.embed.num_gpus:
-        raise ValueError("rnn.device is cuda but ray.embed.num_gpus is 0: the embedding task gets no GPU")
+    check_gpu_given(cfg, "rnn", "ray.train.use_gpu")
+    check_gpu_given(cfg, "rnn", "ray.embed.num_gpus")
 
 
 def stream_status(run: RunRoot, streams: dict[str, StreamData]) -> dict[str, str]:
