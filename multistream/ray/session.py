@@ -4,17 +4,56 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import ray
 
+from multistream.cli import setup_logging
 from multistream.config import Config, StageResources
 from multistream.ray.worker_env import WORKER_ENV, worker_env
 from multistream.store import s3config
 
 log = logging.getLogger(__name__)
 
-# Every worker logs like the driver (INFO, same format); Ray forwards it to the driver's output.
-WORKER_RUNTIME_ENV = {"env_vars": WORKER_ENV, "worker_process_setup_hook": "multistream.cli.setup_logging"}
+# Every worker logs like the driver (INFO, same format) and quiets Ray's lines as the driver does; Ray forwards
+# its output to the driver's.
+WORKER_RUNTIME_ENV = {"env_vars": WORKER_ENV, "worker_process_setup_hook": "multistream.ray.session.setup_worker"}
+
+# Ray's own lines a healthy run does without, by logger (Ray's log files under its session folder keep them):
+QUIET_LOGGERS = {
+    # (Ray Data's start, plan and end of each dataset: its console level, in multistream/ray/ray_data_logging.yaml)
+    "ray.data._internal.progress": logging.ERROR,  # "Progress bars disabled": the job's own line replaces them
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,  # the local Ray's default auth mode
+    # a local Ray has no dashboard, hence no state API: its placement-group cleaner warns every few seconds
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+# A local Ray runs no preemption watcher (spot-instance notices, which a laptop never gets); its actor's creation
+# logs an error line of Ray's core (arguments in the object store of an actor that may restart).
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def quiet_ray_logs() -> None:
+    """Quiet Ray's lines in this process as QUIET_LOGGERS says (and Ray Train's "Reporting training result")."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    # Ray Train names this logger by its file; where Train is not imported (decode actors) there is none
+    context = sys.modules.get("ray.train.v2._internal.execution.context")
+    if context is not None:
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def setup_worker() -> None:
+    """The setup hook of every worker process of a local Ray and of every Ray Data actor of a job."""
+    setup_logging()
+    quiet_ray_logs()
+
+
+def _init(**kwargs) -> None:
+    """`ray.init` with Ray's driver-side logger at WARNING and QUIET_LOGGERS applied (before: it logs some)."""
+    quiet_ray_logs()
+    ray.init(logging_level=logging.WARNING, **kwargs)
+    quiet_ray_logs()
+
 
 _started_local = False  # True once this process started its own local Ray (whose resources cannot grow)
 
@@ -28,12 +67,12 @@ def join_cluster(cfg: Config) -> bool:
     # a cluster's workers do not inherit the driver's environment: the S3 settings travel with the job
     joined_env = {"env_vars": s3config.env(s3config.current())}
     if address and address != "local":
-        ray.init(address=address, log_to_driver=True, runtime_env=joined_env)
+        _init(address=address, log_to_driver=True, runtime_env=joined_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())
         return True
     if not address:
         try:
-            ray.init(address="auto", log_to_driver=True, runtime_env=joined_env)
+            _init(address="auto", log_to_driver=True, runtime_env=joined_env)
             log.info("joined the running Ray cluster: %s", ray.cluster_resources())
             return True
         except ConnectionError:
@@ -47,8 +86,10 @@ def init_ray(cfg: Config) -> None:
     global _started_local
     if join_cluster(cfg):
         return
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-             runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
+    for name, value in LOCAL_ENV.items():
+        os.environ.setdefault(name, value)
+    _init(num_cpus=cfg.ray.num_cpus, include_dashboard=False,
+          runtime_env={**WORKER_RUNTIME_ENV, "env_vars": worker_env(cfg.ray.torch_threads)})
     _started_local = True
     log.info("started a local Ray: %s", ray.cluster_resources())
 
@@ -71,9 +112,11 @@ def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, b
 
 
 def worker_setup(torch_threads: int) -> None:
-    """Call at the start of every actor/worker: Ray gives torch one thread unless told otherwise."""
+    """Call at the start of every actor/worker: Ray gives torch one thread unless told otherwise (and Ray Train's
+    loggers exist by then, to be quieted)."""
     import torch
 
+    quiet_ray_logs()
     torch.set_num_threads(max(1, torch_threads))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from multistream.config import Config, ConfigError
@@ -50,7 +50,10 @@ def run_training(loop: Callable[[dict], None], loop_config: dict, cfg: Config, n
                                      resources_per_worker={"CPU": resources.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=resources.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # Ray Train's own INFO lines (worker group, process group, each checkpoint) are
+                             # left to its log files: the epoch lines of `train.progress` say how it goes
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
     if result.error is not None:

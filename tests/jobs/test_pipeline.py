@@ -93,3 +93,34 @@ def test_a_worker_killed_in_the_chained_run_s_rnn_phase_resumes_the_heads_not_th
     for stream in ("spatial", "temporal", "audio"):
         assert [m["epoch"] for m in metrics[f"rnn_{stream}"]["history"]] == list(range(1, 61)), stream
     assert "resumed after epoch spatial" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_healthy_pipeline_prints_epochs_and_little_else_and_writes_every_model_s_curves(tmp_path):
+    import os
+    import re
+    import subprocess
+
+    from tests.train.test_progress import scalars
+
+    data = generate_demo(tmp_path / "data", clips_per_class=3, n_anomalies=2)
+    root = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "pipeline.py"), f"--input={data}", f"--output={root}",
+                           *(f"--set={o}" for o in SMALL)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "RAY_ADDRESS": "local"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stderr.splitlines()
+    epochs = [line for line in lines if re.search(r": epoch \d+/\d+  ", line)]
+    models = {re.search(r"([\w/]+): epoch \d+/", line).group(1) for line in epochs}
+    assert {"motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio", "autoencoder/fold0"} <= models, models
+    rest = [line for line in lines if line not in epochs]
+    for noise in ("Failed to query", "Checkpoint successfully created", "Reporting training result",
+                  "Token authentication", "Execution plan of Dataset"):
+        assert not any(noise in line for line in rest), noise
+    # Ray Data's actor pools log one line of Ray's core about their own arguments (Ray 2.60): nothing else
+    errors = [line for line in rest if re.search(r"\[[-\d :,.]+ E \d+ \d+\]", line)]
+    assert all("has constructor arguments in the object store" in line for line in errors), errors
+    assert len(rest) <= 60, "\n".join(rest)
+    for model in ("motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio", "autoencoder/fold0"):
+        tags = set(scalars(root / "logs" / model))
+        assert f"{model}/train_loss" in tags, (model, tags)
