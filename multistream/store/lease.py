@@ -5,10 +5,14 @@ lease in force. A job takes the lease by creating the next generation exclusivel
 or shared filesystem (a hard link of a finished temporary file), a conditional PUT (`If-None-Match: *`) on
 S3 — so of two jobs only one can create it, and the winner checks that no higher generation appeared
 meanwhile.
-The holder rewrites its own file every `ttl_s / 4` seconds (the heartbeat). A generation is free when its
-holder released it, when its heartbeat is older than `ttl_s` (a crashed or killed job: no one removes its
-file), or at once when its holder was a process of this host that is gone. Holders whose heartbeat finds a
-higher generation, or another job's record in its own file, have lost the lease (`lost`).
+The holder rewrites its own file every `ttl_s / 4` seconds (the heartbeat), each write given at most
+`ttl_s / 4` to finish. A generation is free when its holder released it, when its heartbeat is older than
+`ttl_s` (a crashed or killed job: no one removes its file), or at once when its holder was a process of this
+host and PID namespace (container) that is gone. A holder has lost the lease (`lost`) when its heartbeat finds
+a higher generation or another job's record in its own file, or when no heartbeat succeeded for `ttl_s / 2`
+(any error: storage, network, credentials, a hung call) — well before another job may take over. From then on
+every write and delete of this process under the run root raises LeaseLost (`storage`'s write guard, set
+while the lease is held), so a job that lost its lease stops before it can touch another job's files.
 
 Heartbeat ages compare wall clocks: the hosts sharing a run root must agree on the time within `ttl_s`.
 On an S3-compatible store that ignores `If-None-Match`, two jobs racing for the same generation would both
@@ -35,6 +39,10 @@ from multistream.store import storage
 log = logging.getLogger(__name__)
 
 
+class LeaseLost(RuntimeError):
+    """This job no longer holds its run root's lease: it must stop before writing or deleting anything there."""
+
+
 class LeaseHeld(RuntimeError):
     """The run root is held by another live job; `holder` describes it."""
 
@@ -52,6 +60,7 @@ class Holder:
     token: str  # unique per acquisition
     process_started: float | None = None  # psutil create_time: tells a reused pid from the holder
     ray_job: str | None = None
+    pid_namespace: str | None = None  # e.g. "pid:[4026531836]": a pid means a process only within it
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
@@ -59,10 +68,24 @@ class Holder:
         return f"{self.job} (host {self.host}, pid {self.pid}{ray_job}, started {when})"
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        return None
+
+
 def this_process(job: str, ray_job: str | None = None) -> Holder:
     pid = os.getpid()
     return Holder(job, socket.gethostname(), pid, time.time(), uuid.uuid4().hex,
-                  psutil.Process(pid).create_time(), ray_job)
+                  psutil.Process(pid).create_time(), ray_job, _pid_namespace())
+
+
+def _attempt(call) -> tuple[str, object]:
+    try:
+        return "ok", call()
+    except Exception as error:  # noqa: BLE001 - any failure of a heartbeat is reported the same way
+        return "error", f"{type(error).__name__}: {error}"
 
 
 def _delete(uri: str) -> None:
@@ -74,8 +97,10 @@ def _delete(uri: str) -> None:
 
 
 def _process_gone(holder: Holder) -> bool:
-    """Whether `holder` was a process of this host that no longer runs."""
-    if holder.host != socket.gethostname():
+    """Whether `holder` was a process of this host and PID namespace that no longer runs (a holder in another
+    container of the same host, or of a record without its namespace, is left to its heartbeat's age)."""
+    if holder.host != socket.gethostname() or holder.pid_namespace is None \
+            or holder.pid_namespace != _pid_namespace():
         return False
     try:
         process = psutil.Process(holder.pid)
@@ -196,30 +221,53 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
+    def _heartbeat(self) -> str | None:
+        """One heartbeat: None when written, else why the lease is another job's now."""
+        generation, record = self.current()
+        token = record["holder"]["token"] if record else None
+        if generation != self.generation or token != self.holder.token:
+            return f"generation {generation} is {record['holder']['job'] if record else 'nobody'}'s (ours {self.generation})"
+        storage.write_bytes(self._path(self.generation), self._record())
+        return None
+
     def _beat(self) -> None:
         last_ok = time.monotonic()
         while not self._stop.wait(self.ttl_s / 4):
-            try:
-                generation, record = self.current()
-                token = record["holder"]["token"] if record else None
-                if generation != self.generation or token != self.holder.token:
-                    self.lost = True
-                    log.error("lost the lease of %s: generation %d of %s (ours %d)", self.directory,
-                              generation, record["holder"]["job"] if record else "nobody", self.generation)
-                    return
-                storage.write_bytes(self._path(self.generation), self._record())
+            # each heartbeat in a thread of its own, waited for ttl_s / 4: a call that hangs (a stalled
+            # connection whose retries outlast the TTL) counts as failed instead of stopping the clock
+            outcome: list = []
+            beat = threading.Thread(target=lambda into=outcome: into.append(_attempt(self._heartbeat)), daemon=True)
+            beat.start()
+            beat.join(self.ttl_s / 4)
+            if outcome and outcome[0][0] == "ok" and outcome[0][1] is None:
                 last_ok = time.monotonic()
-            except OSError as error:
-                log.warning("lease heartbeat failed: %s", error)
-                if time.monotonic() - last_ok > self.ttl_s:
-                    self.lost = True
-                    log.error("lost the lease of %s: no heartbeat for %.0f s", self.directory, self.ttl_s)
-                    return
+                continue
+            if outcome and outcome[0][0] == "ok":
+                self._lose(outcome[0][1])
+                return
+            log.warning("lease heartbeat of %s failed: %s", self.directory,
+                        outcome[0][1] if outcome else f"no answer in {self.ttl_s / 4:.0f} s")
+            if time.monotonic() - last_ok > self.ttl_s / 2:
+                self._lose(f"no heartbeat for {time.monotonic() - last_ok:.0f} s (half its {self.ttl_s:.0f} s "
+                           "time to live)")
+                return
+
+    def _lose(self, why: str) -> None:
+        self.lost = True
+        log.error("lost the lease of %s: %s; this job stops before its next write there", self.directory, why)
+
+    def guard(self, uri: str) -> None:
+        """storage's write guard while the lease is held: raise LeaseLost for a write or delete under the run
+        root once the lease is lost (the lease's own files excepted)."""
+        root = posixpath.dirname(self.directory.rstrip("/"))
+        if self.lost and uri.startswith(root + "/") and not uri.startswith(self.directory.rstrip("/") + "/"):
+            raise LeaseLost(f"this job lost the lease of {root} (another job may hold it now): it stops before "
+                            f"writing or deleting {uri}; run it again to resume")
 
     def check(self) -> None:
-        """Raise when the lease was lost (before a step that must not race another job, e.g. a cleanup)."""
+        """Raise LeaseLost when the lease was lost (before a step that must not race another job)."""
         if self.lost or self.generation is None:
-            raise RuntimeError(f"this job no longer holds the lease of {self.directory}")
+            raise LeaseLost(f"this job no longer holds the lease of {self.directory}")
 
     def release(self) -> None:
         self._stop.set()
