@@ -43,6 +43,9 @@ def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = Non
 
 
 def setup_logging(verbose: bool = False) -> None:
+    from multistream.store.uris import redact_logs
+
+    redact_logs()  # no URL's credentials or query string (a presigned URL's signature) in any log line
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from multistream.dataset.splits import SPLITS, UCF101_NAME, carve_validation
 from multistream.store import storage
+from multistream.store.uris import redact
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +62,23 @@ def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, va
         input_uri = os.path.abspath(input_uri)  # listings give absolute local paths; CSV rows must match them
     fs, path = storage.filesystem(input_uri)
     if not fs.exists(path):
-        raise ValueError(f"input {input_uri} does not exist")
-    root = posixpath.dirname(input_uri.rstrip("/")) if fs.isfile(path) else input_uri  # ids are relative to it
+        raise ValueError(f"input {redact(input_uri)} does not exist")
+    # ids are relative to it (a URL's folder: its query string, e.g. a presigned URL's signature, left out)
+    root = posixpath.dirname(redact(input_uri).rstrip("/")) if fs.isfile(path) else input_uri
     videos = storage.iter_files(input_uri)
     if labels is None and storage.exists(storage.join(input_uri, "labels.csv")):
         labels = storage.join(input_uri, "labels.csv")
     if labels is None:
         entries = [_from_name(root, uri, split) for uri in videos]
     elif not storage.exists(labels):
-        raise ValueError(f"labels {labels} do not exist")
+        raise ValueError(f"labels {redact(labels)} do not exist")
     elif storage.is_dir(labels):
         entries = _from_split_files(root, videos, labels, split)
     else:
         entries = _from_csv(root, videos, labels)
     if not entries:
-        raise ValueError(f"no videos found under {input_uri} (extensions: {', '.join(storage.VIDEO_EXTENSIONS)})")
-    check_labels(entries, labels or input_uri, limits)
+        raise ValueError(f"no videos found under {redact(input_uri)} (extensions: {', '.join(storage.VIDEO_EXTENSIONS)})")
+    check_labels(entries, redact(labels or input_uri), limits)
     entries.sort(key=lambda entry: entry.video_id)
     if validation is not None:
         entries = carve_validation(entries, validation.fraction, validation.seed)
@@ -100,6 +102,9 @@ def check_labels(entries: list[VideoEntry], source: str, limits=None) -> None:
 
 
 def _video_id(uri: str, root: str) -> str:
+    """`uri` relative to `root`, or the whole URI outside it; without credentials or query string either way
+    (`multistream.store.uris.redact`: a presigned URL's signature is no part of an id)."""
+    uri, root = redact(uri), redact(root)
     prefix = root.rstrip("/") + "/"
     if uri.startswith(prefix) and "/../" not in f"/{uri[len(prefix):]}" and "/./" not in f"/{uri[len(prefix):]}":
         return uri[len(prefix):]  # the common case, without a filesystem lookup per video
@@ -157,7 +162,7 @@ def _from_csv(root: str, videos: Iterable[str], csv_uri: str) -> list[VideoEntry
         except csv.Error as error:  # one line, not a traceback
             what = (f"a field longer than {csv.field_size_limit()} characters" if "field limit" in str(error)
                     else f"not a readable CSV row ({error})")
-            raise ValueError(f"{csv_uri} line {reader.line_num}: {what}") from None
+            raise ValueError(f"{redact(csv_uri)} line {reader.line_num}: {what}") from None
 
 
 def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[list[str]]) -> list[VideoEntry]:
@@ -165,7 +170,7 @@ def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[lis
     header = [(name or "").strip().lower() for name in next(reader, [])]
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
     if path_column is None:
-        raise ValueError(f"{csv_uri}: needs a column named one of {PATH_COLUMNS}, found {header}")
+        raise ValueError(f"{redact(csv_uri)}: needs a column named one of {PATH_COLUMNS}, found {header}")
     for line, values in enumerate(reader, start=2):
         row = dict(zip(header, (value.strip() for value in values), strict=False))
         name = row.get(path_column, "").replace("\\", "/")
@@ -173,14 +178,14 @@ def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[lis
             continue
         uri = name if "://" in name or os.path.isabs(name) else storage.join(root, name)
         if uri not in listed and not storage.exists(uri):
-            log.warning("%s line %d: %s does not exist, skipped", csv_uri, line, uri)
+            log.warning("%s line %d: %s does not exist, skipped", redact(csv_uri), line, redact(uri))
             continue
         split = row.get("split", "").lower() or None
         if split is not None and split not in SPLITS:
-            raise ValueError(f"{csv_uri} line {line}: split must be one of {SPLITS} or empty, got {split!r}")
+            raise ValueError(f"{redact(csv_uri)} line {line}: split must be one of {SPLITS} or empty, got {split!r}")
         video_id = _video_id(uri, root)
         if video_id in seen:
-            log.warning("%s line %d: %s listed twice, kept the first", csv_uri, line, video_id)
+            log.warning("%s line %d: %s listed twice, kept the first", redact(csv_uri), line, video_id)
             continue
         seen.add(video_id)
         entries.append(VideoEntry(video_id, uri, row.get("label") or None, split, row.get("group") or None))

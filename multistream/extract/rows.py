@@ -22,6 +22,7 @@ import pyarrow as pa
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.video import VideoError
 from multistream.store import schema
+from multistream.store.uris import redact, scrub
 
 ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio")
 ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
@@ -84,10 +85,11 @@ def blocks(table: pa.Table, parallelism: int, max_videos: int = 64) -> list[pa.T
 
 def video_row(entry: VideoEntry, status: str = "ok", error: str | None = None,
               facts: dict | None = None, seconds: dict | None = None) -> dict:
-    """A `videos/` row; the facts of a failed video stay null."""
+    """A `videos/` row; the facts of a failed video stay null. Its id, URI and error message are redacted
+    (`multistream.store.uris`): no credential or query string of the URI (a presigned URL's signature) is stored."""
     row = {name: None for name in schema.VIDEOS_SCHEMA.names}
-    row |= {"video_id": entry.video_id, "uri": entry.uri, "label": entry.label, "split": entry.split,
-            "status": status, "error": error}
+    row |= {"video_id": redact(entry.video_id), "uri": redact(entry.uri), "label": entry.label,
+            "split": entry.split, "status": status, "error": scrub(error, entry.uri)}
     row |= facts or {}
     row |= seconds or {}
     return row
@@ -106,9 +108,9 @@ class ProgramError(RuntimeError):
 def stop_on_program_error(error: BaseException, uri: str, stage: str) -> None:
     """Raise ProgramError from `error` when it is a PROGRAM_ERRORS one; return for an error of the video."""
     if isinstance(error, PROGRAM_ERRORS):
-        raise ProgramError(f"{stage} of {uri}: {type(error).__name__}: {error}. This is an error of the program or "
-                           "of an installed package, not of the video: the job stops (traceback below); every "
-                           "committed video is kept and a re-run resumes") from error
+        raise ProgramError(f"{stage} of {redact(uri)}: {type(error).__name__}: {scrub(str(error), uri)}. This is "
+                           "an error of the program or of an installed package, not of the video: the job stops "
+                           "(traceback below); every committed video is kept and a re-run resumes") from error
 
 
 def error_message(error: BaseException) -> str:
@@ -119,7 +121,8 @@ def error_message(error: BaseException) -> str:
 def fail(row: dict, stage: str, error: BaseException) -> dict:
     """The row as an error row: its arrays dropped, the message naming the stage (ProgramError for a bug)."""
     stop_on_program_error(error, row["video"]["uri"], stage)
-    return {"video": row["video"] | {"status": "error", "error": f"{stage}: {error_message(error)}"}}
+    message = scrub(f"{stage}: {error_message(error)}", row["video"]["uri"])
+    return {"video": row["video"] | {"status": "error", "error": message}}
 
 
 def row_bytes(row: dict) -> int:

@@ -1,0 +1,73 @@
+"""Redaction of URIs before they are stored or logged, and where a URI points once normalised."""
+
+import os
+
+import pytest
+
+from multistream.store.uris import normalise, redact, scrub, within
+
+SIG = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRET%2F20240101%2Fus-east-1%2Fs3%2Faws4_request" \
+      "&X-Amz-Date=20240101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=" + "5e" * 32
+
+
+@pytest.mark.parametrize("uri, kept", [
+    (f"https://bucket.s3.amazonaws.com/a/clip.mp4?{SIG}", "https://bucket.s3.amazonaws.com/a/clip.mp4"),
+    ("https://user:pa%40ss@host:8443/w.pth?token=abc", "https://host:8443/w.pth"),
+    ("HTTPS://user@host/clip.mp4#t=10", "HTTPS://host/clip.mp4"),
+    ("s3://key:secret@bucket/k.mp4?versionId=3", "s3://bucket/k.mp4"),
+    (f"https://host/w.pth?token=abc#sha256={'a' * 64}&cached=/tmp/c/w.pth",
+     f"https://host/w.pth#sha256={'a' * 64}&cached=/tmp/c/w.pth"),
+    ("https://host/w.pth#sha256=SECRET&token=xyz", "https://host/w.pth"),
+    ("https://host/w.pth#cached=SECRET", "https://host/w.pth"),
+    ("https://host?sig=abc", "https://host"),
+    ("https://a@b@host/x?y", "https://host/x"),
+    ("http://[::1]:80/x.mp4?sig=1", "http://[::1]:80/x.mp4"),
+    ("http://[::1/x.mp4?sig=1", "http://[::1/x.mp4"),  # malformed: still cut
+    ("/data/videos/a?b.mp4", "/data/videos/a?b.mp4"),  # a local path: its name may hold a "?"
+    ("Class/v_x.avi", "Class/v_x.avi"),
+    ("hf-hub:timm/model@abc", "hf-hub:timm/model@abc"),
+    ("", ""),
+])
+def test_redact(uri, kept):
+    assert redact(uri) == kept
+    assert redact(redact(uri)) == redact(uri)
+
+
+def test_scrub_masks_urls_and_the_secrets_of_known_uris_wherever_they_appear():
+    uri = f"https://bucket.s3.amazonaws.com/clip.mp4?{SIG}"
+    messages = [
+        f"ClientResponseError: 403, message='Forbidden', url='{uri}'",
+        f"FileNotFoundError: {uri}",
+        f"GET /clip.mp4?{SIG} answered 403",  # path and query without the scheme
+        "signature " + "5e" * 32 + " expired",
+        "credential AKIASECRET/20240101/us-east-1/s3/aws4_request refused",  # percent-decoded
+        f"URL('{uri.replace('%2F', '/')}')",  # re-encoded by a library
+        f"two: {uri} and {uri.replace('clip', 'other')}",
+    ]
+    for message in messages:
+        cleaned = scrub(message, uri)
+        assert "5e5e5e5e" not in cleaned and "AKIASECRET" not in cleaned, cleaned
+    assert scrub(messages[0]) == "ClientResponseError: 403, message='Forbidden', url='https://bucket.s3.amazonaws.com/clip.mp4'"
+    assert scrub("decoding past 3600 s", uri) == "decoding past 3600 s"  # X-Amz-Expires is no secret to mask
+    assert scrub("https://u:SECRETPW@h/x failed", "https://u:SECRETPW@h/x") == "https://h/x failed"
+    assert scrub(None) is None and scrub("", uri) == ""
+
+
+def test_normalise_and_within(tmp_path):
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert normalise(f"file://{run}/") == ("file", str(run.resolve()))
+    assert normalise(f"{link}/models/../") == ("file", str(run.resolve()))
+    for inside in (str(run), f"{run}/", f"file://{run}", f"file://localhost{run}/new", str(link / "x"),
+                   f"{run}/a/../b", f"{tmp_path}/other/../run/p"):
+        assert within(inside, str(run)), inside
+        assert within(inside, f"file://{link}/"), inside
+    for outside in (str(tmp_path), f"{tmp_path}/run2", f"{tmp_path}/other", "s3://b/run"):
+        assert not within(outside, str(run)), outside
+    assert within("s3a://b/runs/demo//new/", "s3://b/runs/demo")
+    assert within("s3://b/runs/demo", "s3://b/runs/demo/") and within("s3://b/runs/demo/./x", "s3://b/runs/demo")
+    assert not within("s3://b/runs/demo2", "s3://b/runs/demo") and not within("s3://c/runs/demo", "s3://b/runs/demo")
+    assert within("S3://b/runs/demo/x?versionId=1", "s3://b/runs/demo")
+    assert normalise("relative/x") == ("file", os.path.realpath("relative/x"))
