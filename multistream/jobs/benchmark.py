@@ -22,6 +22,7 @@ from multistream.bench.inputs import benchmark_entries
 from multistream.cli import job_parser, parse_job_args
 from multistream.store import storage
 from multistream.store.layout import RunRoot
+from multistream.store.preflight import hold_run_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         from multistream.bench import scale
 
-        return scale.run(args.config, args.overrides, cfg.paths.output)
+        with hold_run_root(cfg, "benchmark --scale"):  # it writes reports/scale.json under the run root
+            return scale.run(args.config, args.overrides, cfg.paths.output)
     scratch = tempfile.mkdtemp(prefix="benchmark-")
     entries = benchmark_entries(cfg, args.demo_sets) if args.extraction or not args.training_root else []
     out = RunRoot(cfg.paths.output).benchmark
-    report = json.loads(storage.read_text(out)) if storage.exists(out) else {}
-    lines = []
+    report, lines = {}, []
     if args.extraction:
         figures = extraction.measure(cfg, entries, args.config, args.overrides,
                                      [int(s) for s in args.lengths.split(",") if s], scratch)
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     report["gpu"] = gpu.measure(cfg)
     if report["gpu"]:
         lines += gpu.format_lines(report["gpu"])
-    storage.write_text(out, json.dumps(report, indent=2))
+    with hold_run_root(cfg, "benchmark"):  # the sections run replace their keys, the others are kept
+        kept = json.loads(storage.read_text(out)) if storage.exists(out) else {}
+        storage.write_text(out, json.dumps(kept | report, indent=2))
     print("\n".join(lines))
     print(f"→ {out}")
     return 0

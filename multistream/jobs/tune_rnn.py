@@ -10,6 +10,7 @@ bidirectional x layers x hidden x attention from the `tune` section instead. The
 """
 
 from multistream.cli import job_parser, parse_job_args
+from multistream.ray.guard import start_job
 from multistream.ray.tune import run_tune_rnn
 from multistream.store.layout import RunRoot
 from multistream.store.schema import STREAMS
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Sweep RNN architectures on one stream (paper Table I)", __doc__)
     parser.add_argument("--stream", choices=STREAMS, default=None, help="stream to sweep (default: tune.stream)")
     cfg, args = parse_job_args(parser, argv)
-    with job_run(cfg, "tune_rnn") as cfg:
+    # checks, then the run root's lease; the job's MLflow run where tracking.mlflow_uri is set
+    with start_job(cfg, "tune_rnn"), job_run(cfg, "tune_rnn") as cfg:
         result = run_tune_rnn(cfg, args.stream)
     table = result.table
     columns = ["model", "hidden", "val_top1", "test_top1", "paper_top1", "epochs", "stopped_by"]
