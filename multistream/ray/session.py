@@ -24,6 +24,7 @@ QUIET_LOGGERS = {
     # (Ray Data's start, plan and end of each dataset: its console level, in multistream/ray/ray_data_logging.yaml)
     "ray.data._internal.progress": logging.ERROR,  # "Progress bars disabled": the job's own line replaces them
     "ray._private.authentication.authentication_token_setup": logging.ERROR,  # the local Ray's default auth mode
+    "ray.train._internal.storage": logging.WARNING,  # "Checkpoint successfully created" of every Tune trial
     # a local Ray has no dashboard, hence no state API: its placement-group cleaner warns every few seconds
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
 }
