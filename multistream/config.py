@@ -263,6 +263,14 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class WeightsConfig:
+    # every download of pretrained weights (multistream.weights.fetch), on the driver and in every worker: at most
+    # max_mb megabytes, the whole download within timeout_s seconds (a process holding the node's lock lets go)
+    max_mb: PosFloat = 2048.0
+    timeout_s: PosFloat = 1800.0
+
+
+@dataclass(frozen=True)
 class CommitConfig:
     # Extraction commits `ray.write.batch_size` videos at a time (one part per table); a commit whose
     # features + flow would pass `max_mb` is split into several. A kill -9 loses at most the uncommitted ones.
@@ -301,6 +309,7 @@ class Config:
     commit: CommitConfig = field(default_factory=CommitConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
 
     def replace(self, **dotted: object) -> Config:
         """A copy with dotted keys replaced: `cfg.replace(**{"paths.output": "runs/x"})`."""

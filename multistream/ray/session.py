@@ -65,8 +65,11 @@ def join_cluster(cfg: Config) -> bool:
     if ray.is_initialized():
         return True
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    # a cluster's workers do not inherit the driver's environment: the S3 settings travel with the job
-    joined_env = {"env_vars": s3config.env(s3config.current())}
+    from multistream.weights import fetch as weights_fetch
+
+    # a cluster's workers do not inherit the driver's environment: the S3 settings and the weights' download
+    # limits travel with the job
+    joined_env = {"env_vars": {**s3config.env(s3config.current()), **weights_fetch.env(weights_fetch.current())}}
     if address and address != "local":
         _init(address=address, log_to_driver=True, runtime_env=joined_env)
         log.info("joined Ray cluster at %s: %s", address, ray.cluster_resources())

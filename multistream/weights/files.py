@@ -20,6 +20,7 @@ import safetensors.torch
 import torch
 
 from multistream.store import storage
+from multistream.store.uris import redact
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model")
@@ -42,25 +43,25 @@ def parse_state_dict(data: bytes, name: str) -> dict[str, torch.Tensor]:
     """
     path = name.split("?", 1)[0].lower()
     if not is_weights_file(path):
-        raise ValueError(f"{name}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
+        raise ValueError(f"{redact(name)}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
     if path.endswith(".safetensors"):
         try:
             state = safetensors.torch.load(data)
         except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-            raise ValueError(f"{name}: not a safetensors file ({error})") from error
+            raise ValueError(f"{redact(name)}: not a safetensors file ({error})") from error
     else:
         try:
             with torch.serialization.safe_globals(_NUMPY_GLOBALS):
                 state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:  # objects; corrupt
-            raise ValueError(f"{name}: not a loadable state dict ({str(error).splitlines()[0]})") from error
+            raise ValueError(f"{redact(name)}: not a loadable state dict ({str(error).splitlines()[0]})") from error
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor | np.ndarray) for v in state.values()):
-        raise ValueError(f"{name}: expected a mapping of parameter names to tensors")
+        raise ValueError(f"{redact(name)}: expected a mapping of parameter names to tensors")
     if any(isinstance(v, np.ndarray) and v.dtype.kind not in "biuf" for v in state.values()):
-        raise ValueError(f"{name}: holds a numpy array that is not numeric")
+        raise ValueError(f"{redact(name)}: holds a numpy array that is not numeric")
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
              for k, v in state.items()}
     if state and all(k.startswith("module.") for k in state):
@@ -71,9 +72,9 @@ def parse_state_dict(data: bytes, name: str) -> dict[str, torch.Tensor]:
 def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
     """`parse_state_dict` of the file at a local path or URI; FileNotFoundError naming it when missing."""
     if not is_weights_file(uri):
-        raise ValueError(f"{uri}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
+        raise ValueError(f"{redact(uri)}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"weights file not found: {uri}") from error
+        raise FileNotFoundError(f"weights file not found: {redact(uri)}") from error
     return parse_state_dict(data, uri)

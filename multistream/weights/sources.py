@@ -2,13 +2,19 @@
 
 A weights value (`spatial.weights`, `audio.weights`, `audio.pca_params`, `flow.weights`) is one of
     a path or fsspec URI   runs/w.safetensors, s3://bucket/raft.pth  (safetensors or a tensors-only state dict)
-    an http(s) URL         https://host/w.safetensors#sha256=<hex>  (a torch-hub name `x-<hex8>.pth` is
-                           checked against its hash prefix without a fragment)
-    a Hugging Face repo    hf-hub:timm/inception_resnet_v2.tf_in1k[@revision]
+    an https URL           https://host/w.safetensors#sha256=<the file's full sha256, 64 hex digits>
+    a Hugging Face repo    hf-hub:timm/inception_resnet_v2.tf_in1k[@revision]#sha256=<64 hex digits>
     a named default        timm (spatial.weights: the default pretrained tag of `spatial.model`),
                            torchvggish (audio.weights and audio.pca_params: the AudioSet VGGish release),
                            torchvision (flow.weights: the DEFAULT weights of `flow.backend`)
     package:NAME           weights shipped by an installed package (multistream.weights.packaged)
+
+A source given as a URL or a hub repo must be pinned by its full sha256: a URL alone could serve other bytes
+tomorrow. A named default is pinned by what its publisher publishes (`PUBLISHED_SHA256`): the full sha256 where
+it is known here, else the hash prefix in the file's torch-hub name (torchvision, torchvggish: 8 hex digits),
+and for timm's hub repos the hub's own LFS sha256 (checked against the download). `resolve_all` then pins each
+to the full sha256 of the file it fetched, which actors and bundles use. Downloads are https only
+(`multistream.weights.fetch`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import torch
 
 from multistream.extract.flow.registry import BACKENDS, flow_backend, load
 from multistream.store import storage
+from multistream.store.uris import redact
 from multistream.weights.fetch import (
     WeightsError,
     cached_copy,
+    configure,
     download,
     expected_hash,
     hf_download,
+    hub_name_hash,
     split_spec,
 )
 from multistream.weights.files import is_weights_file, read_state_dict
@@ -39,6 +48,14 @@ _TORCHVGGISH = "https://github.com/harritaylor/torchvggish/releases/download/v0.
 VGGISH_URL = _TORCHVGGISH + "vggish-10086976.pth"
 VGGISH_PCA_URL = _TORCHVGGISH + "vggish_pca_params-970ea276.pth"
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")  # torchvggish's names (vggish_params.PCA_*_NAME)
+
+# The full sha256 of a named default's file, by URL, where it is known here. None is: the publishers of the
+# defaults publish only a prefix, in the file's torch-hub name (torchvggish: vggish-10086976.pth and
+# vggish_pca_params-970ea276.pth; torchvision: raft_small_C_T_V2-01064c6d.pth, raft_large_C_T_SKHT_V2-ff5fadd5.pth),
+# and no copy was at hand to hash. Those are checked against that 8-hex-digit prefix (`published_sha256`) and
+# pinned to the full sha256 of the file fetched by `resolve_all`; add an entry here once a trusted copy has been
+# hashed. timm's defaults are hub repos, checked against the hub's LFS sha256 (its etag).
+PUBLISHED_SHA256: dict[str, str] = {}
 
 
 def _timm_default(section) -> str:
@@ -79,6 +96,11 @@ def named_sources(key: str) -> dict:
     return {name: functools.partial(_flow_default, name) for name in names}
 
 
+def published_sha256(url: str) -> str | None:
+    """A named default's hash: the full one of PUBLISHED_SHA256, else the prefix its torch-hub name carries."""
+    return PUBLISHED_SHA256.get(url) or hub_name_hash(url)
+
+
 def expand(key: str, spec: str, section=None) -> str:
     """A named default → its concrete source (URL or hf-hub:); any other spec unchanged."""
     named = named_sources(key)
@@ -97,13 +119,27 @@ def locate(key: str, spec: str, section=None) -> tuple[str, str | None, str]:
     pinned spec names exactly the file fetched (full sha256, hub commit) and the local copy, for the actors:
     they read that copy where it exists (same node) and fetch and check the same file where it does not.
     """
-    source, options = split_spec(expand(key, spec, section))
+    named = spec in named_sources(key)
+    shown = f"{key}={redact(spec)}"
+    try:
+        source, options = split_spec(expand(key, spec, section))
+    except WeightsError as error:
+        raise WeightsError(f"{key}={error}") from None
     remote = source.startswith(("http://", "https://", "hf-hub:"))
     if not remote:
         if options:
-            raise WeightsError(f"{key}={spec}: #sha256 is for http(s):// and hf-hub: sources only")
+            raise WeightsError(f"{shown}: #sha256 is for https:// and hf-hub: sources only")
         return source, None, source
-    expected = expected_hash(source, options) if source.startswith("http") else options.get("sha256")
+    try:
+        if source.startswith("http"):
+            expected = expected_hash(source, options, published_sha256(source) if named else None)
+        elif options.get("sha256") or named:  # a named hub default: the hub's LFS sha256 (hf_download)
+            expected = options.get("sha256")
+        else:
+            raise WeightsError(f"{redact(source)}: not pinned: add #sha256=<the sha256 of the repo's model file, "
+                               "64 hex digits> (its LFS object id on the hub's file page)")
+    except WeightsError as error:
+        raise WeightsError(f"{key}={error}") from None
     cached = options.get("cached")
     try:
         if cached and cached_copy(cached, expected):
@@ -117,7 +153,7 @@ def locate(key: str, spec: str, section=None) -> tuple[str, str | None, str]:
         else:
             path, sha = download(source, expected)
     except WeightsError as error:
-        raise WeightsError(f"{key}={spec}: {error}") from error
+        raise WeightsError(f"{shown}: {error}") from None
     return str(path), sha, f"{source}#sha256={sha}&cached={urllib.parse.quote(str(path))}"
 
 
@@ -133,10 +169,10 @@ def load_pca_params(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
     """AudioSet's PCA: (eigen vectors (128, 128) float32, means (128,) float32) from `audio.pca_params`."""
     state = load_state_dict(spec, "audio.pca_params")
     if any(name not in state for name in PCA_KEYS):
-        raise ValueError(f"audio.pca_params {spec!r}: expected tensors {', '.join(PCA_KEYS)}, got {sorted(state)}")
+        raise ValueError(f"audio.pca_params {redact(spec)!r}: expected tensors {', '.join(PCA_KEYS)}, got {sorted(state)}")
     matrix, means = state["pca_eigen_vectors"].float(), state["pca_means"].float().reshape(-1)
     if matrix.shape != (128, 128) or means.shape != (128,):
-        raise ValueError(f"audio.pca_params {spec!r}: shapes {tuple(matrix.shape)} and {tuple(means.shape)}, "
+        raise ValueError(f"audio.pca_params {redact(spec)!r}: shapes {tuple(matrix.shape)} and {tuple(means.shape)}, "
                          "expected (128, 128) and (128,)")
     return matrix, means
 
@@ -160,8 +196,10 @@ def resolve_all(cfg):
 
     Returns the config with each remote source pinned to the exact file fetched (`url#sha256=<full>`,
     `hf-hub:repo@commit`), which actors then find in their node's cache (or fetch and check the same way).
-    Paths and URIs must exist. Raises WeightsError naming the key and the source.
+    Paths and URIs must exist. Raises WeightsError naming the key and the source. The config's `weights`
+    limits (size, deadline) apply to this process's downloads and travel to a local Ray's workers.
     """
+    configure(cfg.weights)
     if getattr(cfg.audio, "postprocess", "raw") != "raw" and not cfg.audio.pca_params:
         raise WeightsError(f"audio.postprocess={cfg.audio.postprocess} needs audio.pca_params "
                            "(e.g. torchvggish: AudioSet's PCA parameters)")
@@ -169,15 +207,15 @@ def resolve_all(cfg):
     for key, spec in weight_keys(cfg):
         if spec.startswith("package:"):
             if spec.removeprefix("package:") not in PACKAGE_WEIGHTS:
-                raise WeightsError(f"{key}={spec}: unknown packaged weights (known: {', '.join(PACKAGE_WEIGHTS)})")
+                raise WeightsError(f"{key}={redact(spec)}: unknown packaged weights (known: {', '.join(PACKAGE_WEIGHTS)})")
             continue
         path, sha, pin = locate(key, spec, getattr(cfg, key.split(".")[0]))
         if sha is None:
             if not is_weights_file(path):
-                raise WeightsError(f"{key}={spec}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
+                raise WeightsError(f"{key}={redact(spec)}: unknown weights format (expected .safetensors, .pt, .pth or .bin)")
             if not storage.exists(path):
-                raise WeightsError(f"{key}={spec}: weights file not found")
-        log.info("%s: %s%s", key, pin, f" (sha256 {sha})" if sha else "")
+                raise WeightsError(f"{key}={redact(spec)}: weights file not found")
+        log.info("%s: %s%s", key, redact(pin), f" (sha256 {sha})" if sha else "")
         if pin != spec:
             pinned[key] = pin
     return cfg.replace(**pinned) if pinned else cfg

@@ -18,7 +18,7 @@ from multistream.config import AudioConfig, FlowConfig, SpatialConfig, load_conf
 from multistream.weights import WeightsError, load_pca_params, load_state_dict, resolve_all
 from multistream.weights.fetch import expected_hash, split_spec
 from multistream.weights.prepare import main as weights_main
-from multistream.weights.sources import VGGISH_PCA_URL, VGGISH_URL, expand
+from multistream.weights.sources import VGGISH_PCA_URL, VGGISH_URL, expand, published_sha256
 from tests.support.helpers import ROOT, run_job_main, write_test_video
 from tests.support.weights_server import WeightsServer
 
@@ -81,26 +81,37 @@ def test_cut_connection_and_http_errors_cache_nothing(server, cache):
     data = _safetensors(_state(1))
     server.files["/cut/w.safetensors"] = data
     server.cut.add("/cut/w.safetensors")
+    pin = f"#sha256={_sha(data)}"
     with pytest.raises(WeightsError, match=r"/cut/w.safetensors: connection closed after \d+ of \d+ bytes"):
-        load_state_dict(f"{server.url}/cut/w.safetensors")  # no hash given: the length still catches it
+        load_state_dict(f"{server.url}/cut/w.safetensors{pin}")
     with pytest.raises(WeightsError, match="/missing.safetensors: HTTP 404"):
-        load_state_dict(f"{server.url}/missing.safetensors")
+        load_state_dict(f"{server.url}/missing.safetensors{pin}")
     with pytest.raises(WeightsError, match="download failed"):
-        load_state_dict("http://127.0.0.1:9/w.safetensors")  # nothing listens on the discard port
+        load_state_dict(f"http://127.0.0.1:9/w.safetensors{pin}")  # nothing listens on the discard port
     assert _files(cache) == []
 
 
-def test_torch_hub_names_are_checked_against_their_hash_prefix(server, cache):
+def test_named_defaults_are_checked_against_their_published_hash_prefix(server, cache, monkeypatch):
+    """A named default whose publisher gives only the 8-hex-digit prefix in its torch-hub name is checked against
+    it; the same URL given by hand needs the full sha256."""
+    from multistream.weights import sources
+
     buffer = io.BytesIO()
     torch.save(_state(2), buffer)
     data = buffer.getvalue()
     server.files[f"/hub/w-{_sha(data)[:8]}.pth"] = data
     server.files["/hub/w-0badc0de.pth"] = data
-    _assert_same(load_state_dict(f"{server.url}/hub/w-{_sha(data)[:8]}.pth"), _state(2))
+    monkeypatch.setattr(sources, "VGGISH_URL", f"{server.url}/hub/w-{_sha(data)[:8]}.pth")
+    _assert_same(load_state_dict("torchvggish", "audio.weights"), _state(2))
+    monkeypatch.setattr(sources, "VGGISH_URL", f"{server.url}/hub/w-0badc0de.pth")
     with pytest.raises(WeightsError, match="sha256 mismatch.*expected 0badc0de"):
-        load_state_dict(f"{server.url}/hub/w-0badc0de.pth")
-    assert expected_hash(*split_spec("https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth")) \
-        == "01064c6d"
+        load_state_dict("torchvggish", "audio.weights")
+    with pytest.raises(WeightsError, match=r"not pinned: add #sha256=<the file's full sha256, 64 hex digits>"):
+        load_state_dict(f"{server.url}/hub/w-{_sha(data)[:8]}.pth", "audio.weights")
+    with pytest.raises(WeightsError, match=r"full sha256, 64 hex digits"):
+        load_state_dict(f"{server.url}/hub/w.pth#sha256={_sha(data)[:8]}", "audio.weights")
+    assert published_sha256("https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth") == "01064c6d"
+    assert expected_hash(*split_spec(f"https://h/w.pth#sha256={'Ab' * 32}")) == "ab" * 32
 
 
 _CHILD = """
@@ -176,16 +187,21 @@ def test_hf_hub_through_huggingface_hub(server, cache, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     data = _safetensors(_state(3))
     server.hub[("org/tiny", "model.safetensors")] = data
-    _assert_same(load_state_dict("hf-hub:org/tiny"), _state(3))
-    _assert_same(load_state_dict("hf-hub:org/tiny@main"), _state(3))
+    pin = f"#sha256={_sha(data)}"
+    _assert_same(load_state_dict(f"hf-hub:org/tiny{pin}"), _state(3))
+    _assert_same(load_state_dict(f"hf-hub:org/tiny@main{pin}"), _state(3))
     assert server.hits["/org/tiny/resolve/main/model.safetensors"] == 1
+    with pytest.raises(WeightsError, match="hf-hub:org/tiny: not pinned: add #sha256="):
+        load_state_dict("hf-hub:org/tiny")
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        load_state_dict(f"hf-hub:org/tiny#sha256={_sha(b'other')}")
     server.hub[("org/liar", "model.safetensors")] = data
     server.hub_etag[("org/liar", "model.safetensors")] = _sha(b"something else")
     with pytest.raises(WeightsError, match="hf-hub:org/liar: sha256 mismatch"):
-        load_state_dict("hf-hub:org/liar")
+        load_state_dict(f"hf-hub:org/liar{pin}")
     assert not [p for p in _files(cache) if "liar" in p and "blobs" in p]
     with pytest.raises(WeightsError, match="has none of model.safetensors, pytorch_model.bin"):
-        load_state_dict("hf-hub:org/empty")
+        load_state_dict(f"hf-hub:org/empty{pin}")
 
 
 def test_named_defaults_name_the_publishers_files():
@@ -196,7 +212,8 @@ def test_named_defaults_name_the_publishers_files():
     lite0 = timm.models.get_pretrained_cfg("tf_efficientnet_lite0").hf_hub_id
     assert expand("spatial.weights", "timm", SpatialConfig(model="tf_efficientnet_lite0")) == f"hf-hub:{lite0}"
     assert expand("audio.weights", "torchvggish", AudioConfig()) == VGGISH_URL
-    assert expected_hash(VGGISH_URL, {}) == "10086976" and expected_hash(VGGISH_PCA_URL, {}) == "970ea276"
+    assert published_sha256(VGGISH_URL) == "10086976" and published_sha256(VGGISH_PCA_URL) == "970ea276"
+    assert published_sha256(Raft_Small_Weights.DEFAULT.url) == Raft_Small_Weights.DEFAULT.url[-12:-4]
     assert expand("audio.pca_params", "torchvggish", AudioConfig()) == VGGISH_PCA_URL
     assert expand("flow.weights", "torchvision", FlowConfig(backend="raft_small")) == Raft_Small_Weights.DEFAULT.url
     assert expand("flow.weights", "torchvision", FlowConfig(backend="raft_large")) == Raft_Large_Weights.DEFAULT.url
@@ -207,7 +224,8 @@ def test_named_defaults_name_the_publishers_files():
 def test_resolve_all_pins_the_copy_that_actors_read(server, cache, tmp_path, monkeypatch):
     data = _safetensors(_state(4))
     server.files["/pin/w.safetensors"] = data
-    cfg = load_config(overrides=[f"spatial.weights={server.url}/pin/w.safetensors", "audio.postprocess=pca"])
+    cfg = load_config(overrides=[f"spatial.weights={server.url}/pin/w.safetensors#sha256={_sha(data)}",
+                                 "audio.postprocess=pca"])
     with pytest.raises(WeightsError, match="audio.postprocess=pca needs audio.pca_params"):
         resolve_all(cfg)
     pinned = resolve_all(cfg.replace(**{"audio.postprocess": "raw"}))
@@ -234,7 +252,8 @@ def test_prepare_and_verify(server, cache, tmp_path, capsys, where, request):
                          "/prep/pca.pth": pca})
     to = str(tmp_path / "weights") if where == "local" else request.getfixturevalue("s3_bucket") + "/weights/"
     sets = [f"spatial.weights={server.url}/prep/spatial.safetensors#sha256={_sha(spatial)}",
-            f"audio.weights={server.url}/prep/vggish.pth", f"audio.pca_params={server.url}/prep/pca.pth",
+            f"audio.weights={server.url}/prep/vggish.pth#sha256={_sha(vggish.getvalue())}",
+            f"audio.pca_params={server.url}/prep/pca.pth#sha256={_sha(pca)}",
             "audio.postprocess=pca_quantized"]
     args = [a for s in sets for a in ("--set", s)]
     assert weights_main(["prepare", *args, "--to", to]) == 0
