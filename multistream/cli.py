@@ -20,10 +20,18 @@ def job_parser(description: str, epilog: str | None = None) -> argparse.Argument
                         help=f"YAML config (default: the embedded demo, {DEMO_CONFIG.name})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set flow.backend=farneback (repeatable)")
-    parser.add_argument("--input", default=None, help="videos: a folder or an s3:// prefix (paths.input)")
+    parser.add_argument("--input", default=None, help="videos: a folder, an s3:// prefix, WebDataset shards (.tar, "
+                        "{0000..0099} patterns) or a .jsonl/.csv/.parquet list of URIs (paths.input)")
     parser.add_argument("--output", default=None, help="run root, local or s3:// (paths.output)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def add_retry_errors(parser: argparse.ArgumentParser) -> None:
+    """`--retry-errors`, for the jobs that extract (extract, pipeline, predict)."""
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="extract again every video with an error row (a plain re-run retries only the "
+                             "transient ones: storage, network, timeouts)")
 
 
 def parse_job_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:

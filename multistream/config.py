@@ -28,6 +28,7 @@ from multistream.config_loader import (
     in_range,
     min_side,
 )
+from multistream.dataset.entry import VIDEO_EXTENSIONS
 from multistream.extract.flow.registry import known_backend
 from multistream.streams import STREAMS
 
@@ -252,6 +253,13 @@ class DatasetConfig:
     # confusion matrix (classes: the distinct labels outside the anomaly split)
     max_classes: PosInt = 1000
     max_label_chars: PosInt = 200
+    # the extensions of a video file or shard member (lowercase, with the dot); other files are counted in the
+    # job's summary as skipped, by extension
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+
+    def check(self) -> dict[str, str]:
+        bad = [e for e in self.extensions if not e.startswith(".") or e != e.lower() or e == ".tar"]
+        return {"extensions": f"each must be lowercase and start with '.', and .tar is a shard: {bad}"} if bad else {}
 
 
 @dataclass(frozen=True)
@@ -272,8 +280,10 @@ class WeightsConfig:
 
 @dataclass(frozen=True)
 class CommitConfig:
-    # Extraction commits `ray.write.batch_size` videos at a time (one part per table); a commit whose
-    # features + flow would pass `max_mb` is split into several. A kill -9 loses at most the uncommitted ones.
+    # Extraction commits by time and size (one part per table, docs/design.md#commit-protocol): the finished
+    # videos gathered until the first is `every_s` old (0: each block of videos as it comes), or until their
+    # features + flow pass `max_mb`. A kill -9 loses at most `every_s` of work plus the commits in flight.
+    every_s: NonNegFloat = 10.0
     max_mb: PosFloat = 512.0
     progress_s: PosFloat = 10.0  # the driver's progress line, every this many seconds
     error_examples: PosInt = 3  # videos named per kind of error in the job's summary

@@ -17,6 +17,12 @@ Labels are bounded (`config.DatasetConfig`: classes, characters a label): past t
 `video_id` is the video's posix path relative to the input, e.g. `ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi`.
 The listing and the CSV are read as streams (an archive of 10^6 videos costs ~300 bytes of memory each).
 
+The input may also be a brace pattern (`shards/train-{0000..0099}.tar`), hold WebDataset shards (`.tar`: each
+member with a video extension is a video, labelled by its `.json` / `.cls` member, `multistream.dataset.webdataset`)
+or be a manifest file (`.jsonl`, `.csv`, `.parquet` of `uri[,video_id][,label][,split][,group]`; local, `s3://`
+or `http(s)://` URIs: `multistream.dataset.sources`). Only files with an extension of `dataset.extensions` are
+videos; the others are counted by extension (`skipped`).
+
 CLI: `python -m multistream.dataset.manifest INPUT [--labels URI] [--split N] [--val-fraction F] [--val-seed S]`
 prints `video_id,label,split` as CSV.
 """
@@ -29,9 +35,11 @@ import logging
 import os
 import posixpath
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
+from multistream.dataset import sources, webdataset
+from multistream.dataset.entry import VideoEntry  # noqa: F401 - the manifest's unit, imported from here too
 from multistream.dataset.splits import SPLITS, UCF101_NAME, carve_validation
 from multistream.store import storage
 from multistream.store.uris import redact
@@ -42,31 +50,33 @@ PATH_COLUMNS = ("uri", "path", "file")
 GROUPS_PER_SPLIT = 7  # UCF101: 25 groups; split k tests groups 7(k-1)+1 .. 7k
 
 
-@dataclass(frozen=True, slots=True)
-class VideoEntry:
-    video_id: str  # posix path relative to the input root
-    uri: str
-    label: str | None
-    split: str | None  # "train" | "val" | "test" | "anomaly" | None
-    group: str | None = None  # a CSV manifest's `group`: clips that must stay on one side of train/val
-
-
 def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, validation=None,
-                   limits=None) -> list[VideoEntry]:
-    """Videos under `input_uri` (a folder, a prefix or one file), labelled from `labels` or from the layout;
-    with `validation` (a `config.ValidationConfig`), `val` carved from `train`. `limits` (a
-    `config.DatasetConfig`, default its defaults) bounds the classes and the length of a label (ValueError)."""
+                   limits=None, skipped: Counter | None = None) -> list[VideoEntry]:
+    """Videos under `input_uri` (a folder, a prefix, one file, a brace pattern, WebDataset shards, or a
+    manifest file), labelled from `labels` or from the layout; with `validation` (a `config.ValidationConfig`),
+    `val` carved from `train`. `limits` (a `config.DatasetConfig`, default its defaults) bounds the classes and
+    the length of a label (ValueError) and names the video extensions; `skipped` counts the other files."""
     if split not in (1, 2, 3):
         raise ValueError(f"split must be 1, 2 or 3 (the UCF101 splits), got {split}")
+    if limits is None:
+        from multistream.config import DatasetConfig
+
+        limits = DatasetConfig()
     if "://" not in input_uri:
         input_uri = os.path.abspath(input_uri)  # listings give absolute local paths; CSV rows must match them
+    pattern = sources.is_pattern(input_uri)
     fs, path = storage.filesystem(input_uri)
-    if not fs.exists(path):
+    if not pattern and not fs.exists(path):
         raise ValueError(f"input {redact(input_uri)} does not exist")
+    if sources.is_manifest_file(input_uri) and fs.isfile(path):
+        entries = sources.manifest_entries(input_uri)
+        return _checked(entries, input_uri, labels, validation, limits)
     # ids are relative to it (a URL's folder: its query string, e.g. a presigned URL's signature, left out)
-    root = posixpath.dirname(redact(input_uri).rstrip("/")) if fs.isfile(path) else input_uri
-    videos = storage.iter_files(input_uri)
-    if labels is None and storage.exists(storage.join(input_uri, "labels.csv")):
+    root = sources.input_root(input_uri) if pattern else \
+        posixpath.dirname(redact(input_uri).rstrip("/")) if fs.isfile(path) else input_uri
+    listing = sources.Listing(input_uri, limits.extensions, skipped)
+    videos = listing.videos()
+    if labels is None and not pattern and storage.exists(storage.join(input_uri, "labels.csv")):
         labels = storage.join(input_uri, "labels.csv")
     if labels is None:
         entries = [_from_name(root, uri, split) for uri in videos]
@@ -76,8 +86,16 @@ def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, va
         entries = _from_split_files(root, videos, labels, split)
     else:
         entries = _from_csv(root, videos, labels)
+    entries += webdataset.shard_entries(listing.shards, limits.extensions,
+                                        lambda video_id: _name_labels(video_id, split), listing.skipped)
+    return _checked(entries, input_uri, labels, validation, limits)
+
+
+def _checked(entries: list[VideoEntry], input_uri: str, labels: str | None, validation,
+             limits) -> list[VideoEntry]:
+    """`entries` checked against `limits`, sorted by id, `val` carved where `validation` asks."""
     if not entries:
-        raise ValueError(f"no videos found under {redact(input_uri)} (extensions: {', '.join(storage.VIDEO_EXTENSIONS)})")
+        raise ValueError(f"no videos found under {redact(input_uri)} (extensions: {', '.join(limits.extensions)})")
     check_labels(entries, redact(labels or input_uri), limits)
     entries.sort(key=lambda entry: entry.video_id)
     if validation is not None:
@@ -118,14 +136,19 @@ def _folder(video_id: str) -> str | None:
 
 def _from_name(root: str, uri: str, split: int) -> VideoEntry:
     video_id = _video_id(uri, root)
+    return VideoEntry(video_id, uri, *_name_labels(video_id, split))
+
+
+def _name_labels(video_id: str, split: int) -> tuple[str | None, str | None]:
+    """(label, split) from a video id alone: the UCF101 name rule, else the parent folder's name and no split."""
     match = UCF101_NAME.match(posixpath.basename(video_id))
     if match is None:
-        return VideoEntry(video_id, uri, _folder(video_id), None)
+        return _folder(video_id), None
     label = match["label"]
     if (_folder(video_id) or "").lower() == label.lower():
         label = _folder(video_id)  # UCF101 folders spell some classes differently from their files
     test_groups = range(GROUPS_PER_SPLIT * (split - 1) + 1, GROUPS_PER_SPLIT * split + 1)
-    return VideoEntry(video_id, uri, label, "test" if int(match["group"]) in test_groups else "train")
+    return label, "test" if int(match["group"]) in test_groups else "train"
 
 
 def _from_split_files(root: str, videos: Iterable[str], folder: str, split: int) -> list[VideoEntry]:

@@ -17,12 +17,14 @@ from multistream.config import Config
 from multistream.dataset.manifest import VideoEntry
 from multistream.device import check_gpu_given
 from multistream.extract.budgets import Budget
+from multistream.extract.errors import error_kind
 from multistream.extract.flow.base import FlowEstimator
 from multistream.extract.flow.codec import mean_magnitude, quantize
 from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
 from multistream.extract.video import VideoError, open_video
+from multistream.store.members import readable_uri
 from multistream.store.storage import open_input
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ class Decoder:
             decoded = decode_video(entry.uri, self.cfg, self.estimator)
         except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
             stop_on_program_error(error, entry.uri, "decode")
-            return {"video": video_row(entry, "error", error_message(error),
+            return {"video": video_row(entry, "error", error_message(error, readable_uri(entry.uri)), kind=error_kind(error),
                                        seconds={"decode_s": time.perf_counter() - started})}
         return {"video": video_row(entry, facts=decoded.facts, seconds=decoded.seconds),
                 "positions": decoded.positions, "timestamps": decoded.timestamps,

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from multistream.dataset.manifest import VideoEntry
+from multistream.extract.errors import error_kind
 from multistream.extract.video import VideoError
 from multistream.store import schema
 from multistream.store.uris import redact, scrub
@@ -84,12 +85,13 @@ def blocks(table: pa.Table, parallelism: int, max_videos: int = 64) -> list[pa.T
 
 
 def video_row(entry: VideoEntry, status: str = "ok", error: str | None = None,
-              facts: dict | None = None, seconds: dict | None = None) -> dict:
+              facts: dict | None = None, seconds: dict | None = None, kind: str | None = None) -> dict:
     """A `videos/` row; the facts of a failed video stay null. Its id, URI and error message are redacted
     (`multistream.store.uris`): no credential or query string of the URI (a presigned URL's signature) is stored."""
     row = {name: None for name in schema.VIDEOS_SCHEMA.names}
     row |= {"video_id": redact(entry.video_id), "uri": redact(entry.uri), "label": entry.label,
-            "split": entry.split, "status": status, "error": scrub(error, entry.uri)}
+            "split": entry.split, "status": status, "error": scrub(error, entry.uri),
+            "error_kind": (kind or "video") if status != "ok" else None}  # multistream.extract.errors
     row |= facts or {}
     row |= seconds or {}
     return row
@@ -113,16 +115,21 @@ def stop_on_program_error(error: BaseException, uri: str, stage: str) -> None:
                            "(traceback below); every committed video is kept and a re-run resumes") from error
 
 
-def error_message(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if isinstance(error, VideoError) else f"{type(error).__name__}: {text}"
+def error_message(error: BaseException, uri: str | None = None) -> str:
+    """One line: a VideoError's message, else the error's type and message (after `uri` where the message does
+    not name it)."""
+    text = " ".join((str(error) or type(error).__name__).split())
+    if isinstance(error, VideoError):
+        return text
+    where = f"{uri}: " if uri and uri not in text else ""
+    return f"{where}{type(error).__name__}: {text}"
 
 
 def fail(row: dict, stage: str, error: BaseException) -> dict:
     """The row as an error row: its arrays dropped, the message naming the stage (ProgramError for a bug)."""
     stop_on_program_error(error, row["video"]["uri"], stage)
     message = scrub(f"{stage}: {error_message(error)}", row["video"]["uri"])
-    return {"video": row["video"] | {"status": "error", "error": message}}
+    return {"video": row["video"] | {"status": "error", "error": message, "error_kind": error_kind(error, stage)}}
 
 
 def row_bytes(row: dict) -> int:

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from multistream.cli import job_parser, parse_job_args
+from multistream.cli import add_retry_errors, job_parser, parse_job_args
 from multistream.config import Config
 from multistream.dataset.inputs import prepare_input
 from multistream.fuse.results import FuseResult, summary_table
 from multistream.ray.guard import start_job
 from multistream.store import runinfo
+from multistream.store.uris import redact
 from multistream.streams import STREAMS
 from multistream.train.progress import job_run
 
@@ -55,12 +56,15 @@ class PipelineResult:
     report: str  # URI of reports/report.html
 
 
-def _extract(cfg: Config) -> dict:
+def _extract(cfg: Config, retry_errors: bool = False) -> dict:
     from multistream.ray.extract import run_extract
 
-    summary = run_extract(cfg)
+    summary = run_extract(cfg, retry_errors=retry_errors)
+    if summary.skipped_line():
+        log.warning("%s", summary.skipped_line())
     return {"status": "skipped" if summary.skipped == summary.total else "ran", "videos": summary.total,
-            "already_done": summary.skipped, "ok": summary.ok, "errors": len(summary.errors)}
+            "already_done": summary.skipped, "ok": summary.ok, "errors": len(summary.errors),
+            "skipped_files": sum(summary.skipped_files.values())}
 
 
 def _train_motion(cfg: Config) -> dict:
@@ -117,8 +121,9 @@ STEPS: list[tuple[str, Callable[[Config], dict]]] = [
 ]
 
 
-def run_pipeline(cfg: Config) -> PipelineResult:
-    """Run every step on `cfg.paths.input` → `cfg.paths.output` (which the caller has prepared and leased).
+def run_pipeline(cfg: Config, retry_errors: bool = False) -> PipelineResult:
+    """Run every step on `cfg.paths.input` → `cfg.paths.output` (which the caller has prepared and leased);
+    `retry_errors` extracts every error row again.
 
     The timings are stored before the report is rendered (so that it shows them) and again after it.
     """
@@ -130,7 +135,8 @@ def run_pipeline(cfg: Config) -> PipelineResult:
             _record(cfg, steps, time.perf_counter() - started)
         log.info("pipeline: %s ...", name)
         step_started = time.perf_counter()
-        figures = step(cfg, chained) if name == "train_rnn" else step(cfg)
+        figures = step(cfg, chained) if name == "train_rnn" else step(cfg, retry_errors) if name == "extract" \
+            else step(cfg)
         chained = figures.pop("rnn", None)
         status = figures.pop("status")
         report = figures.get("report", report)
@@ -144,17 +150,19 @@ def run_pipeline(cfg: Config) -> PipelineResult:
 
 def _record(cfg: Config, steps: list[StepResult], total: float) -> None:
     runinfo.update_metrics(cfg.paths.output, "pipeline", {
-        "input": cfg.paths.input, "output": cfg.paths.output, "total_s": total,
+        "input": redact(cfg.paths.input), "output": redact(cfg.paths.output), "total_s": total,
         "steps": [{"step": s.step, "status": s.status, "seconds": s.seconds, **s.figures} for s in steps],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = parse_job_args(job_parser("Run extract, train_motion, train_rnn, fuse and the report", __doc__), argv)
+    parser = job_parser("Run extract, train_motion, train_rnn, fuse and the report", __doc__)
+    add_retry_errors(parser)
+    cfg, args = parse_job_args(parser, argv)
     prepare_input(cfg)
     # one lease for every step; the job's MLflow run where tracking.mlflow_uri is set
     with start_job(cfg, "pipeline", reads_input=True), job_run(cfg, "pipeline") as cfg:
-        result = run_pipeline(cfg)
+        result = run_pipeline(cfg, args.retry_errors)
     print(f"{'step':<14} {'status':<8} {'seconds':>9}")
     for step in result.steps:
         print(f"{step.step:<14} {step.status:<8} {step.seconds:>9.1f}")

@@ -16,7 +16,7 @@ resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --o
       --models s3://bucket/runs/ucf101 --input s3://bucket/new/ --output s3://bucket/runs/new
 """
 
-from multistream.cli import job_parser, parse_job_args
+from multistream.cli import add_retry_errors, job_parser, parse_job_args
 from multistream.predict.batch import evaluate
 from multistream.predict.bundle import BundleError, open_bundle
 from multistream.ray.guard import start_job
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the trained run: its root, models/ folder or models/bundle.json (default {DEMO_MODELS})")
     parser.add_argument("--embed-only", action="store_true",
                         help="write videos/ and embeddings/ only: no classifier, no anomaly detector")
+    add_retry_errors(parser)
     cfg, args = parse_job_args(parser, argv)
     try:
         bundle = open_bundle(args.models)
@@ -54,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # checks, then the output run root's lease; the job's MLflow run where tracking.mlflow_uri is set
     with start_job(cfg, "predict", reads_input=True), job_run(cfg, "predict") as cfg:
-        summary = run_predict(cfg, bundle, embed_only=args.embed_only)
+        summary = run_predict(cfg, bundle, embed_only=args.embed_only, retry_errors=args.retry_errors)
     extract = summary.extract
     print(f"extract: {extract.total} videos, {extract.skipped} already done, {extract.ok} ok, "
           f"{len(extract.errors)} errors")
     for line in extract.errors.lines():
         print(line)
+    if extract.skipped_line():
+        print(extract.skipped_line())
     print(f"predict: {summary.predicted} videos {'embedded' if args.embed_only else 'embedded, classified and screened'}"
           f" ({summary.pending - summary.predicted} left) in {summary.seconds:.1f} s → {output}")
     if not args.embed_only:

@@ -3,17 +3,16 @@
 Each stage is a callable class for `map_batches` around a per-video core of `multistream.extract.processor`, with its
 own resources from `cfg.ray`, so that decode and the model stages run in separate actors and overlap; with
 `ray.fused`, one pool's actors take each video through decode → spatial → audio (`VideoProcessor`). Batches
-cross stages as columns (`extract_rows.to_columns`). The write stage commits `ray.write.batch_size` videos
-at a time (`multistream.store.commit`: the protocol, resume and the summary).
+cross stages as columns (`extract_rows.to_columns`). The finished blocks are committed by time and size
+(`multistream.ray.commit`; the protocol and resume: `multistream.store.commit`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import ray
@@ -29,15 +28,10 @@ from multistream.extract.processor import (
     spatial_step,
 )
 from multistream.extract.rows import blocks, entries_from_columns, entries_table, from_columns, to_columns
+from multistream.extract.summary import ErrorKinds, ExtractSummary, Progress
+from multistream.ray.commit import commit_stream
 from multistream.ray.session import init_ray, map_stage, worker_setup
-from multistream.store.commit import (
-    ErrorKinds,
-    ExtractSummary,
-    Progress,
-    commit,
-    drop_stray_commits,
-    resume_state,
-)
+from multistream.store.commit import committed_parts, drop_stray_commits, drop_uncommitted, resume_state
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
@@ -87,50 +81,45 @@ class FusedStage:
         return to_columns([self.process(entry) for entry in entries_from_columns(batch)])
 
 
-class WriteStage:
-    """Finished rows → committed parts; one output row per video: its `videos/` row as JSON and its part."""
-
-    def __init__(self, cfg: Config):
-        self.run, self.clip_px = RunRoot(cfg.paths.output), cfg.flow.clip_px
-        self.max_bytes = cfg.commit.max_mb * 2**20
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        committed = commit(from_columns(batch), self.run, self.clip_px, self.max_bytes)
-        pairs = [(name, video) for name, videos in committed for video in videos]
-        return {"part": np.array([name for name, _ in pairs], dtype=object),
-                "video": np.array([json.dumps(video) for _, video in pairs], dtype=object)}
+MAX_PASSES = 3  # a video whose commit was lost with a node is extracted again, at most this many times in all
 
 
 def plan(cfg: Config, todo: list[VideoEntry]) -> ray.data.Dataset:
-    """The dataset of the stages over the videos still to do (commits happen as it is consumed)."""
+    """The dataset of the stages over the videos still to do: rows of finished videos (`commit_stream` commits
+    them as it consumes it)."""
     if cfg.ray.fused is not None:
         ds = ray.data.from_arrow(blocks(entries_table(todo), cfg.ray.fused.max_actors))
-        ds = map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg)
-        # the commit's I/O runs beside the fused actors, which hold the CPUs
-        return map_stage(ds, WriteStage, replace(cfg.ray.write, num_cpus=0), cfg=cfg)
+        return map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg)
     widest = max(cfg.ray.decode.max_actors, cfg.ray.spatial.max_actors, cfg.ray.audio.max_actors)
     ds = ray.data.from_arrow(blocks(entries_table(todo), widest))
     for stage, resources in ((DecodeStage, cfg.ray.decode), (SpatialStage, cfg.ray.spatial),
-                             (AudioStage, cfg.ray.audio), (WriteStage, cfg.ray.write)):
+                             (AudioStage, cfg.ray.audio)):
         ds = map_stage(ds, stage, resources, cfg=cfg)
     return ds
 
 
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
-                on_video: Callable[[dict], None] | None = None) -> ExtractSummary:
-    """Extract every video of the manifest not yet committed under `cfg.paths.output`.
+                on_video: Callable[[dict], None] | None = None, retry_errors: bool = False) -> ExtractSummary:
+    """Extract every video of the manifest not yet committed under `cfg.paths.output`; error rows whose error
+    was transient are extracted again, every error row with `retry_errors`.
 
     `on_video` is called with each video's `videos/` row as it is committed."""
     started = time.perf_counter()
     for warning in check_gpu_placement(cfg):
         log.warning("%s", warning)
+    skipped = Counter()
     if entries is None:
-        entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, cfg.validation, cfg.dataset)
+        entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, cfg.validation, cfg.dataset,
+                                 skipped=skipped)
+    if skipped:
+        log.warning("skipped %d file(s) of the input whose extension is not in dataset.extensions: %s",
+                    sum(skipped.values()), dict(skipped.most_common(10)))
     run = RunRoot(cfg.paths.output)
-    state = resume_state(run)
+    state = resume_state(run, retry_errors)
     todo = [entry for entry in entries if entry.video_id not in state.done]
     log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
-    summary = ExtractSummary(len(entries), len(entries) - len(todo), errors=ErrorKinds(cfg.commit.error_examples))
+    summary = ExtractSummary(len(entries), len(entries) - len(todo), errors=ErrorKinds(cfg.commit.error_examples),
+                             skipped_files=skipped, retried=state.retried)
     if todo:
         from multistream.weights import resolve_all
 
@@ -140,18 +129,31 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         kept = context.enable_progress_bars, context.target_max_block_size
         context.enable_progress_bars = False  # the progress line below instead of a bar per stage
         context.target_max_block_size = TARGET_BLOCK_BYTES
-        progress, written = Progress(summary, cfg.commit.progress_s), set()
+        progress, written, committed = Progress(summary, cfg.commit.progress_s), set(), set()
+
+        def committed_video(part: str, video: dict) -> None:
+            written.add(part)
+            summary.parts = len(written)
+            committed.add(video["video_id"])
+            progress.update(video)
+            if on_video is not None:
+                on_video(video)
+
         try:
-            for row in plan(cfg, todo).iter_rows():
-                written.add(row["part"])
-                summary.parts = len(written)
-                video = json.loads(row["video"])
-                progress.update(video)
-                if on_video is not None:
-                    on_video(video)
+            for attempt in range(1, MAX_PASSES + 1):
+                result = commit_stream(plan(cfg, todo), cfg, committed_video)
+                todo = [entry for entry in todo if entry.video_id not in committed]
+                if not todo:
+                    break
+                log.warning("%d video(s) not committed (%d commit(s) lost with a node): extracting them again "
+                            "(pass %d of %d)", len(todo), result.failed, attempt + 1, MAX_PASSES)
         finally:
             context.enable_progress_bars, context.target_max_block_size = kept
+        if todo:
+            raise RuntimeError(f"{len(todo)} video(s) could not be committed in {MAX_PASSES} passes, e.g. "
+                               f"{todo[0].video_id}: run the job again to resume")
         drop_stray_commits(run, state.parts | written)
+        drop_uncommitted(committed_parts(run.videos), [run.features, run.flow])  # staged leftovers of lost commits
         log.info("%s", progress.line())
     summary.seconds = time.perf_counter() - started
     return summary

@@ -70,12 +70,12 @@ class CommitStage:
         return pa.table({"video_id": table["video_id"], "part": [name] * table.num_rows})
 
 
-def run_predict(cfg: Config, bundle: Bundle, embed_only: bool = False) -> PredictSummary:
-    """Extract the videos under `paths.input` into `paths.output` (cfg carries the bundle's settings), then
-    embed, classify and screen every ok video that has no results yet."""
+def run_predict(cfg: Config, bundle: Bundle, embed_only: bool = False, retry_errors: bool = False) -> PredictSummary:
+    """Extract the videos under `paths.input` into `paths.output` (cfg carries the bundle's settings; every error
+    row again with `retry_errors`), then embed, classify and screen every ok video that has no results yet."""
     started = time.perf_counter()
     check_predict_devices(cfg)
-    extract = run_extract(cfg)
+    extract = run_extract(cfg, retry_errors=retry_errors)
     run = RunRoot(cfg.paths.output)
     items = pending(run, embed_only)
     todo = sum(len(item["video_id"]) for item in items)

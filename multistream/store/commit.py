@@ -1,17 +1,21 @@
-"""The commit protocol of every table written incrementally, and committing extracted videos under it.
+"""The commit protocol of every table written incrementally, and committing extracted videos under it
+(docs/design.md#commit-protocol).
 
-A group of videos is written as one part per table under ONE part name (`part_name`), in order: the last table
-written is the group's marker and its part the commit (`write_group`). Whoever resumes lists the marker's
-parts (`committed_parts`), deletes the parts of the other tables without a twin there (`drop_uncommitted`:
-a group killed before its marker) and skips the committed videos. A table rewritten whole is one part,
-written before any other part is deleted (`replace_table`). Users:
-- extraction: `flow/<part>`, then `features/<part>` (its ok videos), then the marker `videos/<part>` (every
-  video of the group); a group is at most `ray.write.batch_size` videos, split further where their
-  features + flow pass `commit.max_mb` (a kill -9 loses at most the videos not yet committed). On start
-  (`resume_state`) only `video_id` of `videos/` is read. At the end of a run
-  (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a killed run's
-  surviving workers, whose videos this run extracted again) are deleted with their twins;
-- predict (`multistream.predict.batch`): `embeddings/<part>`, `predictions/<part>`, then the marker
+A group of videos is written as one part per table under ONE part name (`part_name`): every table but the
+last is staged (`<table>/_staged/<part>.parquet`, skipped by pyarrow, pandas and a duckdb `*.parquet` glob),
+then the last table's part, the group's marker, is written in place: that is the commit; then the staged parts
+are moved into place (`write_group`). So a plain reader of any table never sees a row of a group whose commit
+did not complete. Whoever resumes lists the marker's parts (`committed_parts`), publishes the staged parts of
+committed groups and deletes the others (`drop_uncommitted`), and skips the committed videos. A table
+rewritten whole is one part, written before any other part is deleted (`replace_table`). Users:
+- extraction: `flow/<part>` and `features/<part>` (its ok videos) staged, the marker `videos/<part>` (every
+  video of the group), then both published. The driver gathers finished videos for a commit until the first
+  is `commit.every_s` old or they pass `commit.max_mb` (`CommitClock`): a kill -9 loses at most `every_s` of
+  work plus the commits in flight. On start (`resume_state`) `video_id`, `status` and `error_kind` of
+  `videos/` are read; transient error rows (all with --retry-errors) are withdrawn and extracted again. At
+  the end of a run (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a
+  killed run's surviving workers, whose videos this run extracted again) are deleted with their twins;
+- predict (`multistream.predict.batch`): `embeddings/<part>` and `predictions/<part>` staged, then the marker
   `anomaly/<part>` (`embeddings/` alone with --embed-only);
 - fuse: `predictions/` and `anomaly/`, each replaced as the one part "fuse".
 """
@@ -20,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
+from multistream.extract.errors import TRANSIENT
 from multistream.extract.rows import features_table, flow_table, row_bytes, videos_table
 from multistream.store import schema, storage
 from multistream.store.layout import RunRoot
@@ -41,10 +46,16 @@ def part_name(video_ids: list[str]) -> str:
 
 
 def write_group(name: str, parts: Sequence[tuple[pa.Table, str]]) -> None:
-    """One group's parts: each (table, table URI) written as `<table URI>/<name>` in order; the last is the
-    marker, whose part commits the group."""
-    for table, table_uri in parts:
-        storage.write_part(table, table_uri, name)
+    """One group's parts, each (table, table URI) as `<table URI>/<name>`: every table but the last staged
+    (`<table URI>/_staged/<name>`, which readers skip), then the last, the marker, written in place: that is the
+    commit; then the staged parts moved into place. A kill before the marker leaves nothing a reader sees; one
+    after it leaves staged parts that resume publishes (`drop_uncommitted`). Writing a group again is harmless."""
+    *data, (marker, marker_uri) = parts
+    for table, table_uri in data:
+        storage.write_part(table, table_uri, name, staged=True)
+    storage.write_part(marker, marker_uri, name)
+    for _, table_uri in data:
+        storage.publish_part(table_uri, name)
 
 
 def committed_parts(marker: str) -> set[str]:
@@ -53,8 +64,16 @@ def committed_parts(marker: str) -> set[str]:
 
 
 def drop_uncommitted(committed: set[str], tables: Iterable[str]) -> None:
-    """Delete every part of `tables` that is not one of the `committed` groups (its marker was never written)."""
+    """Finish the commits of a killed job in `tables`: publish the staged parts of `committed` groups, delete
+    every other staged part, and every part whose marker was never written (run roots written before parts
+    were staged)."""
     for table_uri in tables:
+        for name in storage.list_staged(table_uri):
+            if name in committed:
+                storage.publish_part(table_uri, name)
+            else:
+                log.info("removing uncommitted part %s", storage.join(table_uri, storage.STAGED, name))
+                storage.delete_staged(table_uri, name)
         for name in set(storage.list_parts(table_uri)) - committed:
             log.info("removing uncommitted part %s", storage.join(table_uri, name))
             storage.delete_part(table_uri, name)
@@ -66,6 +85,40 @@ def replace_table(table: pa.Table, table_uri: str, name: str) -> None:
     for other in storage.list_parts(table_uri):
         if other != name:
             storage.delete_part(table_uri, other)
+
+
+class CommitClock:
+    """Which finished items go into one commit: those gathered until the first of them is `every_s` seconds old
+    or their bytes reach `max_bytes` (0 s: each item is its own commit). A kill -9 loses at most the items of
+    the group being gathered, `every_s` of work, plus the commits in flight.
+
+        clock = CommitClock(every_s=10, max_bytes=512 * 2**20)
+        group = clock.add(item, nbytes)   # a full group (list) or None
+        if clock.due(): group = clock.take()
+    """
+
+    def __init__(self, every_s: float, max_bytes: float, now: Callable[[], float] = time.monotonic):
+        self.every_s, self.max_bytes, self.now = every_s, max_bytes, now
+        self.items: list = []
+        self.nbytes, self.since = 0, 0.0
+
+    def add(self, item, nbytes: int) -> list | None:
+        if not self.items:
+            self.since = self.now()
+        self.items.append(item)
+        self.nbytes += nbytes
+        return self.take() if self.nbytes >= self.max_bytes or self.due() else None
+
+    def due(self) -> bool:
+        return bool(self.items) and self.now() - self.since >= self.every_s
+
+    def wait_s(self) -> float | None:
+        """Seconds until the group being gathered is due (None: no group)."""
+        return max(0.0, self.since + self.every_s - self.now()) if self.items else None
+
+    def take(self) -> list:
+        items, self.items, self.nbytes = self.items, [], 0
+        return items
 
 
 def groups_by_bytes(rows: list[dict], max_bytes: float) -> list[list[dict]]:
@@ -96,16 +149,44 @@ def commit(rows: list[dict], run: RunRoot, clip_px: float, max_bytes: float) -> 
 
 @dataclass
 class ResumeState:
-    done: set[str]  # ids of the videos committed (ok or error)
+    done: set[str]  # ids of the videos committed and not to be tried again
     parts: set[str]  # names of the `videos/` parts that commit them
+    retried: int = 0  # error rows withdrawn to be extracted again
 
 
-def resume_state(run: RunRoot) -> ResumeState:
-    """Drop the uncommitted parts of an interrupted run; what is committed already."""
+def resume_state(run: RunRoot, retry_errors: bool = False) -> ResumeState:
+    """Finish or drop the commits of an interrupted run; what is committed already. An error row whose
+    `error_kind` is transient (every error row with `retry_errors`) is withdrawn from its part, so that its
+    video is extracted again and has one row in every reader's view, the new one once committed."""
     parts = committed_parts(run.videos)
     drop_uncommitted(parts, [run.features, run.flow])
-    videos = storage.read_columns(run.videos, ["video_id"], schema.VIDEOS_SCHEMA)
-    return ResumeState(set(videos["video_id"].to_pylist()), parts)
+    videos = storage.read_columns(run.videos, ["video_id", "status", "error_kind"], schema.VIDEOS_SCHEMA,
+                                  with_part=True)
+    retry: dict[str, set[str]] = {}
+    for video_id, status, kind, part in zip(*(videos[c].to_pylist() for c in ("video_id", "status", "error_kind",
+                                                                           "part")), strict=True):
+        if status == "error" and (retry_errors or kind == TRANSIENT):
+            retry.setdefault(part, set()).add(video_id)
+    for part, ids in retry.items():
+        if not withdraw(run, part, ids):
+            parts.discard(part)
+    retried = {video_id for ids in retry.values() for video_id in ids}
+    if retried:
+        log.info("%d error row(s) to extract again (%s)", len(retried),
+                 "--retry-errors" if retry_errors else "their errors were transient")
+    return ResumeState(set(videos["video_id"].to_pylist()) - retried, parts, len(retried))
+
+
+def withdraw(run: RunRoot, part: str, video_ids: set[str]) -> bool:
+    """Rewrite the `videos/` part `part` without the rows of `video_ids` (error rows: no twin holds them),
+    atomically; a part left empty is deleted (False)."""
+    table = storage.read_part(run.videos, part)
+    keep = table.filter(pa.compute.invert(pa.compute.is_in(table["video_id"], pa.array(sorted(video_ids)))))
+    if keep.num_rows:
+        storage.write_part(keep, run.videos, part)
+        return True
+    storage.delete_part(run.videos, part)
+    return False
 
 
 def drop_stray_commits(run: RunRoot, known_parts: set[str]) -> int:
@@ -113,78 +194,10 @@ def drop_stray_commits(run: RunRoot, known_parts: set[str]) -> int:
     stray = set(storage.list_parts(run.videos)) - known_parts
     for name in stray:
         storage.delete_part(run.videos, name)
-        storage.delete_part(run.features, name)
-        storage.delete_part(run.flow, name)
+        for table in (run.features, run.flow):
+            storage.delete_part(table, name)
+            storage.delete_staged(table, name)
     if stray:
         log.warning("dropped %d part(s) committed late by an interrupted run's workers; their videos were "
                     "extracted again by this run", len(stray))
     return len(stray)
-
-
-def error_kind(message: str, uri: str | None = None) -> str:
-    """The message without what differs from video to video (its URI, numbers): failures of one cause share it."""
-    if uri:
-        message = message.replace(uri, "<video>")
-    message = re.sub(r"\S+\.(?:avi|mp4|mkv|mov|webm|m4v|mpg|mpeg|flv|wmv)\b", "<video>", message, flags=re.I)
-    return re.sub(r"\d+(?:\.\d+)?", "#", message)[:160]
-
-
-@dataclass
-class ErrorKinds:
-    """Failed videos counted by kind of error, with the first few of each kind; len() is how many failed."""
-
-    examples: int = 3
-    kinds: dict[str, list] = field(default_factory=dict)  # kind -> [count, [(video_id, message), ...]]
-
-    def add(self, video_id: str, message: str, uri: str | None = None) -> None:
-        entry = self.kinds.setdefault(error_kind(message or "", uri), [0, []])
-        entry[0] += 1
-        if len(entry[1]) < self.examples:
-            entry[1].append((video_id, message))
-
-    def __len__(self) -> int:
-        return sum(count for count, _ in self.kinds.values())
-
-    def lines(self) -> list[str]:
-        """A few lines per kind, the commonest first."""
-        out = []
-        for kind, (count, examples) in sorted(self.kinds.items(), key=lambda item: -item[1][0]):
-            out.append(f"  {count} × {kind}")
-            out += [f"      e.g. {video_id}: {message}" for video_id, message in examples]
-        return out
-
-
-@dataclass
-class ExtractSummary:
-    total: int  # videos in the manifest
-    skipped: int  # committed before this run
-    ok: int = 0
-    errors: ErrorKinds = field(default_factory=ErrorKinds)
-    parts: int = 0  # commits this run wrote
-    seconds: float = 0.0
-
-
-class Progress:
-    """Counts committed videos; logs one progress line at most every `every_s` seconds."""
-
-    def __init__(self, summary: ExtractSummary, every_s: float):
-        self.summary, self.every_s = summary, every_s
-        self.started = self.last = time.perf_counter()
-
-    def update(self, video: dict) -> None:
-        if video["status"] == "ok":
-            self.summary.ok += 1
-        else:
-            self.summary.errors.add(video["video_id"], video["error"], video.get("uri"))
-        if time.perf_counter() - self.last >= self.every_s:
-            self.last = time.perf_counter()
-            log.info("%s", self.line())
-
-    def line(self) -> str:
-        s = self.summary
-        done, todo = s.ok + len(s.errors), s.total - s.skipped
-        elapsed = time.perf_counter() - self.started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f", ~{(todo - done) / rate:.0f} s left" if rate > 0 and done < todo else ""
-        return (f"extract: {done}/{todo} committed ({s.ok} ok, {len(s.errors)} errors) in {s.parts} parts, "
-                f"{rate:.1f} videos/s{eta}")

@@ -16,6 +16,7 @@ from multistream.config import Config
 from multistream.store import storage
 from multistream.store.layout import RunRoot, absolute
 from multistream.store.lease import Lease, LeaseHeld, this_process
+from multistream.store.uris import redact, scrub
 
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
@@ -34,12 +35,14 @@ def is_local(uri: str) -> bool:
 
 def check_input(cfg: Config, job: str) -> None:
     uri = cfg.paths.input
+    from multistream.dataset.sources import expand_braces
+
     try:
-        found = storage.exists(uri)
+        found = any(storage.exists(name) for name in expand_braces(uri)[:1] + expand_braces(uri)[-1:])
     except (PermissionError, OSError) as error:
-        raise JobRefused(f"{job}: cannot read --input {uri}: {error}") from error
+        raise JobRefused(f"{job}: cannot read --input {redact(uri)}: {scrub(str(error), uri)}") from None
     if not found:
-        raise JobRefused(f"{job}: --input {uri} does not exist (or its bucket does not)")
+        raise JobRefused(f"{job}: --input {redact(uri)} does not exist (or its bucket does not)")
 
 
 def check_shared_paths(cfg: Config, job: str, reads_input: bool, nodes: int) -> None:

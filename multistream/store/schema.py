@@ -30,6 +30,7 @@ VIDEOS_SCHEMA = pa.schema([
     ("split", pa.string()),
     ("status", pa.string()),  # 'ok' | 'error'
     ("error", pa.string()),  # null when ok
+    ("error_kind", pa.string()),  # null when ok: 'transient' (retried by a re-run) | 'input' | 'video' | 'model'
     ("duration_s", pa.float64()),
     ("fps", pa.float64()),  # measured from timestamps
     ("kept_fps", pa.float64()),  # of the frames kept: fps, or ~video.max_fps where a faster video was decimated

@@ -1,8 +1,11 @@
-"""URIs for local paths and object stores (fsspec, s3fs), and Parquet tables written one atomic part at a time.
+"""URIs for local paths, object stores and http(s) URLs (fsspec, s3fs), and Parquet tables written one atomic
+part at a time.
 
 A table is a directory of `<part>.parquet` files, readable by `pyarrow.dataset.dataset(table_uri)`, pandas
-and duckdb. S3 credentials and endpoint come from the standard AWS environment variables
-(`AWS_ENDPOINT_URL` for MinIO, moto or another S3-compatible store).
+and duckdb. A part not yet committed waits under `<table>/_staged/` (`write_part(..., staged=True)`), which
+those readers skip (pyarrow ignores names starting with "_", and a `*.parquet` glob does not descend), until
+`publish_part` moves it into place. S3 credentials and endpoint come from the standard AWS environment
+variables (`AWS_ENDPOINT_URL` for MinIO, moto or another S3-compatible store).
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from multistream.dataset.entry import VIDEO_EXTENSIONS  # the default of `dataset.extensions`
 from multistream.store import s3config
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 PART_SUFFIX = ".parquet"
+STAGED = "_staged"  # <table>/_staged/<part>.parquet: written, not yet committed
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -44,6 +48,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:  # explicit, so that the cached instance changes with the environment
             options["client_kwargs"] = {"endpoint_url": endpoint}
+    elif uri.startswith(("http://", "https://")):
+        options["block_size"] = 2**20  # ranged reads of 1 MiB: a video is streamed, never fetched whole
     fs, path = fsspec.core.url_to_fs(os.fspath(uri), **options)
     if "s3" in fs.protocol:
         fs.retries = s3config.current().retries  # s3fs's own retry loop around botocore's
@@ -71,7 +77,12 @@ def is_dir(uri: str) -> bool:
 
 
 def open_input(uri: str, mode: str = "rb"):
-    """An fsspec file object (a context manager) that reads `uri` in blocks, never staging it whole."""
+    """An fsspec file object (a context manager) that reads `uri` in blocks, never staging it whole; a member
+    of a tar shard (`members.member_uri`) reads as a file of its own."""
+    from multistream.store import members
+
+    if members.is_member(uri):
+        return members.open_member(uri)
     fs, path = filesystem(uri)
     return fs.open(path, mode)
 
@@ -85,9 +96,10 @@ def list_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS)
     return sorted(iter_files(root, extensions))
 
 
-def iter_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS):
+def iter_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS, on_skip=None):
     """`list_files` as a stream, in listing order: a local tree is walked, an S3 prefix listed page by page
-    (1,000 keys a request), so that no listing of the whole archive is ever held."""
+    (1,000 keys a request), so that no listing of the whole archive is ever held. `on_skip`, when given, is
+    called with the path of every file left out for its extension."""
     fs, path = filesystem(root)
     if not fs.exists(path):
         return
@@ -100,6 +112,8 @@ def iter_files(root: str, extensions: tuple[str, ...] | None = VIDEO_EXTENSIONS)
             continue
         if suffixes is None or found.lower().endswith(suffixes):
             yield _uri(fs, found) if as_uri else found
+        elif on_skip is not None:
+            on_skip(found)
 
 
 def _walk(fs: fsspec.AbstractFileSystem, base: str):
@@ -172,9 +186,10 @@ def _replace_local(path: str, write) -> None:
             os.remove(tmp)
 
 
-def write_part(table: pa.Table, table_uri: str, part_name: str) -> str:
-    """Write `table` as `<table_uri>/<part_name>.parquet` (zstd) atomically; returns the part's URI."""
-    part_uri = join(table_uri, part_name + PART_SUFFIX)
+def write_part(table: pa.Table, table_uri: str, part_name: str, staged: bool = False) -> str:
+    """Write `table` as `<table_uri>/<part_name>.parquet` (zstd) atomically, or as `<table_uri>/_staged/...`
+    with `staged` (invisible to readers until `publish_part`); returns the part's URI."""
+    part_uri = _part_uri(table_uri, part_name, staged)
     fs, path = filesystem(part_uri)
     if _is_local(fs):
         _replace_local(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
@@ -183,6 +198,39 @@ def write_part(table: pa.Table, table_uri: str, part_name: str) -> str:
         pq.write_table(table, buffer, compression="zstd")
         fs.pipe_file(path, buffer.getvalue())
     return part_uri
+
+
+def _part_uri(table_uri: str, part_name: str, staged: bool = False) -> str:
+    return join(table_uri, STAGED, part_name + PART_SUFFIX) if staged else join(table_uri, part_name + PART_SUFFIX)
+
+
+def publish_part(table_uri: str, part_name: str) -> bool:
+    """Move the staged part `part_name` into place (a rename; on an object store a copy, then the staged
+    object's deletion): readers see the whole part or none. False when there is no staged part (published
+    already: calling it again is harmless)."""
+    fs, staged = filesystem(_part_uri(table_uri, part_name, staged=True))
+    _, final = filesystem(_part_uri(table_uri, part_name))
+    if _is_local(fs):
+        try:
+            os.replace(staged, final)
+        except FileNotFoundError:
+            return False
+        return True
+    try:
+        fs.copy(staged, final)
+    except FileNotFoundError:
+        return False
+    fs.rm(staged)
+    return True
+
+
+def list_staged(table_uri: str) -> list[str]:
+    """Sorted names of the staged (uncommitted) parts of a table."""
+    return list_parts(join(table_uri, STAGED))
+
+
+def delete_staged(table_uri: str, part_name: str) -> None:
+    delete_part(join(table_uri, STAGED), part_name)
 
 
 def _part_paths(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
@@ -246,28 +294,37 @@ def _dataset(fs: fsspec.AbstractFileSystem, paths: list[str], schema: pa.Schema 
     return ds.dataset(paths, schema=schema, format="parquet", filesystem=arrow_fs)
 
 
-def read_columns(table_uri: str, columns: list[str], schema: pa.Schema, batch: int = 256) -> pa.Table:
-    """`columns` of every part of a table of small parts (e.g. `videos/`), as `read_table` gives them; on an
-    object store each part is fetched whole with one GET, `batch` parts at a time concurrently (s3fs), instead
-    of a HEAD and ranged GETs per part."""
+def read_columns(table_uri: str, columns: list[str], schema: pa.Schema, batch: int = 256,
+                 with_part: bool = False) -> pa.Table:
+    """`columns` of every part of a table of small parts (e.g. `videos/`), as `read_table` gives them (plus a
+    "part" column naming each row's part, `with_part`); on an object store each part is fetched whole with one
+    GET, `batch` parts at a time concurrently (s3fs), instead of a HEAD and ranged GETs per part."""
     fs, path = filesystem(table_uri)
-    if _is_local(fs):
-        return read_table(table_uri, columns=columns, schema=schema)
     parts = _part_paths(fs, path)
     tables = [schema.empty_table().select(columns)]
+    if with_part:
+        tables[0] = tables[0].append_column("part", pa.array([], pa.string()))
     for start in range(0, len(parts), batch):
-        for data in _fetch(fs, parts[start:start + batch]):
+        chunk = parts[start:start + batch]
+        for part, data in zip(chunk, _fetch(fs, chunk), strict=True):
             table = pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in pq.read_schema(
                 io.BytesIO(data)).names])
-            tables.append(table.cast(pa.schema([schema.field(name) for name in table.column_names]))
-                          if table.num_columns == len(columns) else _with_nulls(table, columns, schema))
-    return pa.concat_tables([t.select(columns) for t in tables])
+            table = (table.cast(pa.schema([schema.field(name) for name in table.column_names]))
+                     if table.num_columns == len(columns) else _with_nulls(table, columns, schema)).select(columns)
+            if with_part:
+                name = posixpath.basename(part)[:-len(PART_SUFFIX)]
+                table = table.append_column("part", pa.array([name] * table.num_rows, pa.string()))
+            tables.append(table)
+    return pa.concat_tables(tables)
 
 
 def _fetch(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes]:
     """Whole objects, concurrently, one GET each (`fs.cat` would first look each one up)."""
     if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
-        return [fs.cat_file(path) for path in paths]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(fs.cat_file, paths))
 
     async def fetch_all():
         return await asyncio.gather(*(fs._cat_file(path, max_concurrency=1) for path in paths))

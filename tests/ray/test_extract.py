@@ -92,7 +92,7 @@ def test_resume_after_kill_completes_the_set(ray_session, tmp_path):
         write_test_video(inputs / f"class{i % 2}" / f"v{i}.mp4", frames=60, size=(96, 72), seed=i)
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--input", str(inputs), "--output", str(out),
-               "--set", "ray.fused.batch_size=1", *SMALL_EXTRACTION]
+               "--set", "ray.fused.batch_size=1", "--set", "commit.every_s=0", *SMALL_EXTRACTION]
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, killed with it
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)

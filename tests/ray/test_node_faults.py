@@ -27,8 +27,8 @@ pytestmark = pytest.mark.cluster
 CLASSES = ("Wave", "Jump")
 WORKER = {"num_cpus": 2}
 # the fused layout with one video per commit; two actors of one CPU: either worker node can host both
-FUSED = ["--set", "ray.fused={num_cpus: 1, min_actors: 1, max_actors: 2, batch_size: 1}"]
-PER_STAGE = ["--set", "ray.fused=null", "--set", "ray.write.batch_size=1"]
+FUSED = ["--set", "ray.fused={num_cpus: 1, min_actors: 1, max_actors: 2, batch_size: 1}", "--set", "commit.every_s=0"]
+PER_STAGE = ["--set", "ray.fused=null", "--set", "commit.every_s=0"]
 
 
 def video_ids() -> list[str]:

@@ -9,14 +9,11 @@ from multistream.dataset.manifest import VideoEntry
 from multistream.extract.rows import flow_table, read_flow, video_row
 from multistream.store import storage
 from multistream.store.commit import (
-    ErrorKinds,
-    ExtractSummary,
-    Progress,
+    CommitClock,
     commit,
     committed_parts,
     drop_stray_commits,
     drop_uncommitted,
-    error_kind,
     groups_by_bytes,
     part_name,
     replace_table,
@@ -102,29 +99,6 @@ def test_stray_commits_are_dropped_with_their_twins(tmp_path):
     assert late != keep
 
 
-def test_errors_are_counted_by_kind_with_a_few_examples():
-    assert error_kind("/in/x/v1.mp4: empty file") == error_kind("/in/y/v22.avi: empty file") == "<video>: empty file"
-    assert error_kind("spatial: RuntimeError: 3 != 4") == "spatial: RuntimeError: # != #"
-    kinds = ErrorKinds(examples=2)
-    for i in range(2500):
-        kinds.add(f"v{i}.mp4", f"/in/v{i}.mp4: empty file", f"/in/v{i}.mp4")
-    kinds.add("odd.mp4", "audio: ValueError: bad wave", "/in/odd.mp4")
-    assert len(kinds) == 2501
-    lines = kinds.lines()
-    assert lines[0] == "  2500 × <video>: empty file" and len(lines) == 1 + 2 + 1 + 1  # kind, 2 examples, kind, 1 example
-    assert "odd.mp4" in lines[-1]
-
-
-def test_progress_counts_and_rate(caplog):
-    summary = ExtractSummary(total=10, skipped=4)
-    progress = Progress(summary, every_s=0.0)
-    with caplog.at_level("INFO", logger="multistream.store.commit"):
-        progress.update({"video_id": "a", "status": "ok", "error": None})
-        progress.update({"video_id": "b", "status": "error", "error": "x: empty file", "uri": "x"})
-    assert summary.ok == 1 and len(summary.errors) == 1
-    assert "extract: 2/6 committed (1 ok, 1 errors)" in caplog.text
-
-
 @pytest.mark.parametrize("n,actors", [(1, 1), (10, 2), (2500, 2), (216, 2)])
 def test_manifest_blocks(n, actors):
     from multistream.extract.rows import blocks, entries_table
@@ -135,3 +109,104 @@ def test_manifest_blocks(n, actors):
     assert all(p.num_rows <= 64 for p in parts)
     assert len(parts) >= min(n, 4 * actors)
     assert [v for p in parts for v in p["video_id"].to_pylist()] == [f"v{i}" for i in range(n)]
+
+
+class Killed(BaseException):
+    """A kill -9 in the middle of a commit, as far as the files are concerned."""
+
+
+def readers_see(table_uri: str) -> dict[str, list[str]]:
+    """The video ids pyarrow, pandas and duckdb read from a table directory (or its *.parquet glob)."""
+    import duckdb
+    import pandas as pd
+
+    if not storage.list_parts(table_uri):
+        return {"pyarrow": [], "pandas": [], "duckdb": []}
+    glob = storage.join(table_uri, "*.parquet")
+    return {"pyarrow": sorted(pds.dataset(table_uri).to_table(columns=["video_id"])["video_id"].to_pylist()),
+            "pandas": sorted(pd.read_parquet(table_uri, columns=["video_id"]).video_id),
+            "duckdb": sorted(v for (v,) in duckdb.sql(f"select video_id from read_parquet('{glob}')").fetchall())}
+
+
+@pytest.mark.parametrize("dies_in", ["marker", "publish"])
+def test_a_commit_killed_midway_shows_plain_readers_only_committed_videos(tmp_path, monkeypatch, dies_in):
+    run = RunRoot(str(tmp_path))
+    commit([ok_row("a")], run, 20.0, 1e9)
+    real_write, real_publish = storage.write_part, storage.publish_part
+
+    def write_part(table, table_uri, name, staged=False):
+        if dies_in == "marker" and table_uri == run.videos:
+            raise Killed
+        return real_write(table, table_uri, name, staged)
+
+    def publish_part(table_uri, name):
+        if dies_in == "publish" and table_uri == run.flow:
+            raise Killed  # features/ published, flow/ not yet
+        return real_publish(table_uri, name)
+
+    monkeypatch.setattr(storage, "write_part", write_part)
+    monkeypatch.setattr(storage, "publish_part", publish_part)
+    with pytest.raises(Killed):
+        commit([ok_row("b"), error_row("c")], run, 20.0, 1e9)
+    monkeypatch.undo()
+    assert storage.list_staged(run.flow)  # written, not visible
+    committed = ["a"] if dies_in == "marker" else ["a", "b", "c"]
+    assert set(readers_see(run.videos)["pandas"]) == set(committed)
+    for table in (run.videos, run.features, run.flow):
+        for reader, ids in readers_see(table).items():
+            assert set(ids) <= set(committed) and len(ids) == len(set(ids)), (table, reader, ids)
+
+    state = resume_state(run)  # the next run finishes the commit or drops it
+    assert state.done == set(committed)
+    assert storage.list_staged(run.flow) == storage.list_staged(run.features) == []
+    assert readers_see(run.features)["duckdb"] == [c for c in committed if c != "c"]
+    assert readers_see(run.flow)["pyarrow"] == [c for c in committed if c != "c"]
+
+
+def test_staged_parts_are_invisible_on_s3_too(s3_bucket):
+    import duckdb
+    import pandas as pd
+
+    run = RunRoot(f"{s3_bucket}/run")
+    commit([ok_row("a")], run, 20.0, 1e9)
+    storage.write_part(pa.table({"video_id": ["b"]}), run.features, "part-b", staged=True)
+    fs, _ = storage.filesystem(run.uri)
+    connection = duckdb.connect()
+    connection.register_filesystem(fs)
+    assert pd.read_parquet(run.features, columns=["video_id"]).video_id.tolist() == ["a"]
+    assert pds.dataset(run.features.removeprefix("s3://"), filesystem=fs).to_table()["video_id"].to_pylist() == ["a"]
+    rows = connection.sql(f"select video_id from read_parquet('{run.features}/*.parquet')").fetchall()
+    assert rows == [("a",)]
+    assert storage.publish_part(run.features, "part-b") and not storage.publish_part(run.features, "part-b")
+    assert sorted(pd.read_parquet(run.features, columns=["video_id"]).video_id) == ["a", "b"]
+
+
+def test_transient_error_rows_are_withdrawn_and_extracted_again(tmp_path):
+    run = RunRoot(str(tmp_path))
+    rows = [ok_row("a"), error_row("b"), error_row("c")]
+    rows[1]["video"]["error_kind"] = "transient"
+    (mixed, _), = commit(rows, run, 20.0, 1e9)
+    (lonely, _), = commit([error_row("d") | {"video": error_row("d")["video"] | {"error_kind": "transient"}}],
+                          run, 20.0, 1e9)
+    state = resume_state(run)
+    assert state.done == {"a", "c"} and state.retried == 2 and state.parts == {mixed}
+    assert storage.list_parts(run.videos) == [mixed]  # d's part held only d: gone
+    assert sorted(storage.read_table(run.videos)["video_id"].to_pylist()) == ["a", "c"]
+    assert storage.read_table(run.features)["video_id"].to_pylist() == ["a"]  # untouched
+    again = resume_state(run, retry_errors=True)  # every error row
+    assert again.done == {"a"} and again.retried == 1
+    assert storage.read_table(run.videos)["video_id"].to_pylist() == ["a"]
+
+
+def test_the_commit_clock_gathers_by_time_and_size():
+    now = [0.0]
+    clock = CommitClock(every_s=10, max_bytes=100, now=lambda: now[0])
+    assert clock.add("a", 30) is None and clock.wait_s() == 10
+    now[0] = 4
+    assert clock.add("b", 30) is None and not clock.due() and clock.wait_s() == 6
+    assert clock.add("c", 50) == ["a", "b", "c"]  # 110 bytes: full
+    assert clock.wait_s() is None and not clock.due()
+    assert clock.add("d", 1) is None
+    now[0] = 14.5
+    assert clock.due() and clock.take() == ["d"]
+    assert CommitClock(every_s=0, max_bytes=100).add("e", 1) == ["e"]  # 0 s: each item its own commit

@@ -10,7 +10,9 @@ depends on the order in which concurrent clients reach the proxy). Faults, as S3
 - reset: the TCP connection reset (RST), half of them before forwarding, half after S3 handled the request
   (a lost answer: the client cannot tell whether its write happened);
 - slow: forwarded after `slow_s` seconds;
-- deny: every request to one of these buckets answered `403 AccessDenied` (a permanent error).
+- deny: every request to one of these buckets answered `403 AccessDenied` (a permanent error);
+- only: faults only for requests whose path (without its query) contains one of these strings, e.g. some
+  videos' keys (the others are forwarded untouched and not counted as drawn).
 `counts` tells how many of each were injected.
 """
 
@@ -39,6 +41,7 @@ class FaultPlan:
     slow: float = 0.0
     slow_s: float = 0.3
     deny: frozenset[str] = field(default_factory=frozenset)
+    only: tuple[str, ...] = ()
 
 
 class FaultProxy:
@@ -65,10 +68,12 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def fate(self, bucket: str) -> str | None:
+    def fate(self, bucket: str, path: str = "") -> str | None:
         with self._lock:
             plan, n = self.plan, self.counts["requests"]
             self.counts["requests"] += 1
+            if plan.only and not any(piece in path.split("?", 1)[0] for piece in plan.only):
+                return None
             if bucket in plan.deny:
                 fate = "deny"
             else:
@@ -148,7 +153,7 @@ def _handler(proxy: FaultProxy):
         def _handle(self) -> None:
             body = self._body()
             bucket = self.path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
-            fate = proxy.fate(bucket)
+            fate = proxy.fate(bucket, self.path)
             if fate == "deny":
                 return self._error(403, "AccessDenied", "Access Denied")
             if fate == "slow_down":
