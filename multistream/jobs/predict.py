@@ -22,6 +22,7 @@ from multistream.predict.bundle import BundleError, open_bundle
 from multistream.ray.guard import start_job
 from multistream.ray.predict import run_predict
 from multistream.store import layout, storage
+from multistream.store.uris import redact, within
 from multistream.train.progress import job_run
 
 DEMO_MODELS, DEMO_INPUT, DEMO_OUTPUT, DEMO_SEED = "runs/demo", "runs/demo-data-new", "runs/predict", 7
@@ -42,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as error:
         parser.exit(2, f"{parser.prog}: {error}\n")
     output = layout.absolute(args.output or DEMO_OUTPUT)
-    if layout.RunRoot(output).models == bundle.uri:
-        parser.exit(2, f"{parser.prog}: --output {output} is the trained run itself: give a new run root\n")
+    trained = bundle.uri.rsplit("/", 1)[0]  # the run root holding the models (both normalised: file://, symlinks)
+    if within(output, trained):
+        parser.exit(2, f"{parser.prog}: --output {redact(output)} is the trained run {redact(trained)} or a folder in "
+                       f"it: give a run root outside it\n")
     source = layout.absolute(args.input or DEMO_INPUT)
     if args.input is None and not storage.exists(storage.join(source, "labels.csv")):
         from multistream.demo.dataset import generate_demo

@@ -9,15 +9,28 @@ extraction settings the models were trained on (the video, flow, sampling, spati
 the keys that only say how fast or where it runs: `RESOURCE_KEYS`), the source and content sha256 of every
 pretrained weights file they used, and the sha256 of every model file under `models/`. `open_bundle` checks
 all of it before any video is read and raises one `BundleError` that names every missing or altered file.
+
+`files` lists exactly `expected_files()` (each model folder's model.safetensors and model.json, by paths
+relative to `models/`), no more and no fewer; a bundle that lists another set, or a key that is not such a
+plain relative path, is refused. Loading a model (`multistream.predict.models`, in every Ray actor) reads each
+file's bytes once and checks them against the bundle before parsing (`Bundle.verified`): a file altered after
+`open_bundle` (a fuse writing the same run) is refused, never mixed in.
+
+URLs are stored redacted (`multistream.store.uris.redact`: no credentials or query strings). A pretrained
+weights source is pinned by its content (`weights[key].sha256`), not by where it is read: `--set` may point a
+weights key elsewhere (a copy, the same URL with a fresh token); `check_weights` then checks what it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +39,7 @@ import yaml
 import multistream
 from multistream.config import Config, ConfigError
 from multistream.store import layout, modelio, schema, storage
+from multistream.store.uris import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +48,11 @@ EXTRACTION_SECTIONS = ("video", "flow", "sampling", "spatial", "audio")
 TRAINING_SECTIONS = ("motion_cnn", "rnn", "tune", "fusion", "anomaly")
 # Keys that change how fast or on which device a value is computed, not the value: free to set at prediction.
 RESOURCE_KEYS = frozenset({"batch_size", "embed_batch_size", "device", "amp"})
+# Keys that name where pretrained weights are read: free to set at prediction, their content is checked.
+SOURCE_KEYS = frozenset({"weights", "pca_params"})
+MODEL_FILES = (layout.MODEL_WEIGHTS, layout.MODEL_META)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
 
 class BundleError(ValueError):
@@ -43,6 +62,11 @@ class BundleError(ValueError):
 def model_names(streams=schema.STREAMS) -> list[str]:
     """The model folders a bundle needs, in the order inference runs them."""
     return [layout.MOTION_CNN, *(layout.rnn_name(s) for s in streams), layout.SVM, layout.AUTOENCODER]
+
+
+def expected_files(streams=schema.STREAMS) -> list[str]:
+    """The files a bundle lists, relative to `models/`: each model folder's weights and metadata."""
+    return [f"{name}/{file}" for name in model_names(streams) for file in MODEL_FILES]
 
 
 def file_sha256(data: bytes) -> str:
@@ -71,18 +95,21 @@ def _plain(value):
     return json.loads(json.dumps(value))
 
 
+def _redacted(value):
+    """`value` with every URL string in it redacted (credentials, query strings: `multistream.store.uris`)."""
+    if isinstance(value, str):
+        return redact(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def extraction_settings(cfg: Config) -> dict[str, dict]:
-    """{section: {key: value}} of the extraction sections, resource keys left out."""
-    return {name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(cfg, name)).items() if k not in RESOURCE_KEYS}
-            for name in EXTRACTION_SECTIONS}
-
-
-def _model_files(models_uri: str, name: str) -> list[str]:
-    """Paths relative to `models/` of a model folder's files; its Parquet tables (training embeddings) are
-    not needed for inference and stay out."""
-    folder = storage.join(models_uri, name)
-    return [storage.relative(uri, models_uri) for uri in storage.list_files(folder, extensions=None)
-            if not uri.endswith(storage.PART_SUFFIX)]
+    """{section: {key: value}} of the extraction sections, resource keys left out, URLs redacted."""
+    return {name: {k: _redacted(_plain(v)) for k, v in dataclasses.asdict(getattr(cfg, name)).items()
+                   if k not in RESOURCE_KEYS} for name in EXTRACTION_SECTIONS}
 
 
 def write_bundle(root: str, cfg: Config) -> str:
@@ -92,7 +119,8 @@ def write_bundle(root: str, cfg: Config) -> str:
     was trained at another flow size than `cfg` says (then `cfg` is not the extraction the models saw).
     """
     run = layout.RunRoot(root)
-    missing = [name for name in model_names() if not _model_files(run.models, name)]
+    missing = [name for name in model_names() if not all(storage.exists(storage.join(run.model(name), file))
+                                                          for file in MODEL_FILES)]
     if missing:
         raise BundleError(f"{run.models} has no {', '.join(missing)}: run the whole pipeline before bundling")
     motion = modelio.read_meta(run.model(layout.MOTION_CNN))
@@ -100,12 +128,11 @@ def write_bundle(root: str, cfg: Config) -> str:
         raise BundleError(f"the motion CNN in {run.models} was trained on flow.size={motion['flow_size']}, "
                           f"the config says {list(cfg.flow.size)}: bundle with the config of the run")
     fusion = modelio.read_meta(run.model(layout.SVM))  # its classes and streams
-    files = {rel: file_sha256(storage.read_bytes(storage.join(run.models, rel)))
-             for name in model_names() for rel in _model_files(run.models, name)}
+    files = {rel: file_sha256(storage.read_bytes(storage.join(run.models, rel))) for rel in expected_files()}
     from multistream.weights.sources import resolve_all, weight_keys
 
     cfg = resolve_all(cfg)  # remote sources pinned to the exact file (url#sha256=..., hf-hub:repo@commit)
-    weights = {key: {"source": spec, "sha256": weights_sha256(cfg, key, spec)} for key, spec in weight_keys(cfg)}
+    weights = {key: {"source": redact(spec), "sha256": weights_sha256(cfg, key, spec)} for key, spec in weight_keys(cfg)}
     manifest = {"format": FORMAT_VERSION, "code_version": multistream.__version__,
                 "classes": list(fusion["classes"]), "streams": list(fusion["streams"]),
                 "models": model_names(), "extraction": extraction_settings(cfg), "weights": weights,
@@ -152,11 +179,29 @@ class Bundle:
     def model(self, name: str) -> str:
         return storage.join(self.uri, name)
 
+    @contextlib.contextmanager
+    def verified(self) -> Iterator[None]:
+        """Within: every model file loaded must be listed in the bundle and hold the bytes it lists (read once,
+        hashed, then parsed: `multistream.store.modelio.verified`); BundleError otherwise."""
+        hashes = {storage.join(self.uri, rel): sha for rel, sha in self.manifest["files"].items()}
+        try:
+            with modelio.verified(hashes):
+                yield
+        except modelio.ModelIntegrityError as error:
+            raise BundleError(f"model bundle {self.uri}: {error}") from None
+
     def config(self, cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """`cfg` with the bundle's extraction settings; raises BundleError where one of `overrides` (the
-        user's --set) contradicts the bundle or would change a trained model."""
+        user's --set) contradicts the bundle or would change a trained model. A weights source set in
+        `overrides` is kept (with the bundle's #sha256= pin where it gives none): `check_weights` checks it."""
         check_overrides(self.settings, overrides)
-        pairs = {f"{section}.{key}": value for section, keys in self.settings.items() for key, value in keys.items()}
+        chosen = {item.partition("=")[0].strip() for item in overrides}
+        pairs = {f"{section}.{key}": value for section, keys in self.settings.items() for key, value in keys.items()
+                 if f"{section}.{key}" not in chosen or key not in SOURCE_KEYS}
+        for key in chosen:
+            section, _, leaf = key.partition(".")
+            if section in self.settings and leaf in SOURCE_KEYS:
+                pairs[key] = _with_pin(getattr(getattr(cfg, section), leaf), self.settings[section].get(leaf))
         try:
             return cfg.replace(**pairs)
         except ConfigError as error:
@@ -164,12 +209,16 @@ class Bundle:
                               f"{self.manifest.get('code_version')}, this is {multistream.__version__})") from error
 
     def check_weights(self, cfg: Config) -> None:
-        """Raise where a pretrained weights source now holds other tensors than the models were trained on
-        (`cfg`: the config with the bundle's settings, `Bundle.config`)."""
+        """Raise where a pretrained weights source of `cfg` (the config with the bundle's settings,
+        `Bundle.config`) holds other tensors than the models were trained on."""
         for key, entry in self.manifest.get("weights", {}).items():
-            actual = weights_sha256(cfg, key, entry["source"])
+            section, _, leaf = key.partition(".")
+            spec = getattr(getattr(cfg, section), leaf)
+            if not spec:
+                raise BundleError(f"{key} is not set, but the bundle's models were trained with {entry['source']}")
+            actual = weights_sha256(cfg, key, spec)
             if actual != entry["sha256"]:
-                raise BundleError(f"{key} {entry['source']!r} now holds other weights (sha256 {actual[:16]}...) "
+                raise BundleError(f"{key} {redact(spec)!r} now holds other weights (sha256 {actual[:16]}...) "
                                   f"than the bundle's models were trained on ({entry['sha256'][:16]}...)")
 
 
@@ -187,7 +236,9 @@ def open_bundle(uri: str) -> Bundle:
                           f"{multistream.__version__} reads format {FORMAT_VERSION}: re-run the pipeline's fuse "
                           f"step with this version to rebuild the bundle")
     models_uri = manifest_uri.rsplit("/", 1)[0]
-    problems = []
+    problems = manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{manifest_uri} is not a valid bundle manifest: {'; '.join(problems)}")
     for rel, expected in manifest["files"].items():
         file_uri = storage.join(models_uri, rel)
         if not storage.exists(file_uri):
@@ -202,6 +253,51 @@ def open_bundle(uri: str) -> Bundle:
     return Bundle(models_uri, manifest)
 
 
+def _check_key(rel) -> str | None:
+    """Why `rel` is no file key of a bundle (a plain path relative to `models/`), or None."""
+    if not isinstance(rel, str) or not _KEY.fullmatch(rel) or any(p in (".", "..") for p in rel.split("/")):
+        return f"file key {rel!r} is not a plain path relative to {layout.MODELS}/"
+    return None
+
+
+def manifest_problems(manifest: dict) -> list[str]:
+    """What makes a bundle manifest (of the right format) unusable, before any file is read: its models,
+    streams and classes, and its `files` (exactly `expected_files()`, each with a full sha256)."""
+    problems = []
+    streams, classes, files = manifest.get("streams"), manifest.get("classes"), manifest.get("files")
+    if (not isinstance(streams, list) or not streams or len(set(map(str, streams))) != len(streams)
+            or not set(streams) <= set(schema.STREAMS)):
+        problems.append(f"streams {streams!r} are not distinct streams of {list(schema.STREAMS)}")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problems.append("classes must be a non-empty list of names")
+    if manifest.get("models") != model_names():
+        problems.append(f"models {manifest.get('models')!r}, expected {model_names()}")
+    if not isinstance(files, dict):
+        return [*problems, "files must map each model file to its sha256"]
+    expected = set(expected_files())
+    problems += [reason for rel in files if (reason := _check_key(rel))]
+    problems += [f"{rel}: sha256 {sha!r} is not 64 lowercase hex digits" for rel, sha in files.items()
+                 if not isinstance(sha, str) or not _SHA256.fullmatch(sha)]
+    problems += [f"lists no {rel}" for rel in sorted(expected - set(files))]
+    problems += [f"lists {rel!r}, which is no model file of a bundle" for rel in sorted(set(files) - expected)
+                 if isinstance(rel, str) and not _check_key(rel)]
+    weights = manifest.get("weights", {})
+    if not isinstance(weights, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("source"), str) and _SHA256.fullmatch(str(e.get("sha256")))
+            and k.partition(".")[0] in EXTRACTION_SECTIONS and k.partition(".")[2] in SOURCE_KEYS
+            for k, e in weights.items()):
+        problems.append("weights must map weights keys to their source and sha256")
+    return problems
+
+
+def _with_pin(spec: str | None, bundled: str | None) -> str | None:
+    """A remote weights source given without #sha256=, pinned to the bundle's sha256 for the same key."""
+    if not spec or "#" in spec or not spec.startswith(("http://", "https://", "hf-hub:")):
+        return spec
+    pin = re.search(r"[#&]sha256=([0-9a-f]{64})", bundled or "")
+    return f"{spec}#sha256={pin.group(1)}" if pin else spec
+
+
 def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str, ...]) -> None:
     """Raise BundleError for the first `key=value` that sets an extraction setting to another value than the
     bundle's, or that sets a training key (the models are applied as trained, never re-fit)."""
@@ -209,13 +305,14 @@ def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str,
         key, sep, text = item.partition("=")
         key = key.strip()
         section, _, leaf = key.partition(".")
-        if not sep or section not in (*EXTRACTION_SECTIONS, *TRAINING_SECTIONS) or leaf.split(".")[-1] in RESOURCE_KEYS:
-            continue  # ray.*, paths.*, resource keys; malformed items are the config loader's to report
+        if (not sep or section not in (*EXTRACTION_SECTIONS, *TRAINING_SECTIONS)
+                or leaf.split(".")[-1] in RESOURCE_KEYS or (section in EXTRACTION_SECTIONS and leaf in SOURCE_KEYS)):
+            continue  # ray.*, paths.*, resource keys, weights sources; malformed items are the config loader's
         if section in TRAINING_SECTIONS:
             raise BundleError(f"--set {item}: {key} is a training setting; prediction applies the bundle's models "
                               f"as they were trained and never re-fits them")
         value = yaml.safe_load(text)
-        wanted = value if leaf else {k: v for k, v in (value or {}).items() if k not in RESOURCE_KEYS}
+        wanted = value if leaf else {k: v for k, v in (value or {}).items() if k not in RESOURCE_KEYS | SOURCE_KEYS}
         trained = settings[section].get(leaf) if leaf else settings[section]
         if leaf and leaf not in settings[section]:
             raise BundleError(f"--set {item}: the bundle records no {key}")

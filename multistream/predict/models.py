@@ -5,7 +5,9 @@
     scores = Classifier(bundle)(vectors)                      # fusion SVM: (N, C) float64 margins
     score, flagged = Detector(bundle)(vectors)                # autoencoder: (N,) float64, (N,) bool
 
-Each loads its models once (local path or s3://) and runs the very pass that embedded the training videos:
+Each loads its models once (local path or s3://), every file checked against the bundle's sha256 as it is read
+(`Bundle.verified`: a file listed nowhere or altered since is refused), and runs the very pass that embedded the
+training videos:
 the temporal sequence is float16 as `motion/` stores it, each RNN head standardizes its input with the
 statistics it carries, and a video without audio has the one silent example extraction gives it.
 """
@@ -34,7 +36,8 @@ class TemporalEmbedder:
 
     def __init__(self, bundle: Bundle, device: str = "auto", batch_size: int = 32):
         self.device = resolve_device(device)
-        model, self.meta = load_motion_cnn(bundle.model(layout.MOTION_CNN))
+        with bundle.verified():
+            model, self.meta = load_motion_cnn(bundle.model(layout.MOTION_CNN))
         self.model, self.batch_size = model.to(self.device), batch_size
 
     def __call__(self, flow: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -47,8 +50,9 @@ class VideoEmbedder:
 
     def __init__(self, bundle: Bundle, device: str = "auto", batch_size: int = 32):
         self.device, self.batch_size = resolve_device(device), batch_size
-        self.heads = {stream: load_head(bundle.model(layout.rnn_name(stream)))[0].to(self.device)
-                      for stream in bundle.streams}
+        with bundle.verified():
+            self.heads = {stream: load_head(bundle.model(layout.rnn_name(stream)))[0].to(self.device)
+                          for stream in bundle.streams}
 
     def __call__(self, sequences: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
         out = {}
@@ -63,7 +67,8 @@ class Classifier:
     """{stream: (N, E)} → (N, C) fusion SVM margins over `classes`; `top_k` turns them into ranked labels."""
 
     def __init__(self, bundle: Bundle):
-        self.model = FusionModel.load(bundle.model(layout.SVM))
+        with bundle.verified():
+            self.model = FusionModel.load(bundle.model(layout.SVM))
         self.classes = self.model.classes
 
     def __call__(self, vectors: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,7 +84,8 @@ class Detector:
     """{stream: (N, E)} → ((N,) reconstruction error, (N,) bool above the calibrated threshold)."""
 
     def __init__(self, bundle: Bundle, device: str = "auto"):
-        self.model = AnomalyDetector.load(bundle.model(layout.AUTOENCODER), resolve_device(device))
+        with bundle.verified():
+            self.model = AnomalyDetector.load(bundle.model(layout.AUTOENCODER), resolve_device(device))
         self.streams = bundle.streams
         self.threshold = self.model.threshold
 

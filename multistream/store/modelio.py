@@ -4,11 +4,19 @@ thresholds, history), written atomically through `storage`, local or `s3://`, an
 
 The metadata is written first and the weights last, so the weights file marks a finished model: a folder
 without it is an interrupted save.
+
+Within `verified(hashes)` (a model bundle's, `multistream.predict.bundle.Bundle.verified`), every file read here
+must be listed there and hold exactly those bytes: each is read once, hashed, and only then parsed, so that a
+file rewritten after the bundle was sealed (a fuse writing the same run) is refused, never loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
 import json
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,6 +30,38 @@ from multistream.store.layout import MODEL_WEIGHTS as WEIGHTS_FILE
 
 class ModelNotFoundError(FileNotFoundError):
     """A model folder has no finished model; the message names the folder."""
+
+
+class ModelIntegrityError(ValueError):
+    """A model file read within `verified` is not listed there or holds other bytes; the message names it."""
+
+
+_EXPECTED: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("model_hashes", default=None)
+
+
+@contextlib.contextmanager
+def verified(hashes: Mapping[str, str]) -> Iterator[None]:
+    """Within: every model file read must be one of `hashes` ({URI: sha256}) and have that sha256."""
+    token = _EXPECTED.set(dict(hashes))
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def _read(uri: str) -> bytes:
+    """A model file's bytes, checked against `verified`'s hashes where they apply."""
+    data = storage.read_bytes(uri)
+    hashes = _EXPECTED.get()
+    if hashes is not None:
+        expected = hashes.get(uri)
+        if expected is None:
+            raise ModelIntegrityError(f"{uri} is not listed in the model bundle: not loaded")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ModelIntegrityError(f"{uri} changed after the bundle was sealed (sha256 {actual[:12]}..., the "
+                                      f"bundle lists {expected[:12]}...): not loaded")
+    return data
 
 
 def save_model(directory: str, tensors: dict[str, torch.Tensor | np.ndarray], meta: dict) -> None:
@@ -41,14 +81,14 @@ def read_meta(directory: str) -> dict:
     uri = storage.join(directory, META_FILE)
     if not storage.exists(uri):
         raise ModelNotFoundError(f"{uri} does not exist: no model was saved in {directory}")
-    return json.loads(storage.read_text(uri))
+    return json.loads(_read(uri).decode("utf-8"))
 
 
 def load_model(directory: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors on the CPU, metadata) of a model folder; raises ModelNotFoundError where it is unfinished."""
     if not has_model(directory):
         raise ModelNotFoundError(f"{directory} holds no finished model ({WEIGHTS_FILE} is missing)")
-    return load_safetensors(storage.read_bytes(storage.join(directory, WEIGHTS_FILE))), read_meta(directory)
+    return load_safetensors(_read(storage.join(directory, WEIGHTS_FILE))), read_meta(directory)
 
 
 def _json_default(value):

@@ -2,6 +2,7 @@
 and one-file mode giving the batch job's class and scores."""
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,10 @@ def test_tables_rank_classes_and_null_the_streams_a_bundle_lacks(tmp_path):
     x = {"spatial": np.concatenate([rng.normal(c, 0.1, (5, 3)) for c in range(3)])}
     FusionModel.fit(x, [c for c in "xyz" for _ in range(5)], FusionConfig(), streams=("spatial",)).save(
         str(tmp_path / "models" / layout.SVM))
-    classifier = Classifier(Bundle(str(tmp_path / "models"), {"classes": list("xyz"), "streams": ["spatial"]}))
+    files = {f"{layout.SVM}/{name}": hashlib.sha256((tmp_path / "models" / layout.SVM / name).read_bytes()).hexdigest()
+             for name in (modelio.WEIGHTS_FILE, modelio.META_FILE)}  # what loading checks the files against
+    classifier = Classifier(Bundle(str(tmp_path / "models"), {"classes": list("xyz"), "streams": ["spatial"],
+                                                              "files": files}))
     vectors = {"spatial": np.array([[2.0] * 3, [0.0] * 3], np.float32)}
     scores = classifier(vectors)
     rows = predictions_table(["p", "q"], ["z", None], ["test", None], scores, classifier).to_pylist()
@@ -203,6 +207,25 @@ def test_contradicting_set_and_altered_bundle_are_refused_before_any_video(train
         predict_job("--models", str(copy), "--input", str(new_videos), "--output", str(out))
     assert "svm/model.safetensors was altered" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+@end_to_end
+def test_a_model_rewritten_after_the_bundle_was_opened_is_refused_in_the_actors(trained, new_videos, tmp_path):
+    from multistream.ray.predict import run_predict
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained / "models", copy / "models")
+    bundle = open_bundle(str(copy))
+    svm = str(copy / "models" / layout.SVM)
+    tensors, meta = modelio.load_model(svm)
+    modelio.save_model(svm, tensors | {"coef": tensors["coef"] * 2}, meta)  # a fuse writing the same run meanwhile
+    out = tmp_path / "out"
+    cfg = bundle.config(load_config()).replace(**{"paths.input": str(new_videos), "paths.output": str(out),
+                                                  "paths.demo": False, "validation.fraction": 0.0})
+    with pytest.raises(Exception, match="svm/model.safetensors changed after the bundle was sealed"):
+        run_predict(cfg, bundle)
+    assert not (out / "predictions").exists() and not (out / "anomaly").exists()
 
 
 @pytest.mark.slow
