@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from multistream.bench import scale
 from multistream.store import storage
 from multistream.store.commit import resume_state
@@ -39,9 +41,19 @@ def test_the_table_names_every_figure():
     runs = {"500": {"seconds": 20.0, "lines": 40, "videos": 0.4}, "2500": {"seconds": 30.0, "lines": 45, "videos": 0.4,
                                                                             "s3_requests_per_video": 0.1}}
     place = {"runs": runs, "marginal_ms_per_video": 5.0, "rerun_finished_s": 3.0, "rerun_lines": 20}
-    report = {"sizes": [500, 2500], "commit": "ray.write.batch_size=256", "local": place, "s3": place,
+    report = {"sizes": [500, 2500], "commit": "the config's commit.every_s", "local": place, "s3": place,
               "resume_s": {"local": {"10000": 0.5}, "s3": {"10000": 2.0}},
               "plan": {"entries": 10, "peak_rss_mb": 300, "imports_mb": 200, "seconds": 1.0}}
     text = "\n".join(scale.format_lines(report))
     for figure in ("marginal ms/video", "S3 requests per video", "resume 10000", "planning 10 entries"):
         assert figure in text
+
+
+@pytest.mark.slow
+def test_2500_inputs_make_at_most_25_videos_files_with_the_default_config(tmp_path):
+    """The demo config unchanged (commit.every_s, no batch to raise): few files for an archive."""
+    archive = scale.make_archive(str(tmp_path / "archive"), 2500)
+    run = scale.extract_job(archive, str(tmp_path / "run"), [])
+    files = scale.files_per_100(str(tmp_path / "run"), 2500)
+    print(f"\nscale: 2500 empty inputs, {files['videos'] * 25:.0f} videos/ files, {run['seconds']:.0f} s")
+    assert files["videos"] * 25 <= 25

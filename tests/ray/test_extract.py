@@ -173,3 +173,63 @@ def test_auto_is_the_gpu_only_where_ray_gave_one(ray_session):
 
     device = ray.remote(num_gpus=0)(actor_device)
     assert ray.get([device.remote("auto"), device.remote("cpu"), device.remote("cuda")]) == ["cpu", "cpu", "cuda"]
+
+
+@pytest.mark.slow
+def test_a_kill_9_loses_at_most_every_s_of_work_and_readers_see_only_committed_videos(tmp_path):
+    """kill -9 at a random moment after the first commit: every video finished more than commit.every_s (plus
+    one commit's writing) before the kill is committed, and pandas, pyarrow and duckdb read no row of a video
+    whose commit did not complete."""
+    import random
+    import re
+
+    import duckdb
+    import psutil
+
+    inputs, every_s, slack_s = tmp_path / "many", 2.0, 3.0
+    for i in range(2):
+        (inputs / f"c{i}").mkdir(parents=True)
+    for i in range(40):
+        write_test_video(inputs / f"c{i % 2}" / f"v{i:02d}.mp4", frames=90, size=(96, 72), seed=i)
+    out, log_path = tmp_path / "run", tmp_path / "job.log"
+    command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "-v", "--input", str(inputs), "--output", str(out),
+               "--set", "ray.fused.batch_size=1", "--set", f"commit.every_s={every_s}", *SMALL_EXTRACTION]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "RAY_ADDRESS": "local"})
+        deadline = time.time() + 300
+        while time.time() < deadline and not storage.list_parts(str(out / "videos")) and process.poll() is None:
+            time.sleep(0.1)
+        time.sleep(random.Random().uniform(0.5, 2 * every_s))
+        killed_at = time.time()
+        started = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        for child in started:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        process.wait()
+        psutil.wait_procs(started, timeout=30)
+    finished = [(float(t), int(n)) for n, t in re.findall(r"finished: (\d+) video\(s\) at ([0-9.]+)",
+                                                          log_path.read_text())]
+    videos = table(out, "videos")
+    assert 0 < len(videos) < 40, "the kill should fall after a commit and before the end"
+    owed = sum(n for t, n in finished if t <= killed_at - every_s - slack_s)
+    done = sum(n for t, n in finished if t <= killed_at)
+    assert len(videos) >= owed, (len(videos), owed, done)
+    print(f"\nkill -9: {done} videos finished, {len(videos)} committed, {owed} finished > {every_s + slack_s} s "
+          "before the kill")
+
+    ids = set(videos.video_id)
+    connection = duckdb.connect()
+    for name in ("videos", "features", "flow"):
+        import pandas as pd
+
+        seen = {"pandas": list(pd.read_parquet(out / name, columns=["video_id"]).video_id),
+                "pyarrow": pds.dataset(str(out / name)).to_table(columns=["video_id"])["video_id"].to_pylist(),
+                "duckdb": [v for (v,) in connection.sql(
+                    f"select video_id from read_parquet('{out / name}/*.parquet')").fetchall()]}
+        for reader, read in seen.items():
+            assert set(read) <= ids and len(read) == len(set(read)), (name, reader)
+    assert run_job("--input", str(inputs), "--output", str(out)) == 0  # resume finishes the set
+    assert sorted(table(out, "videos").video_id) == sorted(f"c{i % 2}/v{i:02d}.mp4" for i in range(40))
+    assert not storage.list_staged(str(out / "features")) and not storage.list_staged(str(out / "flow"))
