@@ -26,6 +26,7 @@ from multistream.config import Config, TrackingConfig
 from multistream.store import storage
 from multistream.store.layout import RunRoot
 from multistream.store.preflight import is_local
+from multistream.store.uris import redact, scrub
 from multistream.train.loop import EpochRecord
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def _flat(value, prefix: str = "") -> dict[str, str]:
         for key, item in value.items():
             out |= _flat(item, f"{prefix}{key}.")
         return out
-    return {prefix[:-1]: str(value)[:500]}
+    return {prefix[:-1]: scrub(str(value))[:500]}  # no URL's credentials or query string (a token)
 
 
 @contextmanager
@@ -140,7 +141,7 @@ def job_run(cfg: Config, job: str) -> Iterator[Config]:
     experiment = client.get_experiment_by_name(tracking.mlflow_experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.mlflow_experiment)
     run = client.create_run(experiment_id, run_name=job, tags={"multistream.job": job,
-                                                               "multistream.output": cfg.paths.output})
+                                                               "multistream.output": redact(cfg.paths.output)})
     run_id = run.info.run_id
     from mlflow.entities import Param
 

@@ -27,6 +27,7 @@ from multistream.cli import setup_logging
 from multistream.config import ConfigError, load_config
 from multistream.store import storage
 from multistream.store.layout import absolute
+from multistream.store.uris import redact
 from multistream.weights.fetch import WeightsError, cache_dir
 from multistream.weights.files import parse_state_dict, read_state_dict
 from multistream.weights.packaged import load_packaged
@@ -49,7 +50,7 @@ def prepare(cfg, to: str) -> dict[str, str]:
         data = safetensors.torch.save({name: t.contiguous().clone() for name, t in state.items()})
         name = key.replace(".", "-") + ".safetensors"
         storage.write_bytes(storage.join(to, name), data)
-        entries[key] = {"file": name, "source": spec, "pinned": pin, "source_sha256": source_sha,
+        entries[key] = {"file": name, "source": redact(spec), "pinned": redact(pin), "source_sha256": source_sha,
                         "sha256": hashlib.sha256(data).hexdigest(), "tensors": len(state),
                         "parameters": sum(t.numel() for t in state.values()),
                         "dtypes": dict(collections.Counter(str(t.dtype).removeprefix("torch.")
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             pinned = resolve_all(cfg)
             for key, spec in weight_keys(pinned):
-                print(f"{key}={spec.split('&cached=')[0]}")
+                print(f"{key}={redact(spec.split('&cached=')[0])}")
             print(f"fetch: every weights source checked, cached under {cache_dir()}")
             return 0
         overrides = prepare(cfg, args.to)

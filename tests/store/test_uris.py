@@ -71,3 +71,15 @@ def test_normalise_and_within(tmp_path):
     assert not within("s3://b/runs/demo2", "s3://b/runs/demo") and not within("s3://c/runs/demo", "s3://b/runs/demo")
     assert within("S3://b/runs/demo/x?versionId=1", "s3://b/runs/demo")
     assert normalise("relative/x") == ("file", os.path.realpath("relative/x"))
+
+
+def test_config_values_given_to_mlflow_are_redacted():
+    from multistream.config import load_config
+    from multistream.train.progress import _flat
+
+    cfg = load_config(overrides=[f"paths.input=https://h/clip.mp4?X-Amz-Signature={'5e' * 32}",
+                                 "spatial.weights=https://u:SECRETPW@h/w.safetensors?token=TOKEN1#sha256=" + "a" * 64])
+    params = _flat(cfg)
+    assert params["paths.input"] == "https://h/clip.mp4"
+    assert params["spatial.weights"] == "https://h/w.safetensors#sha256=" + "a" * 64
+    assert not any(s in v for v in params.values() for s in ("5e5e5e5e", "SECRETPW", "TOKEN1"))

@@ -143,3 +143,15 @@ def test_a_token_in_a_weights_url_is_never_logged_nor_raised(server, cache, capl
     assert "HTTP 404" in text and "sha256 mismatch" in text and "not pinned" in text
     assert "SECRETTOKEN42" not in text and "SIGSECRET99" not in text
     assert not any("SECRETTOKEN42" in str(p) for p in cache.rglob("*"))  # nor in the cache's file names
+
+
+def test_prepare_writes_and_prints_no_token(server, cache, tmp_path, capsys):
+    from multistream.weights.prepare import main as weights_main
+
+    server.files["/prep-tok/w.safetensors"] = DATA
+    spec = f"spatial.weights={server.url}/prep-tok/w.safetensors?token=SECRETTOKEN77#sha256={SHA}"
+    assert weights_main(["prepare", "--set", spec, "--to", str(tmp_path / "copies")]) == 0
+    assert weights_main(["fetch", "--set", spec]) == 0
+    assert "SECRETTOKEN77" not in (tmp_path / "copies" / "weights.json").read_text()
+    captured = capsys.readouterr()
+    assert "SECRETTOKEN77" not in captured.out + captured.err
