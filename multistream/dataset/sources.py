@@ -25,11 +25,11 @@ import posixpath
 import re
 from collections import Counter
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 from multistream.dataset.entry import VideoEntry
 from multistream.dataset.splits import SPLITS
 from multistream.store import storage
+from multistream.store.uris import redact
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +130,11 @@ def _text(value) -> str | None:
 
 
 def _manifest_id(uri: str, folder: str) -> str:
-    """A URI inside the manifest's folder: its relative path; a URL: itself without query and fragment (so that
-    a re-signed URL keeps its id); any other URI: itself."""
-    prefix = folder.rstrip("/") + "/"
+    """A URI inside the manifest's folder: its relative path; any other URI: itself without credentials, query
+    and fragment (`multistream.store.uris.redact`: a re-signed URL keeps its id, and no signature is in it)."""
+    uri, prefix = redact(uri), redact(folder).rstrip("/") + "/"
     if uri.startswith(prefix):
         return uri[len(prefix):]
-    if uri.startswith(("http://", "https://")):
-        parts = urlsplit(uri)
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     return uri
 
 

@@ -15,6 +15,7 @@ from multistream.config import Config, ConfigError, load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.predict.bundle import Bundle, BundleError, open_bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
+from multistream.store.uris import redact, redact_logs, scrub
 from multistream.streams import STREAMS
 
 
@@ -24,10 +25,10 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     for an unreadable video."""
     from multistream.extract.processor import VideoProcessor
 
-    entry = VideoEntry(posixpath.basename(uri.rstrip("/")), uri, None, None)
+    entry = VideoEntry(posixpath.basename(redact(uri).rstrip("/")), uri, None, None)  # no query string in the id
     row = VideoProcessor(cfg)(entry)
     if row["video"]["status"] != "ok":
-        raise ValueError(f"{uri}: {row['video']['error']}")
+        raise ValueError(f"{redact(uri)}: {row['video']['error']}")
     temporal = TemporalEmbedder(bundle, batch_size=cfg.motion_cnn.embed_batch_size)(row["flow"], row["positions"])
     vectors = VideoEmbedder(bundle)({s: [temporal if s == "temporal" else row[s]] for s in STREAMS})
     classifier, detector = Classifier(bundle), Detector(bundle)
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a resource setting, e.g. spatial.device=cpu (extraction settings come from the bundle)")
     args = parser.parse_args(argv)
+    redact_logs()  # no URL's credentials or query string in a log line
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle.check_weights(cfg)
         result = predict_video(args.video, bundle, cfg)
     except (BundleError, ConfigError, ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"{parser.prog}: {error}\n")
+        parser.exit(2, f"{parser.prog}: {scrub(str(error), args.video)}\n")
     print(format_result(result, bundle))
     print(f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
     return 0

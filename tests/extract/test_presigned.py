@@ -88,3 +88,33 @@ def test_extract_job_and_report_keep_no_signature(served, tmp_path, ray_session,
     for path in logs.rglob("*"):
         if path.is_file() and path.stat().st_mtime >= started - 1:
             _assert_clean(path.read_bytes().decode("latin-1"), str(path))
+
+
+def test_a_list_of_urls_gives_ids_without_credentials_or_query(tmp_path):
+    urls = [f"https://user:{SECRETS[3]}@cdn.example.com/v/a.mp4{QUERY}", f"s3://bucket/b.mp4?versionId={SECRETS[2]}",
+            f"https://cdn.example.com/v/c.mp4#token={SECRETS[0]}", f"HTTP://cdn.example.com/v/d.mp4{QUERY}"]
+    path = tmp_path / "list.jsonl"
+    path.write_text("".join(json.dumps({"uri": url, "label": "x"}) + "\n" for url in urls))
+    entries = build_manifest(str(path))
+    assert [e.video_id for e in entries] == ["HTTP://cdn.example.com/v/d.mp4", "https://cdn.example.com/v/a.mp4",
+                                            "https://cdn.example.com/v/c.mp4", "s3://bucket/b.mp4"]
+    assert sorted(e.uri for e in entries) == sorted(urls)  # what the reader gets: whole
+
+
+def test_one_file_mode_names_a_failing_url_without_its_signature(served, tmp_path, capsys):
+    from multistream.predict.bundle import write_bundle
+    from multistream.predict.single import main as one_file_main
+    from tests.predict.test_bundle import fake_run
+
+    server, _ = served
+    cfg = load_config(overrides=["spatial.model=tf_efficientnet_lite0", "spatial.weights=null",
+                                 "flow.size=[64, 48]", "spatial.image_size=32"])
+    run = fake_run(tmp_path / "trained", cfg)
+    write_bundle(run.uri, cfg)
+    for url in (f"{server.url}/v/run/bad.mp4{QUERY}", f"{server.url}/v/nowhere.mp4{QUERY}"):
+        with pytest.raises(SystemExit) as exit_:
+            one_file_main([url, "--models", run.uri, "--set", "spatial.device=cpu"])
+        assert exit_.value.code == 2
+        captured = capsys.readouterr()
+        assert f"{server.url}/v/" in captured.err
+        _assert_clean(captured.out + captured.err, "one-file mode's output")
