@@ -227,8 +227,8 @@ def open_bundle(uri: str) -> Bundle:
     manifest_uri = locate(uri)
     try:
         manifest = json.loads(storage.read_text(manifest_uri))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{manifest_uri} is not a bundle manifest: {error}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise BundleError(f"{manifest_uri} is not a bundle manifest: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise BundleError(f"{manifest_uri}: bundle format {found!r} (written by multistream "
@@ -243,6 +243,8 @@ def open_bundle(uri: str) -> Bundle:
         file_uri = storage.join(models_uri, rel)
         if not storage.exists(file_uri):
             problems.append(f"{rel} is missing")
+        elif not modelio.is_regular_file(file_uri):
+            problems.append(f"{rel} is not a regular file")
         elif (actual := file_sha256(storage.read_bytes(file_uri))) != expected:
             problems.append(f"{rel} was altered (sha256 {actual[:12]}..., the bundle lists {expected[:12]}...)")
     if problems:
@@ -272,6 +274,10 @@ def manifest_problems(manifest: dict) -> list[str]:
         problems.append("classes must be a non-empty list of names")
     if manifest.get("models") != model_names():
         problems.append(f"models {manifest.get('models')!r}, expected {model_names()}")
+    extraction = manifest.get("extraction")
+    if not isinstance(extraction, dict) or set(extraction) != set(EXTRACTION_SECTIONS) or not all(
+            isinstance(keys, dict) for keys in extraction.values()):
+        problems.append(f"extraction must hold the settings of {', '.join(EXTRACTION_SECTIONS)}")
     if not isinstance(files, dict):
         return [*problems, "files must map each model file to its sha256"]
     expected = set(expected_files())

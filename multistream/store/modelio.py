@@ -49,18 +49,28 @@ def verified(hashes: Mapping[str, str]) -> Iterator[None]:
         _EXPECTED.reset(token)
 
 
+def is_regular_file(uri: str) -> bool:
+    """Whether `uri` is a regular file or object (not a device, a pipe or a link to one, which could be read forever)."""
+    fs, path = storage.filesystem(uri)
+    return fs.info(path).get("type") == "file"
+
+
 def _read(uri: str) -> bytes:
-    """A model file's bytes, checked against `verified`'s hashes where they apply."""
-    data = storage.read_bytes(uri)
+    """A model file's bytes, checked against `verified`'s hashes where they apply (an unlisted file, or one that is
+    not a regular file, is not even read)."""
     hashes = _EXPECTED.get()
-    if hashes is not None:
-        expected = hashes.get(uri)
-        if expected is None:
-            raise ModelIntegrityError(f"{uri} is not listed in the model bundle: not loaded")
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise ModelIntegrityError(f"{uri} changed after the bundle was sealed (sha256 {actual[:12]}..., the "
-                                      f"bundle lists {expected[:12]}...): not loaded")
+    if hashes is None:
+        return storage.read_bytes(uri)
+    expected = hashes.get(uri)
+    if expected is None:
+        raise ModelIntegrityError(f"{uri} is not listed in the model bundle: not loaded")
+    if not is_regular_file(uri):
+        raise ModelIntegrityError(f"{uri} is not a regular file: not read")
+    data = storage.read_bytes(uri)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ModelIntegrityError(f"{uri} changed after the bundle was sealed (sha256 {actual[:12]}..., the "
+                                  f"bundle lists {expected[:12]}...): not loaded")
     return data
 
 

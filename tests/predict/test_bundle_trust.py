@@ -85,6 +85,8 @@ def test_keys_outside_models_are_refused_before_any_read(sealed, key, monkeypatc
     (lambda m: m.update(models=["svm"]), "models ['svm']"),
     (lambda m: m.update(classes=[]), "classes must be"),
     (lambda m: m.update(files=[]), "files must map"),
+    (lambda m: m.update(extraction={"flow": {}}), "extraction must hold the settings of video, flow"),
+    (lambda m: m["extraction"].update(flow=[1]), "extraction must hold"),
     (lambda m: m.update(weights={"spatial.weights": {"source": "x", "sha256": "abc"}}), "weights must map"),
     (lambda m: m.update(weights={"paths.output": {"source": "x", "sha256": "0" * 64}}), "weights must map"),
 ])
@@ -116,6 +118,29 @@ def test_every_loader_checks_the_bytes_it_reads(sealed):
                  lambda: Detector(bundle, "cpu")):
         with pytest.raises(BundleError, match="model.json changed after the bundle was sealed"):
             make()
+
+
+def test_a_model_file_that_is_no_regular_file_is_never_read(sealed):
+    weights = sealed / "models" / "svm" / modelio.WEIGHTS_FILE
+    intact = weights.read_bytes()
+    weights.unlink()
+    weights.symlink_to("/dev/zero")  # read whole, it would never end
+    _refused(sealed, "svm/model.safetensors is not a regular file")
+    weights.unlink()
+    weights.write_bytes(intact)
+    bundle = open_bundle(str(sealed))
+    weights.unlink()
+    weights.symlink_to("/dev/zero")
+    with pytest.raises(BundleError, match="svm/model.safetensors is not a regular file: not read"):
+        Classifier(bundle)
+
+
+def test_a_manifest_that_is_no_json_object_is_refused(sealed):
+    path = sealed / "models" / layout.BUNDLE_FILE
+    for text in ("[" * 100_000, "\"x\"", "{", "\xff"):
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(BundleError):
+            open_bundle(str(sealed))
 
 
 def test_a_model_the_bundle_does_not_list_is_refused(sealed):
