@@ -42,7 +42,7 @@ def remount(mount, options: str) -> None:
 def extract(inputs, out) -> subprocess.CompletedProcess:
     command = [sys.executable, str(ROOT / "jobs" / "extract.py"), "--input", str(inputs),
                "--output", str(out), "--set", "ray.fused={num_cpus: 1, min_actors: 1, max_actors: 1, batch_size: 1}",
-               *SMALL_EXTRACTION]
+               "--set", "commit.every_s=0", *SMALL_EXTRACTION]  # a commit per video
     return subprocess.run(command, env={**os.environ, "RAY_ADDRESS": "local"}, cwd=ROOT, capture_output=True,
                           text=True, timeout=400)
 
