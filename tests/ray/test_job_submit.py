@@ -106,7 +106,7 @@ def test_a_driver_killed_under_ray_job_submit_resumes_when_submitted_again(clust
     def submit(*extra: str) -> subprocess.CompletedProcess:
         command = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), *extra, "--",
                    "python", "jobs/extract.py", "--input", str(inputs), "--output", str(out),
-                   "--set", "ray.fused.batch_size=1", *SMALL_EXTRACTION]
+                   "--set", "ray.fused.batch_size=1", "--set", "commit.every_s=0", *SMALL_EXTRACTION]
         for _ in range(30):  # the node's job agent comes up a few seconds after `ray start` returns
             result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
             if "No available agent" not in result.stderr + result.stdout:
