@@ -256,7 +256,7 @@ def _stream(url: str, target: Path, limits: WeightsConfig) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:  # refused, reset, timeout, cut
         reason = scrub(str(getattr(error, "reason", error)), url)
         raise WeightsError(f"{shown}: download failed after {received} bytes ({reason}){OFFLINE_HINT}") from None
-    if length is not None and received != int(length):
+    if length is not None and length.isdigit() and received != int(length):
         raise WeightsError(f"{shown}: connection closed after {received} of {length} bytes")
     return digest.hexdigest()
 
