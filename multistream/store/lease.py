@@ -218,6 +218,7 @@ class Lease:
         for old in self._generations():
             if old < self.generation:
                 _delete(self._path(old))
+        storage.add_write_guard(self.guard)
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
@@ -270,6 +271,7 @@ class Lease:
             raise LeaseLost(f"this job no longer holds the lease of {self.directory}")
 
     def release(self) -> None:
+        storage.remove_write_guard(self.guard)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -15,6 +15,7 @@ import io
 import os
 import posixpath
 import uuid
+from collections.abc import Callable
 
 import fsspec
 import fsspec.asyn
@@ -155,8 +156,28 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+# Called with the URI before every write, publish and delete of this process: the run root's lease adds one
+# while it is held (`lease.Lease.guard`), which stops a job that lost its lease before it touches the run root.
+_write_guards: list[Callable[[str], None]] = []
+
+
+def add_write_guard(guard: Callable[[str], None]) -> None:
+    _write_guards.append(guard)
+
+
+def remove_write_guard(guard: Callable[[str], None]) -> None:
+    if guard in _write_guards:
+        _write_guards.remove(guard)
+
+
+def _guard(uri: str) -> None:
+    for guard in list(_write_guards):
+        guard(uri)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write `data` atomically: readers see the old object or the whole new one, never a partial file."""
+    _guard(uri)
     fs, path = filesystem(uri)
     if _is_local(fs):
         _replace_local(path, lambda tmp: _write_file(tmp, data))
@@ -190,6 +211,7 @@ def write_part(table: pa.Table, table_uri: str, part_name: str, staged: bool = F
     """Write `table` as `<table_uri>/<part_name>.parquet` (zstd) atomically, or as `<table_uri>/_staged/...`
     with `staged` (invisible to readers until `publish_part`); returns the part's URI."""
     part_uri = _part_uri(table_uri, part_name, staged)
+    _guard(part_uri)
     fs, path = filesystem(part_uri)
     if _is_local(fs):
         _replace_local(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
@@ -208,6 +230,7 @@ def publish_part(table_uri: str, part_name: str) -> bool:
     """Move the staged part `part_name` into place (a rename; on an object store a copy, then the staged
     object's deletion): readers see the whole part or none. False when there is no staged part (published
     already: calling it again is harmless)."""
+    _guard(_part_uri(table_uri, part_name))
     fs, staged = filesystem(_part_uri(table_uri, part_name, staged=True))
     _, final = filesystem(_part_uri(table_uri, part_name))
     if _is_local(fs):
@@ -255,6 +278,7 @@ def read_part(table_uri: str, part_name: str, columns: list[str] | None = None) 
 
 
 def delete_part(table_uri: str, part_name: str) -> None:
+    _guard(join(table_uri, part_name + PART_SUFFIX))
     fs, path = filesystem(join(table_uri, part_name + PART_SUFFIX))
     if fs.exists(path):
         fs.rm(path)
