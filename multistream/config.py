@@ -229,6 +229,9 @@ class PathsConfig:
     labels: str | None = None  # CSV manifest (uri,label[,split]) or a UCF101 split folder
     split: int = 1  # which UCF101 split (trainlist0N/testlist0N)
     demo: bool = True  # generate the demo dataset at `input` when it is missing
+    # a labels.csv found inside the input may name videos outside it (another folder, bucket or host); off: it
+    # is the archive's own file, not the user's declaration, and is confined to the input
+    allow_outside_input: bool = False
     # local input/output paths that every node of a multi-node cluster sees (NFS, EFS); without it a job on
     # such a cluster refuses local paths, which each node would resolve on its own disk
     shared_filesystem: bool = False

@@ -42,7 +42,7 @@ from multistream.dataset import sources, webdataset
 from multistream.dataset.entry import VideoEntry  # noqa: F401 - the manifest's unit, imported from here too
 from multistream.dataset.splits import SPLITS, UCF101_NAME, carve_validation
 from multistream.store import storage
-from multistream.store.uris import redact
+from multistream.store.uris import redact, within
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,16 @@ GROUPS_PER_SPLIT = 7  # UCF101: 25 groups; split k tests groups 7(k-1)+1 .. 7k
 
 
 def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, validation=None,
-                   limits=None, skipped: Counter | None = None) -> list[VideoEntry]:
+                   limits=None, skipped: Counter | None = None, allow_outside_input: bool = False
+                   ) -> list[VideoEntry]:
     """Videos under `input_uri` (a folder, a prefix, one file, a brace pattern, WebDataset shards, or a
     manifest file), labelled from `labels` or from the layout; with `validation` (a `config.ValidationConfig`),
     `val` carved from `train`. `limits` (a `config.DatasetConfig`, default its defaults) bounds the classes and
-    the length of a label (ValueError) and names the video extensions; `skipped` counts the other files."""
+    the length of a label (ValueError) and names the video extensions; `skipped` counts the other files.
+
+    A manifest the user names (`labels`, or a manifest file as the input) may name any URI: it is their
+    declaration. A `labels.csv` found inside the input is the archive's own: each video it names must lie under
+    the input root (same scheme and bucket), or the build is refused, unless `allow_outside_input`."""
     if split not in (1, 2, 3):
         raise ValueError(f"split must be 1, 2 or 3 (the UCF101 splits), got {split}")
     if limits is None:
@@ -76,8 +81,10 @@ def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, va
         posixpath.dirname(redact(input_uri).rstrip("/")) if fs.isfile(path) else input_uri
     listing = sources.Listing(input_uri, limits.extensions, skipped)
     videos = listing.videos()
+    confine = None
     if labels is None and not pattern and storage.exists(storage.join(input_uri, "labels.csv")):
         labels = storage.join(input_uri, "labels.csv")
+        confine = None if allow_outside_input else root
     if labels is None:
         entries = [_from_name(root, uri, split) for uri in videos]
     elif not storage.exists(labels):
@@ -85,7 +92,7 @@ def build_manifest(input_uri: str, labels: str | None = None, split: int = 1, va
     elif storage.is_dir(labels):
         entries = _from_split_files(root, videos, labels, split)
     else:
-        entries = _from_csv(root, videos, labels)
+        entries = _from_csv(root, videos, labels, confine)
     entries += webdataset.shard_entries(listing.shards, limits.extensions,
                                         lambda video_id: _name_labels(video_id, split), listing.skipped)
     return _checked(entries, input_uri, labels, validation, limits)
@@ -176,19 +183,21 @@ def _from_split_files(root: str, videos: Iterable[str], folder: str, split: int)
     return entries
 
 
-def _from_csv(root: str, videos: Iterable[str], csv_uri: str) -> list[VideoEntry]:
-    """Rows of a CSV manifest whose files exist (read line by line); missing files are logged and skipped."""
+def _from_csv(root: str, videos: Iterable[str], csv_uri: str, confine: str | None = None) -> list[VideoEntry]:
+    """Rows of a CSV manifest whose files exist (read line by line); missing files are logged and skipped.
+    With `confine`, a row naming a place outside that root is refused (ValueError), before anything is read."""
     with storage.open_input(csv_uri, "rt") as handle:
         reader = csv.reader(line.lstrip("\ufeff") if number == 0 else line for number, line in enumerate(handle))
         try:
-            return _csv_entries(root, set(videos), csv_uri, reader)
+            return _csv_entries(root, set(videos), csv_uri, reader, confine)
         except csv.Error as error:  # one line, not a traceback
             what = (f"a field longer than {csv.field_size_limit()} characters" if "field limit" in str(error)
                     else f"not a readable CSV row ({error})")
             raise ValueError(f"{redact(csv_uri)} line {reader.line_num}: {what}") from None
 
 
-def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[list[str]]) -> list[VideoEntry]:
+def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[list[str]],
+                 confine: str | None = None) -> list[VideoEntry]:
     entries, seen = [], set()
     header = [(name or "").strip().lower() for name in next(reader, [])]
     path_column = next((c for c in PATH_COLUMNS if c in header), None)
@@ -200,6 +209,10 @@ def _csv_entries(root: str, listed: set[str], csv_uri: str, reader: Iterator[lis
         if not name:
             continue
         uri = name if "://" in name or os.path.isabs(name) else storage.join(root, name)
+        if confine is not None and not within(uri, confine):
+            raise ValueError(f"{redact(csv_uri)} line {line}: {redact(name)} lies outside the input {redact(confine)}: "
+                             "a labels.csv inside the input may name only videos under it (name the manifest with "
+                             "paths.labels, or set paths.allow_outside_input, to declare it yours)")
         if uri not in listed and not storage.exists(uri):
             log.warning("%s line %d: %s does not exist, skipped", redact(csv_uri), line, redact(uri))
             continue

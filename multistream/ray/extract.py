@@ -110,7 +110,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
     skipped = Counter()
     if entries is None:
         entries = build_manifest(cfg.paths.input, cfg.paths.labels, cfg.paths.split, cfg.validation, cfg.dataset,
-                                 skipped=skipped)
+                                 skipped=skipped, allow_outside_input=cfg.paths.allow_outside_input)
     if skipped:
         log.warning("skipped %d file(s) of the input whose extension is not in dataset.extensions: %s",
                     sum(skipped.values()), dict(skipped.most_common(10)))

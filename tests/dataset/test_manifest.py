@@ -7,6 +7,7 @@ import pytest
 
 from multistream.dataset.manifest import VideoEntry, build_manifest, main
 from multistream.store import storage
+from tests.support.helpers import write_test_video
 
 UCF_FILES = (
     "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
@@ -277,3 +278,27 @@ def test_labels_past_the_dataset_limits_are_refused_in_one_line(tmp_path):
     long_folder = make_tree(tmp_path / "tree", (f"{'z' * 250}/v.mp4",))
     with pytest.raises(ValueError, match="dataset.max_label_chars"):
         build_manifest(long_folder)
+
+
+@pytest.mark.parametrize("name", ["../outside.mp4", "/etc/passwd.mp4", "s3://other-bucket/x.mp4",
+                                  "http://169.254.169.254/latest/meta-data.mp4", "sub/../../up.mp4"])
+def test_a_labels_csv_inside_the_input_may_name_only_videos_under_it(tmp_path, name):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    write_test_video(archive / "in.mp4", frames=5)
+    write_test_video(tmp_path / "outside.mp4", frames=5)
+    (archive / "labels.csv").write_text(f"uri,label\nin.mp4,a\n{name},b\n")
+    with pytest.raises(ValueError, match="outside the input"):
+        build_manifest(str(archive))
+    entries = build_manifest(str(archive), allow_outside_input=True)  # declared: read as it is (missing: skipped)
+    assert "in.mp4" in {e.video_id for e in entries}
+
+
+def test_a_manifest_the_user_names_may_name_any_place(tmp_path):
+    archive, elsewhere = tmp_path / "archive", tmp_path / "elsewhere"
+    archive.mkdir(), elsewhere.mkdir()
+    write_test_video(archive / "in.mp4", frames=5)
+    write_test_video(elsewhere / "out.mp4", frames=5)
+    labels = tmp_path / "mine.csv"
+    labels.write_text(f"uri,label\nin.mp4,a\n{elsewhere / 'out.mp4'},b\n")
+    assert {e.label for e in build_manifest(str(archive), str(labels))} == {"a", "b"}
