@@ -25,7 +25,8 @@ QUERY = (f"?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={SECRETS[1]}%2F202
 @pytest.fixture
 def served(tmp_path):
     """A server with an ok clip, one whose URL expires after the manifest's check (404 on read), one that is
-    no video, and a folder whose labels.csv lists them (and one that never existed) by presigned-style URLs."""
+    no video, and a labels CSV that lists them (and one that never existed) by presigned-style URLs, for an
+    input folder of no files of its own."""
     clip = write_test_video(tmp_path / "clip.mp4", frames=16, audio_tone_hz=300).read_bytes()
     with WeightsServer() as server:
         server.files.update({"/v/walk/ok.mp4": clip, "/v/walk/gone.mp4": clip, "/v/run/bad.mp4": b"\0junk" * 400})
@@ -36,7 +37,7 @@ def served(tmp_path):
                 f"{server.url}/v/run/none.mp4{QUERY},run"]
         folder = tmp_path / "input"
         folder.mkdir()
-        (folder / "labels.csv").write_text("uri,label\n" + "\n".join(rows) + "\n")
+        (tmp_path / "labels.csv").write_text("uri,label\n" + "\n".join(rows) + "\n")
         yield server, folder
 
 
@@ -49,7 +50,7 @@ def test_ids_rows_and_errors_hold_no_signature(served, caplog):
     setup_logging()  # as every job and Ray worker does: it redacts the URLs of every log record
     caplog.set_level(logging.DEBUG)  # fsspec logs whole URLs at DEBUG
     server, folder = served
-    entries = build_manifest(str(folder))
+    entries = build_manifest(str(folder), labels=str(folder.parent / "labels.csv"))
     assert [e.video_id for e in entries] == [f"{server.url}/v/run/bad.mp4", f"{server.url}/v/walk/gone.mp4",
                                             f"{server.url}/v/walk/ok.mp4"]
     assert all(SECRETS[0] in e.uri for e in entries)  # the reader still gets the whole URL
@@ -70,7 +71,8 @@ def test_extract_job_and_report_keep_no_signature(served, tmp_path, ray_session,
     server, folder = served
     started = time.time()
     out = tmp_path / "run"
-    assert run_job_main("extract", "--input", str(folder), "--output", str(out)) == 0
+    assert run_job_main("extract", "--input", str(folder), "--output", str(out),
+                        "--set", f"paths.labels={folder.parent / 'labels.csv'}") == 0
     write_report(str(out))
     videos = pq.read_table(out / "videos").to_pylist()
     assert sorted(v["status"] for v in videos) == ["error", "error", "ok"]
