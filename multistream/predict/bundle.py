@@ -48,8 +48,9 @@ EXTRACTION_SECTIONS = ("video", "flow", "sampling", "spatial", "audio")
 TRAINING_SECTIONS = ("motion_cnn", "rnn", "tune", "fusion", "anomaly")
 # Keys that change how fast or on which device a value is computed, not the value: free to set at prediction.
 RESOURCE_KEYS = frozenset({"batch_size", "embed_batch_size", "device", "amp"})
-# Keys that name where pretrained weights are read: free to set at prediction, their content is checked.
-SOURCE_KEYS = frozenset({"weights", "pca_params"})
+# Keys that name where pretrained weights are read: free to set at prediction where the bundle records the
+# content of what they held (its `weights` section), which `check_weights` then compares.
+WEIGHT_KEYS = ("spatial.weights", "audio.weights", "audio.pca_params", "flow.weights")
 MODEL_FILES = (layout.MODEL_WEIGHTS, layout.MODEL_META)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
@@ -194,14 +195,14 @@ class Bundle:
         """`cfg` with the bundle's extraction settings; raises BundleError where one of `overrides` (the
         user's --set) contradicts the bundle or would change a trained model. A weights source set in
         `overrides` is kept (with the bundle's #sha256= pin where it gives none): `check_weights` checks it."""
-        check_overrides(self.settings, overrides)
-        chosen = {item.partition("=")[0].strip() for item in overrides}
+        pinned = set(self.manifest.get("weights", {}))
+        check_overrides(self.settings, overrides, pinned)
+        chosen = {item.partition("=")[0].strip() for item in overrides} & pinned
         pairs = {f"{section}.{key}": value for section, keys in self.settings.items() for key, value in keys.items()
-                 if f"{section}.{key}" not in chosen or key not in SOURCE_KEYS}
+                 if f"{section}.{key}" not in chosen}
         for key in chosen:
             section, _, leaf = key.partition(".")
-            if section in self.settings and leaf in SOURCE_KEYS:
-                pairs[key] = _with_pin(getattr(getattr(cfg, section), leaf), self.settings[section].get(leaf))
+            pairs[key] = _with_pin(getattr(getattr(cfg, section), leaf), self.settings[section].get(leaf))
         try:
             return cfg.replace(**pairs)
         except ConfigError as error:
@@ -290,8 +291,7 @@ def manifest_problems(manifest: dict) -> list[str]:
     weights = manifest.get("weights", {})
     if not isinstance(weights, dict) or not all(
             isinstance(e, dict) and isinstance(e.get("source"), str) and _SHA256.fullmatch(str(e.get("sha256")))
-            and k.partition(".")[0] in EXTRACTION_SECTIONS and k.partition(".")[2] in SOURCE_KEYS
-            for k, e in weights.items()):
+            and k in WEIGHT_KEYS for k, e in weights.items()):
         problems.append("weights must map weights keys to their source and sha256")
     return problems
 
@@ -304,21 +304,24 @@ def _with_pin(spec: str | None, bundled: str | None) -> str | None:
     return f"{spec}#sha256={pin.group(1)}" if pin else spec
 
 
-def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str, ...]) -> None:
+def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str, ...],
+                    pinned: set[str] | frozenset[str] = frozenset()) -> None:
     """Raise BundleError for the first `key=value` that sets an extraction setting to another value than the
-    bundle's, or that sets a training key (the models are applied as trained, never re-fit)."""
+    bundle's, or that sets a training key (the models are applied as trained, never re-fit). A weights key of
+    `pinned` (the bundle records the content of its weights) may name any source."""
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         section, _, leaf = key.partition(".")
         if (not sep or section not in (*EXTRACTION_SECTIONS, *TRAINING_SECTIONS)
-                or leaf.split(".")[-1] in RESOURCE_KEYS or (section in EXTRACTION_SECTIONS and leaf in SOURCE_KEYS)):
-            continue  # ray.*, paths.*, resource keys, weights sources; malformed items are the config loader's
+                or leaf.split(".")[-1] in RESOURCE_KEYS or key in pinned):
+            continue  # ray.*, paths.*, resource keys, pinned weights sources; malformed items: the config loader's
         if section in TRAINING_SECTIONS:
             raise BundleError(f"--set {item}: {key} is a training setting; prediction applies the bundle's models "
                               f"as they were trained and never re-fits them")
         value = yaml.safe_load(text)
-        wanted = value if leaf else {k: v for k, v in (value or {}).items() if k not in RESOURCE_KEYS | SOURCE_KEYS}
+        wanted = value if leaf else {k: v for k, v in (value or {}).items()
+                                     if k not in RESOURCE_KEYS and f"{section}.{k}" not in pinned}
         trained = settings[section].get(leaf) if leaf else settings[section]
         if leaf and leaf not in settings[section]:
             raise BundleError(f"--set {item}: the bundle records no {key}")

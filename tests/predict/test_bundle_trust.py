@@ -95,6 +95,17 @@ def test_hostile_manifest_fields_are_refused(sealed, change, fragment):
     _refused(sealed, fragment)
 
 
+def test_only_a_weights_key_the_bundle_pins_by_content_may_point_elsewhere(sealed, tmp_path):
+    bundle = open_bundle(str(sealed))
+    copy = tmp_path / "copy.safetensors"
+    safetensors.torch.save_file({"conv.weight": torch.ones(4, 3)}, str(copy))
+    applied = bundle.config(Config().replace(**{"spatial.weights": str(copy)}), [f"spatial.weights={copy}"])
+    assert applied.spatial.weights == str(copy)
+    bundle.check_weights(applied)  # the same tensors from another file
+    with pytest.raises(BundleError, match="audio.weights=.* contradicts the model bundle"):
+        bundle.config(Config(), [f"audio.weights={copy}"])  # trained without: no content to check it against
+
+
 def test_a_model_altered_after_opening_is_refused_at_load(sealed):
     bundle = open_bundle(str(sealed))
     svm = sealed / "models" / "svm"
