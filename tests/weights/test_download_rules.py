@@ -14,26 +14,10 @@ import torch
 from multistream.config import load_config
 from multistream.weights import WeightsError, load_state_dict, resolve_all
 from multistream.weights.fetch import ENV_PREFIX, _HttpsRedirects, check_url, current, download
-from tests.support.weights_server import WeightsServer
 
 STATE = {"w": torch.arange(12.0).reshape(3, 4)}
 DATA = safetensors.torch.save(STATE)
 SHA = hashlib.sha256(DATA).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with WeightsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("MULTISTREAM_CACHE", str(root))
-    for key in ("MAX_MB", "TIMEOUT_S"):
-        monkeypatch.delenv(ENV_PREFIX + key, raising=False)  # restored after the test, whatever it sets
-    return root
 
 
 def _cached(root) -> list:

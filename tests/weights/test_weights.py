@@ -20,7 +20,6 @@ from multistream.weights.fetch import expected_hash, split_spec
 from multistream.weights.prepare import main as weights_main
 from multistream.weights.sources import VGGISH_PCA_URL, VGGISH_URL, expand, published_sha256
 from tests.support.helpers import ROOT, run_job_main, write_test_video
-from tests.support.weights_server import WeightsServer
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -43,19 +42,6 @@ def _files(root: Path) -> list[str]:
 
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with WeightsServer() as server:
-        yield server
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("MULTISTREAM_CACHE", str(root))
-    return root
 
 
 def test_download_is_verified_and_cached_once(server, cache):
