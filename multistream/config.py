@@ -49,6 +49,16 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class PrecomputedFlowConfig:  # flow.backend precomputed: flow images under `root` (multistream.extract.flow.precomputed)
+    root: str | None = None  # a folder or s3:// prefix
+    layout: Literal["mmaction", "uv"] = "mmaction"  # VIDEO/flow_x_00001.jpg | u/VIDEO/frame000001.jpg (+ y | v)
+    video_dir: str | None = None  # VIDEO from the video id: "{path}" | "{stem}" (None: the layout's)
+    bound_px: PosFloat = 20.0  # pixel value 0..255 ↔ displacement -bound_px..+bound_px (linear)
+    first_index: int = 1  # the number in the first pair's file name
+    missing_pairs: int = 1  # pairs a folder may lack at the end (the decoder saw more frames): its last repeats
+
+
+@dataclass(frozen=True)
 class FlowConfig:
     backend: Annotated[str, known_backend] = "dis"  # a name in multistream.extract.flow.registry.BACKENDS
     size: Annotated[tuple[int, int], min_side(16)] = (320, 240)  # (width, height) flow is computed at; larger videos are resized down
@@ -56,6 +66,11 @@ class FlowConfig:
     weights: str | None = None  # weights of a backend that reads them (multistream.weights spec, e.g. torchvision); required for raft_*
     batch_size: PosInt = 16  # frame pairs per RAFT forward pass
     device: Device = "auto"
+    precomputed: PrecomputedFlowConfig = field(default_factory=PrecomputedFlowConfig)
+
+    def check(self) -> dict[str, str]:
+        missing = self.backend == "precomputed" and not self.precomputed.root
+        return {"precomputed.root": "flow.backend precomputed reads its flow images from here"} if missing else {}
 
 
 @dataclass(frozen=True)

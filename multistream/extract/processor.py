@@ -51,9 +51,14 @@ class DecodedVideo:
     seconds: dict = field(default_factory=dict)
 
 
-def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVideo:
-    """Decode, compute flow and sample positions for one video; raises VideoError for unreadable input."""
+def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str | None = None) -> DecodedVideo:
+    """Decode, compute flow and sample positions for one video; raises VideoError for unreadable input.
+
+    A backend that reads each video's own flow (`for_video`, e.g. precomputed) gets `video_id` (default: `uri`)."""
     size = cfg.spatial.image_size
+    for_video = getattr(estimator, "for_video", None)
+    if for_video is not None:
+        estimator = for_video(video_id or uri)
     started = time.perf_counter()
     flow_seconds = 0.0
     spatial_frames, times, flows, pair_magnitudes = [], [], [], []
@@ -82,6 +87,9 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator) -> DecodedVide
         flush(keep_last=False)
         wave = reader.audio()
         n_frames = reader.n_frames
+        if for_video is not None and reader.n_decoded != n_frames:
+            raise VideoError(f"{uri}: flow.backend {cfg.flow.backend} pairs consecutive source frames, but video.max_fps "
+                             f"kept {n_frames} of its {reader.n_decoded} frames")
         facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
                  "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height, "n_frames": n_frames,
                  "has_audio": info.has_audio and reader.audio_dropped is None}
@@ -116,7 +124,7 @@ class Decoder:
     def __call__(self, entry: VideoEntry) -> dict:
         started = time.perf_counter()
         try:
-            decoded = decode_video(entry.uri, self.cfg, self.estimator)
+            decoded = decode_video(entry.uri, self.cfg, self.estimator, entry.video_id)
         except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
             stop_on_program_error(error, entry.uri, "decode")
             return {"video": video_row(entry, "error", error_message(error, readable_uri(entry.uri)), kind=error_kind(error),

@@ -1,5 +1,6 @@
 """Dense optical flow: the backends' registry (`registry`), the interface they implement (`base`), OpenCV's
-CPU backends (`opencv`), RAFT (`raft`), and flow's uint8 storage form (`codec`)."""
+CPU backends (`opencv`), RAFT (`raft`), flow computed elsewhere (`precomputed`), and flow's uint8 storage form
+(`codec`)."""
 
 from multistream.extract.flow.registry import (
     BACKENDS,

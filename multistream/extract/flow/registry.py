@@ -1,6 +1,6 @@
 """Every optical-flow backend by the name `flow.backend` takes it: one `FlowBackend` entry each.
 
-    estimate = make_flow_estimator(cfg.flow, threads=2)   # dis | farneback | raft_small | raft_large | ...
+    estimate = make_flow_estimator(cfg.flow, threads=2)   # dis | farneback | raft_small | raft_large | precomputed
     flow = estimate(frames)                               # (N, H, W, 3) uint8 RGB → (N-1, H, W, 2) float32 px
 
 Flow i is the displacement (dx, dy) in pixels that carries frame i onto frame i+1. A new backend is one
@@ -93,3 +93,5 @@ register(FlowBackend("dis", "multistream.extract.flow.opencv:dis"))
 register(FlowBackend("farneback", "multistream.extract.flow.opencv:farneback"))
 register(FlowBackend("raft_small", "multistream.extract.flow.raft:RAFTFlow", weights=_RAFT_WEIGHTS, gpu=True))
 register(FlowBackend("raft_large", "multistream.extract.flow.raft:RAFTFlow", weights=_RAFT_WEIGHTS, gpu=True))
+# flow images computed elsewhere (TV-L1, FlowNet 2.0), read per video from flow.precomputed.root
+register(FlowBackend("precomputed", "multistream.extract.flow.precomputed:PrecomputedFlow"))
