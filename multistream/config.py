@@ -78,6 +78,8 @@ class SamplingConfig:
     method: Literal["adaptive", "uniform"] = "adaptive"  # adaptive: paper §IV.F
     max_seq_len: PosInt = 180
     segments: PosInt = 12  # adaptive sampling allots positions per segment by its mean flow magnitude
+    # positions per video: min(max_seq_len, max_fraction x frames): below 1 short clips are sampled too
+    max_fraction: Annotated[float, in_range(0.0, 1.0, low_open=True, high_open=False)] = 1.0
 
 
 @dataclass(frozen=True)

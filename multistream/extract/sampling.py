@@ -58,12 +58,21 @@ def adaptive_positions(motion: np.ndarray, max_len: int, segments: int) -> np.nd
     return np.concatenate(parts)
 
 
+def sequence_budget(n_frames: int, cfg: SamplingConfig) -> int:
+    """How many positions a video of `n_frames` frames gets: min(max_seq_len, max_fraction x n_frames, rounded).
+
+    With `max_fraction` 1 (the default) a clip of at most `max_seq_len` frames keeps every frame, and adaptive
+    sampling only shapes longer videos; below 1 it shapes short clips too."""
+    return min(cfg.max_seq_len, max(1, int(cfg.max_fraction * n_frames + 0.5)))
+
+
 def sample_positions(motion: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
-    """(N,) per-frame motion → frame indices by `cfg.method` (adaptive | uniform), <= `cfg.max_seq_len`."""
+    """(N,) per-frame motion → frame indices by `cfg.method` (adaptive | uniform), `sequence_budget` of them."""
+    budget = sequence_budget(len(motion), cfg)
     if cfg.method == "adaptive":
-        return adaptive_positions(motion, cfg.max_seq_len, cfg.segments)
+        return adaptive_positions(motion, budget, cfg.segments)
     if cfg.method == "uniform":
-        return uniform_positions(len(motion), cfg.max_seq_len)
+        return uniform_positions(len(motion), budget)
     raise ValueError(f"sampling.method: unknown method {cfg.method!r}")
 
 

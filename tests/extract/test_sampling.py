@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from multistream.config import SamplingConfig
-from multistream.extract.sampling import adaptive_positions, frame_motion, sample_positions, uniform_positions
+from multistream.extract.sampling import (
+    adaptive_positions,
+    frame_motion,
+    sample_positions,
+    sequence_budget,
+    uniform_positions,
+)
 
 
 def _valid(positions: np.ndarray, n: int, max_len: int) -> None:
@@ -98,3 +104,16 @@ def test_rejects_invalid_motion():
         adaptive_positions(np.array([1.0, -1.0]), 10, 2)
     with pytest.raises(ValueError, match="finite"):
         adaptive_positions(np.array([1.0, np.nan]), 10, 2)
+
+
+def test_max_fraction_samples_short_clips_adaptively_too():
+    """sampling.max_fraction: 1 keeps every frame of a clip shorter than max_seq_len; below 1 a clip keeps that
+    share of its frames (rounded), where it moves, and a long video still at most max_seq_len."""
+    motion = np.concatenate([np.zeros(60), np.full(60, 2.0)])  # a 120-frame clip, moving in its second half
+    every = sample_positions(motion, SamplingConfig(max_seq_len=180, segments=4))
+    np.testing.assert_array_equal(every, np.arange(120))
+    half = SamplingConfig(max_seq_len=180, segments=4, max_fraction=0.5)
+    chosen = sample_positions(motion, half)
+    assert len(chosen) == sequence_budget(120, half) == 60 and np.all(chosen >= 60)
+    assert sequence_budget(1000, half) == 180 and sequence_budget(1, half) == 1 and sequence_budget(3, half) == 2
+    assert len(sample_positions(motion, SamplingConfig(method="uniform", max_seq_len=180, max_fraction=0.25))) == 30
