@@ -108,11 +108,17 @@ class AudioConfig:
 @dataclass(frozen=True)
 class MotionCNNConfig:
     stack_length: PosInt = 10  # L: flow fields per stack, 2L input channels
-    epochs: PosInt = 30
+    epochs: PosInt | None = 30  # None: no cap, `patience` stops training (it needs a val split)
     lr: PosFloat = 1e-3  # Adam with the defaults of its paper
-    batch_size: PosInt = 32
-    stacks_per_video: PosInt = 4  # random stacks drawn per video per epoch
+    batch_size: PosInt = 32  # stacks per optimizer step across all Train workers (each takes its share)
+    # an epoch: `stacks_per_video` random stacks of each train video, or every flow pair once (val, test: evenly)
+    epoch: Literal["stacks_per_video", "whole_flow"] = "stacks_per_video"
+    stacks_per_video: PosInt = 4
     patience: int = 10  # early stop after this many epochs without a better validation loss
+    norm: Literal["cnn_m", "paper"] = "cnn_m"  # BatchNorm after conv1 and conv2 (cnn_m) or conv1 only (paper)
+    sync_bn: bool = False  # BatchNorm statistics of the whole batch across the Train workers
+    # autocast on CUDA: true bf16 (fp16 + a GradScaler where bf16 is unsupported), "auto" bf16 only, false fp32
+    amp: bool | Literal["auto"] = True
     dropout: Fraction = 0.5
     width: PosFloat = 1.0  # scales every layer's channels; 1.0 is the paper's network
     embed_batch_size: PosInt = 32
@@ -136,7 +142,7 @@ class RNNConfig:
     lr_patience: PosInt = 5
     min_lr: float = 1e-6
     patience: int = 10  # early stop
-    epochs: PosInt = 200
+    epochs: PosInt | None = 200  # None: no cap, `patience` stops training (it needs a val split)
     batch_size: PosInt = 32  # videos per optimizer step in total, divided among the Train workers
     seed: int = 0
     device: Device = "auto"  # where the heads train and embed (auto: the GPU where Ray gave one)
@@ -146,8 +152,10 @@ class RNNConfig:
 class TuneConfig:
     stream: Literal[STREAMS] = "spatial"
     num_samples: int = 1  # samples per grid point
-    epochs: PosInt = 100
+    epochs: PosInt | None = 100  # None: each trial until its early stop (scheduler none only)
+    scheduler: Literal["asha", "none"] = "asha"  # asha prunes trials on the val loss; none trains every one
     grace_period: PosInt = 10  # ASHA
+    reduction_factor: Annotated[int, in_range(2, math.inf)] = 4  # ASHA
     cells: tuple[Literal["gru", "lstm"], ...] = ("lstm", "gru")
     bidirectional: tuple[bool, ...] = (False, True)
     layers: tuple[PosInt, ...] = (1, 2)
@@ -161,6 +169,11 @@ class TuneConfig:
     hidden_scale: PosFloat = 1.0  # Table I's hidden units x this (small demos)
     cpus_per_trial: PosFloat = 1.0  # fractions pack several trials on a core / a GPU
     gpus_per_trial: NonNegFloat = 0.0
+
+    def check(self) -> dict[str, str]:
+        short = self.scheduler == "asha" and (self.epochs or 0) < self.grace_period
+        return {"epochs": f"ASHA needs an epoch budget of at least grace_period ({self.grace_period}), got "
+                          f"{self.epochs} (or tune.scheduler: none)"} if short else {}
 
 
 @dataclass(frozen=True)
@@ -285,7 +298,8 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class ValidationConfig:
     # share of each class's train groups carved into `val` (UCF101 groups / a CSV `group` column stay whole);
-    # 0 carves nothing. A CSV manifest that names its own `val` videos is used as it is.
+    # 0 carves nothing: epoch budgets alone stop training, fusion.C: auto and the sweep are refused
+    # (docs/paper.md#validation). A CSV manifest that names its own `val` videos is used as it is.
     fraction: Fraction = 0.15
     seed: int = 0
 

@@ -8,6 +8,7 @@ section's own `check()` method (returning {leaf: reason}) for rules that relate 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -18,6 +19,7 @@ class ConfigError(ValueError):
 
 
 Check = Callable[[object], str | None]
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def positive(value) -> str | None:
@@ -113,8 +115,13 @@ def coerce(hint, value, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(inner[0], value, key)
+        reasons = []
+        for option in (a for a in args if a is not type(None)):  # the first alternative that takes the value
+            try:
+                return coerce(option, value, key)
+            except ConfigError as error:
+                reasons.append(str(error).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: {' or '.join(dict.fromkeys(reasons))}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -132,6 +139,8 @@ def coerce(hint, value, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):  # YAML 1.1 reads 1e-2 (no dot) as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -61,17 +61,21 @@ def actor_device(device: str) -> str:
     return "cuda" if ray.get_gpu_ids() else "cpu"
 
 
-def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype on `device` (bf16, or fp16 where bf16 is unsupported), None where AMP is off."""
+def amp_dtype(device: torch.device, enabled: bool | str = True) -> torch.dtype | None:
+    """The autocast dtype on `device`, None where AMP is off. `enabled`: True: bf16, or fp16 where bf16 is
+    unsupported (train it with a GradScaler: `multistream.train.steps.train_epoch` does); "auto": bf16 only (fp32
+    on a GPU without it); False: never. Always None on the CPU."""
     if not enabled or device.type != "cuda":
         return None
     import torch
 
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None if enabled == "auto" else torch.float16
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """The one mixed-precision context: autocast at `amp_dtype(device)`, a no-op on the CPU or when off."""
+def autocast(device: torch.device, enabled: bool | str = True):
+    """The one mixed-precision context: autocast at `amp_dtype(device, enabled)`, a no-op on the CPU or when off."""
     dtype = amp_dtype(device, enabled)
     if dtype is None:
         return contextlib.nullcontext()

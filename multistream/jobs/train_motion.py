@@ -22,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_train_motion(cfg)
     t = result.training
     test = f"test accuracy {t.test_accuracy:.3f}" if t.test_accuracy is not None else "no test split"
-    print(f"motion CNN{'' if result.trained else ' (kept)'}: {len(t.classes)} classes, val accuracy "
-          f"{t.val_accuracy:.3f} at epoch {t.best_epoch} of {t.epochs}, {test} (chance {t.chance:.3f})")
+    val = f"val accuracy {t.val_accuracy:.3f}" if t.val_accuracy is not None else "no val split"
+    print(f"motion CNN{'' if result.trained else ' (kept)'}: {len(t.classes)} classes, {val} "
+          f"at epoch {t.best_epoch} of {t.epochs}, {test} (chance {t.chance:.3f})")
     print(f"motion/: {result.embedded} videos embedded → {cfg.paths.output}")
     return 0
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{stream:>8}: not trained: {why}")
     for stream, r in result.streams.items():
         top5 = "" if r.top5 is None else f"  top-5 {100 * r.top5:.2f}%"
-        print(f"{stream:>8}: test top-1 {100 * r.top1:.2f}%{top5} (val top-1 {100 * r.val['top1']:.2f}%)  "
+        val = f"val top-1 {100 * r.val['top1']:.2f}%" if "top1" in r.val else "no val split"
+        print(f"{stream:>8}: test top-1 {100 * r.top1:.2f}%{top5} ({val})  "
               f"best epoch {r.best_epoch} of {r.epochs}, {r.n_train} train / {r.n_val} val / {r.n_test} test "
               f"videos ({r.status})")
     print(f"embeddings → {RunRoot(cfg.paths.output).embeddings} in {result.seconds:.1f} s")

@@ -1,6 +1,7 @@
 """The RNN architecture sweep on Ray Tune (paper Table I by default), in one run of three phases:
 
-1. the plain variants (`sweep.variants`), pruned by ASHA on the validation loss;
+1. the plain variants (`sweep.variants`), pruned by ASHA on the validation loss (`tune.scheduler: asha`), or
+   each trained until its early stop or `tune.epochs` (`none`, as the paper trained Table I);
 2. the best of them (val top-1, `sweep.best_row`) with an attention layer after the input;
 3. the best with a linear SVM on its video embeddings in place of the softmax (fitted here, no trial).
 
@@ -84,11 +85,12 @@ def _fit(cfg: Config, run: RunRoot, name: str, space: list[dict], trainable, spe
                                    storage_filesystem=filesystem)
     else:
         seed = cfg.rnn.seed if cfg.tune.num_samples == 1 else tune.randint(0, 2**31 - 1)
+        scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
+                                   reduction_factor=cfg.tune.reduction_factor, max_t=cfg.tune.epochs)
+                     if cfg.tune.scheduler == "asha" else None)
         tuner = tune.Tuner(trainable, param_space={"variant": tune.grid_search(space), "seed": seed},
                            tune_config=tune.TuneConfig(
-            metric="val_loss", mode="min", num_samples=cfg.tune.num_samples,
-            scheduler=ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
-                                    max_t=cfg.tune.epochs),
+            metric="val_loss", mode="min", num_samples=cfg.tune.num_samples, scheduler=scheduler,
             max_concurrent_trials=cfg.tune.max_concurrent or None),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
@@ -120,6 +122,9 @@ def run_tune_rnn(cfg: Config, stream: str | None = None) -> SweepResult:
     stream = stream or cfg.tune.stream
     run = RunRoot(layout.absolute(cfg.paths.output))
     data = stream_data(run, stream, ok_videos(run))
+    if not data.val_ids:
+        raise ValueError(f"the sweep trains, prunes and chooses on the val split, and stream {stream!r} has no val "
+                         "videos (validation.fraction is 0?)")
     splits = {split: read_sequences(data, data.ids(split)) for split in ("train", "val", "test")}
     statistics = input_statistics(frame_moments(splits["train"].seqs))
     counts = {split: len(s) for split, s in splits.items()}

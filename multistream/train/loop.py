@@ -7,7 +7,7 @@ A model plugs in with its network, its optimizer (and LR schedule, if any) and o
 history entry, already summed over the workers: the train loss under `train_key` and, where the model is
 validated, "val_loss" (and "val_accuracy", its top-1). `EpochLoop` does the rest:
 
-- at most `epochs` epochs; each seeded from (seed, epoch, rank) (`epoch_rng`: the step's generator, and
+- at most `epochs` epochs (None: no cap); each seeded from (seed, epoch, rank) (`epoch_rng`: the step's generator, and
   torch's seed for dropout), so that a resumed run takes the very steps an uninterrupted one would;
 - on the val loss: the LR plateau schedule, early stopping after `patience` epochs without a lower one, and
   the best weights (those of the lowest val loss, the first of equals); without "val_loss" every epoch runs
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ class EpochRecord:
     """One epoch as every loop reports it (`EpochLoop.on_epoch`); None where the model does not measure it."""
 
     epoch: int  # 1-based
-    of: int  # the epoch budget
+    of: int | None  # the epoch budget (None: none, early stopping ends the run)
     train_loss: float | None
     val_loss: float | None
     val_top1: float | None
@@ -123,7 +122,7 @@ class EpochLoop:
     optimizer: torch.optim.Optimizer
     report: Report = no_report
     patience: int = 10
-    epochs: int = sys.maxsize
+    epochs: int | None = None  # None: until early stopping
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None  # stepped with the val loss
     seed: int | None = None  # per-epoch seeding (`epoch_rng`); None: the step seeds its own draws
     rank: int = 0
@@ -142,7 +141,7 @@ class EpochLoop:
 
     @property
     def done(self) -> bool:
-        return self.final or self.stopping.should_stop or self.epoch >= self.epochs
+        return self.final or self.stopping.should_stop or (self.epochs is not None and self.epoch >= self.epochs)
 
     def fit(self, step: Step) -> EpochLoop:
         """Epochs until `done`."""

@@ -6,7 +6,7 @@
     loop.on_epoch = epoch_log(cfg.paths.output, cfg.tracking, "motion_cnn", rank)   # rank 0 logs
 
 An epoch's line: `motion_cnn: epoch 3/12  train loss 1.2034  val loss 1.1002  val top-1 0.583  lr 1.0e-03
-2.1 s  ETA 19 s` (the ETA assumes the whole budget; early stopping ends sooner). Event files go to
+2.1 s  ETA 19 s` (the ETA assumes the whole budget, and is left out without one; early stopping ends sooner). Event files go to
 `RUN/logs/<model>/` (`tensorboard --logdir RUN/logs`); on an object store they are written in a local folder
 and copied to the run root after every epoch. MLflow is an optional dependency (`pip install
 "multistream[mlflow]"`): its run gets the config as parameters, every epoch's figures as `<model>/<figure>` at
@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 FIGURES = ("train_loss", "val_loss", "val_top1", "lr", "seconds")
 
 
-def format_line(model: str, record: EpochRecord, eta_s: float) -> str:
-    parts = [f"{model}: epoch {record.epoch}/{record.of}"]
+def format_line(model: str, record: EpochRecord, eta_s: float | None) -> str:
+    parts = [f"{model}: epoch {record.epoch}" + (f"/{record.of}" if record.of is not None else "")]
     for name, value, spec in (("train loss", record.train_loss, ".4f"), ("val loss", record.val_loss, ".4f"),
                               ("val top-1", record.val_top1, ".3f")):
         if value is not None:
             parts.append(f"{name} {value:{spec}}")
-    parts += [f"lr {record.lr:.1e}", f"{record.seconds:.1f} s", f"ETA {eta_s:.0f} s"]
+    parts += [f"lr {record.lr:.1e}", f"{record.seconds:.1f} s"] + ([f"ETA {eta_s:.0f} s"] if eta_s is not None else [])
     return "  ".join(parts)
 
 
@@ -63,7 +63,7 @@ class EpochLog:
 
     def __call__(self, record: EpochRecord) -> None:
         self.seconds.append(record.seconds)
-        eta = (sum(self.seconds) / len(self.seconds)) * max(0, record.of - record.epoch)
+        eta = None if record.of is None else (sum(self.seconds) / len(self.seconds)) * max(0, record.of - record.epoch)
         log.info(format_line(self.model, record, eta))
         values = {name: getattr(record, name) for name in FIGURES if getattr(record, name) is not None}
         if self._writer is not None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from multistream.config import MotionCNNConfig, RNNConfig
-from multistream.device import autocast, resolve_device
+from multistream.device import amp_dtype, autocast, resolve_device
 
 
 def seed_everything(seed: int) -> None:
@@ -31,14 +31,16 @@ def _to_device(inputs, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer,
-                loss_fn: Callable, device: str | torch.device, amp: bool = False,
+                loss_fn: Callable, device: str | torch.device, amp: bool | str = False,
                 max_grad_norm: float | None = None) -> dict[str, float]:
     """One pass over `batches` in train mode → {"loss": mean per sample, "accuracy": top-1 on the fly}.
 
+    `amp` as `device.amp_dtype` takes it; in float16 the loss is scaled (a GradScaler: fp16 gradients underflow).
     `max_grad_norm` clips the global gradient norm (None: no clipping).
     """
     device = resolve_device(device)
     model.train()
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype(device, amp) == torch.float16 else None
     total_loss, correct, count = 0.0, 0, 0
     for inputs, targets in batches:
         inputs, targets = _to_device(inputs, device), targets.to(device)
@@ -46,10 +48,16 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         with autocast(device, amp):
             logits = model(*inputs)
             loss = loss_fn(logits.float(), targets)
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         total_loss += float(loss.detach()) * len(targets)
         correct += int((logits.argmax(1) == targets).sum())
         count += len(targets)
@@ -60,7 +68,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable, device: str | torch.device,
-             top_k: tuple[int, ...] = (1, 5), amp: bool = False) -> dict[str, float]:
+             top_k: tuple[int, ...] = (1, 5), amp: bool | str = False) -> dict[str, float]:
     """Eval-mode pass → {"loss", "accuracy" (top-1), "top<k>" for every other k in top_k}.
 
     `loss_fn` must average over the batch (the default of torch losses).

@@ -130,7 +130,7 @@ def svm_scores(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[
 
 
 def trial_row(variant: dict, seed: int, metrics: dict, errored: bool, model, splits: dict, batch_size: int,
-              max_epochs: int) -> dict:
+              max_epochs: int | None) -> dict:
     """A trial's row: its variant, val and test scored once with its best weights `model` (None: the trial left
     none; kept in the row as "weights" for the SVM row), its last `metrics` and why it stopped.
 
@@ -144,7 +144,7 @@ def trial_row(variant: dict, seed: int, metrics: dict, errored: bool, model, spl
     epochs = int(metrics.get("epoch", 0))
     row.update(best_val_loss=metrics.get("best_val_loss"), best_epoch=metrics.get("best_epoch"), epochs=epochs,
                stopped_by="error" if errored else "early stop" if metrics.get("early_stopped")
-               else "max epochs" if epochs >= max_epochs else "ASHA")
+               else "max epochs" if max_epochs is not None and epochs >= max_epochs else "ASHA")
     return row
 
 
@@ -198,7 +198,8 @@ def _paper(value) -> str:
 def sweep_markdown(table: pd.DataFrame, stream: str, counts: dict[str, int], wall_s: float, resources: str) -> str:
     lines = [f"# RNN architectures on the {stream} stream (the paper's Table I)", "",
              f"{counts['train']} train / {counts['val']} val / {counts['test']} test videos. Each trial is scored "
-             "at its best-validation-loss epoch; ASHA and the choice of the best variant (*) read the val split "
+             "at its best-validation-loss epoch; ASHA (where tune.scheduler is asha) and the choice of the best "
+             "variant (*) read the val split "
              "only, the test split is scored once per row. \"S.\" = two stacked layers, \"Bi\" = bidirectional; "
              "units are per LSTM/GRU cell (the paper's in brackets where this sweep scaled them). Top-5 only "
              "with more than 5 classes.", "",

@@ -74,6 +74,19 @@ def test_two_workers_split_the_videos_and_the_batch(tmp_path, ray_session):
     assert result.training.n_train == 5
     assert sorted(storage.read_table(str(tmp_path / "motion"))["video_id"].to_pylist()) == sorted(ids)
     assert 0 <= result.training.val_accuracy <= 1 and result.training.n_val == 4
+    assert result.training.bn_spread > 0  # each worker's BatchNorm kept the statistics of its own stacks
+
+
+def test_two_workers_with_sync_bn_keep_equal_batchnorm_statistics(tmp_path, ray_session):
+    """motion_cnn.sync_bn: the two workers' BatchNorms normalize the batch of both, and end with the same running
+    statistics (the record's bn_spread: the largest difference of one between workers), bit for bit."""
+    make_run_root(tmp_path, videos_per_class=6)
+    result = run_train_motion(config(tmp_path, 2, "ray.train.num_workers=2", "ray.train.cpus_per_worker=1",
+                                     "motion_cnn.sync_bn=true", "motion_cnn.epoch=whole_flow"))
+    assert [m["epoch"] for m in result.training.history] == [1, 2]
+    assert result.training.bn_spread == 0.0
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())["motion_cnn"]
+    assert metrics["bn_spread"] == 0.0
 
 
 def test_cuda_without_a_gpu_is_refused_before_training(tmp_path):

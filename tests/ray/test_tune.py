@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from multistream.ray.tune import run_tune_rnn
-from multistream.store import runinfo
+from multistream.store import runinfo, schema, storage
 from tests.support.rnn import make_run_root, toy_config
 
 PRODUCT = {"tune.grid": "product", "tune.epochs": 4, "tune.grace_period": 2, "tune.cells": "[gru, lstm]",
@@ -56,3 +57,49 @@ def test_sweep_settings_are_checked(key):
 
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         load_config(overrides=[key])
+
+
+class _Tuner:
+    """What `_fit` hands Ray Tune, kept instead of run."""
+
+    configs: list = []
+
+    def __init__(self, trainable, param_space, tune_config, run_config):
+        _Tuner.configs.append(tune_config)
+
+    @staticmethod
+    def can_restore(*args, **kwargs) -> bool:
+        return False
+
+    def fit(self):
+        return []
+
+
+@pytest.mark.parametrize("scheduler, epochs", [("asha", 4), ("none", "null")])
+def test_the_sweep_prunes_with_asha_or_trains_every_variant(tmp_path, monkeypatch, scheduler, epochs):
+    """tune.scheduler: asha (grace_period, reduction_factor, max_t = tune.epochs) or none: every variant until its
+    early stop (or tune.epochs, here none)."""
+    from multistream.ray import tune as sweep
+    from multistream.store.layout import RunRoot
+
+    monkeypatch.setattr(sweep.tune, "Tuner", _Tuner)
+    cfg = toy_config(tmp_path, **{"tune.scheduler": scheduler, "tune.epochs": epochs, "tune.reduction_factor": 3,
+                                  "tune.grace_period": 2})
+    sweep._fit(cfg, RunRoot(str(tmp_path)), "sweep", [{"index": 0}], None, {})
+    chosen = _Tuner.configs[-1].scheduler
+    if scheduler == "none":
+        assert chosen is None and cfg.tune.epochs is None
+    else:
+        assert (chosen._reduction_factor, chosen._max_t) == (3, 4)
+
+
+def test_the_sweep_refuses_a_run_without_val(tmp_path):
+    make_run_root(str(tmp_path))
+    rows = storage.read_table(str(tmp_path / "videos")).to_pylist()
+    for row in rows:
+        row["split"] = "train" if row["split"] == "val" else row["split"]
+    for part in storage.list_parts(str(tmp_path / "videos")):
+        storage.delete_part(str(tmp_path / "videos"), part)
+    storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), str(tmp_path / "videos"), "part-0")
+    with pytest.raises(ValueError, match="the sweep trains, prunes and chooses on the val split"):
+        run_tune_rnn(toy_config(tmp_path, **PRODUCT), stream="audio")

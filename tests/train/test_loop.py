@@ -89,6 +89,16 @@ def test_epoch_loop_stops_after_its_epochs_and_says_the_last_is_final():
     assert loop.epoch == 3 and recorder.finals == [False, False, True]
 
 
+def test_a_loop_without_an_epoch_budget_runs_until_early_stopping():
+    model = torch.nn.Linear(2, 2)
+    loop = EpochLoop(model, torch.optim.SGD(model.parameters(), lr=0.1), patience=3, epochs=None)
+    records = []
+    loop.on_epoch = records.append
+    losses = [1.0, 0.5, 0.25] + [0.3] * 100  # no lower val loss after epoch 3
+    loop.fit(lambda epoch, rng: {"val_loss": losses[epoch - 1]})
+    assert loop.epoch == 6 and loop.best_epoch == 3 and {r.of for r in records} == {None}
+
+
 def test_checkpoint_schedule_waits_its_seconds_between_checkpoints():
     now = [0.0]
     schedule = CheckpointSchedule(5.0, clock=lambda: now[0])

@@ -71,6 +71,8 @@ def test_the_line_names_only_what_the_model_measures():
 
     line = format_line("autoencoder", EpochRecord(2, 150, 0.5, None, None, 1e-3, 0.25), 37.0)
     assert line == "autoencoder: epoch 2/150  train loss 0.5000  lr 1.0e-03  0.2 s  ETA 37 s"
+    uncapped = format_line("motion_cnn", EpochRecord(2, None, 0.5, 0.4, 0.75, 1e-3, 0.25), None)  # epochs: null
+    assert uncapped == "motion_cnn: epoch 2  train loss 0.5000  val loss 0.4000  val top-1 0.750  lr 1.0e-03  0.2 s"
 
 
 def test_without_an_mlflow_uri_a_job_run_is_nothing(tmp_path):

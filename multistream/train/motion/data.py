@@ -1,11 +1,12 @@
 """The temporal stream's data, without Ray: which videos the motion CNN learns from, their flow in memory,
 the stacks it is fed, and the `motion/` table of every video's embedded positions.
 
-Splits (docs/design.md#splits): the motion CNN fits on `train`; `val` chooses its best epoch and stops it; `test` is
-scored once, at the end. Stacks (paper §IV.C): `stacks_per_video` stacks of L flow fields per video and
-epoch, centred at random positions for training (drawn from a seeded generator: the same seed gives the
-same stacks) and at evenly spaced positions for validation and test, so that their figures compare across
-epochs. Flow is read from `flow/` once and kept in memory up to a budget; beyond it, each epoch re-reads
+Splits (docs/design.md#splits): the motion CNN fits on `train`; `val` chooses its best epoch and stops it (a run
+without val trains `motion_cnn.epochs` epochs and keeps the last); `test` is scored once, at the end. Stacks
+(paper §IV.C) of L flow fields: an epoch (`motion_cnn.epoch`) is `stacks_per_video` stacks per video centred at
+random positions, or ("whole_flow") every video's pairs once, tiled by stacks; in random order, drawn from a
+seeded generator (the same seed gives the same stacks). Validation and test take `stacks_per_video` stacks at
+evenly spaced positions, so that their figures compare across epochs. Flow is read from `flow/` once and kept in memory up to a budget; beyond it, each epoch re-reads
 it window by window.
 """
 
@@ -40,11 +41,12 @@ class MotionPlan:
     val: tuple[str, ...]
     test: tuple[str, ...]
     targets: dict[str, int] = field(repr=False)
+    pairs: dict[str, int] = field(default_factory=dict, repr=False)  # flow pairs per video, where known
 
     def shard(self, rank: int, world: int) -> MotionPlan:
         """Worker `rank` of `world`: every world-th video of each split."""
         return MotionPlan(self.classes, self.train[rank::world], self.val[rank::world], self.test[rank::world],
-                          self.targets)
+                          self.targets, self.pairs)
 
 
 def make_plan(videos: list[dict], pairs: Mapping[str, int]) -> MotionPlan:
@@ -58,12 +60,14 @@ def make_plan(videos: list[dict], pairs: Mapping[str, int]) -> MotionPlan:
     chosen = [v for v in ok if v["label"] in index and v["split"] in SPLITS]
     ids = {split: tuple(sorted(v["video_id"] for v in chosen if v["split"] == split)) for split in SPLITS}
     return MotionPlan(classes, ids["train"], ids["val"], ids["test"],
-                      {v["video_id"]: index[v["label"]] for v in chosen})
+                      {v["video_id"]: index[v["label"]] for v in chosen},
+                      {v["video_id"]: int(pairs[v["video_id"]]) for v in chosen})
 
 
 def read_plan(run: RunRoot) -> MotionPlan:
     """The plan of a run root, from `videos/` and the shapes in `flow/`; raises ValueError where the motion CNN
-    cannot be trained (fewer than two classes, no train or no val videos)."""
+    cannot be trained (fewer than two classes, or no train videos). Without val videos it trains
+    `motion_cnn.epochs` epochs (`recipe.fit_motion_cnn`)."""
     videos = storage.read_table(run.videos, schema=schema.VIDEOS_SCHEMA,
                                 columns=["video_id", "label", "split", "status"]).to_pylist()
     shapes = storage.read_table(run.flow, columns=["video_id", "shape"], schema=schema.FLOW_SCHEMA)
@@ -72,9 +76,8 @@ def read_plan(run: RunRoot) -> MotionPlan:
     if len(plan.classes) < 2:
         raise ValueError(f"{run.uri}: the motion CNN needs at least 2 labelled classes in the train split with "
                          f"flow, found {list(plan.classes)}")
-    if not plan.val:
-        raise ValueError(f"{run.uri}: no val-split videos with flow to validate the motion CNN on (videos/ must "
-                         "carry a val split carved from train, see validation.fraction)")
+    if not plan.train:
+        raise ValueError(f"{run.uri}: no train-split videos with flow to fit the motion CNN on")
     return plan
 
 
@@ -145,14 +148,26 @@ def stack_centers(pairs: int, count: int, rng: np.random.Generator | None) -> np
     return np.linspace(0, pairs, count + 2)[1:-1].round().astype(int)
 
 
+def tiled_centers(pairs: int, stack_length: int) -> np.ndarray:
+    """The centres of ceil(pairs / L) stacks that hold each of `pairs` pairs at least once: windows from 0 in
+    steps of L, the last one shifted back inside (`flow_stacks`)."""
+    return np.arange(0, max(pairs, 1), stack_length) + stack_length // 2
+
+
+def epoch_stacks(pairs: int, count: int, stack_length: int, whole_flow: bool) -> int:
+    """The stacks a video of `pairs` flow pairs gives a training epoch (see `epoch_batches`)."""
+    return len(tiled_centers(pairs, stack_length)) if whole_flow else count
+
+
 def epoch_batches(source: FlowSource, ids, targets: Mapping[str, int], count: int, batch_size: int,
                   stack_length: int, clip_px: float, rng: np.random.Generator | None = None,
-                  pad_to: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  pad_to: int | None = None, whole_flow: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over `ids`: `count` stacks per video → (B, 2L, H, W) float32 stacks, (B,) int64 targets.
 
-    With `rng`: videos in random order, random centres, stacks shuffled within each window of WINDOW videos.
-    Without: evenly spaced centres in id order. `pad_to` repeats stacks of the last window until that many
-    were given (every Ray Train worker must take the same number of steps)."""
+    With `rng`: videos in random order, random centres (`whole_flow`: the video's pairs tiled by stacks,
+    `tiled_centers`), stacks shuffled within each window of WINDOW videos. Without: `count` evenly spaced centres
+    in id order. `pad_to` repeats stacks of the last window until that many were given (every Ray Train worker
+    must take the same number of steps)."""
     ids = list(ids)
     order = rng.permutation(len(ids)) if rng is not None else np.arange(len(ids))
     windows = [order[start:start + WINDOW] for start in range(0, len(ids), WINDOW)]
@@ -160,7 +175,8 @@ def epoch_batches(source: FlowSource, ids, targets: Mapping[str, int], count: in
     for number, window in enumerate(windows):
         window_ids = [ids[i] for i in window]
         items = [(flow, int(c), targets[v]) for v, flow in zip(window_ids, source.get(window_ids), strict=True)
-                 if len(flow) for c in stack_centers(len(flow), count, rng)]
+                 if len(flow) for c in (tiled_centers(len(flow), stack_length) if whole_flow and rng is not None
+                                        else stack_centers(len(flow), count, rng))]
         if rng is not None:
             items = [items[i] for i in rng.permutation(len(items))]
         last = number == len(windows) - 1
@@ -191,7 +207,7 @@ def embed_video(model: MotionCNN, flow: np.ndarray, positions, meta: dict, batch
         centers = positions[start:start + batch_size]
         stacks = (flow_stacks(flow, centers, length, clip_px) if len(flow)
                   else np.zeros((len(centers), 2 * length, height, width), np.float32))
-        with autocast(device):
+        with autocast(device, meta.get("amp", True)):
             out.append(model.embed(torch.from_numpy(stacks).to(device)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float16) if out else np.zeros((0, EMBEDDING_DIM), np.float16)
 

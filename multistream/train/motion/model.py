@@ -1,12 +1,13 @@
 """The motion CNN of paper §IV.C (CNN-M-2048 of two-stream networks) and its optical-flow stack input.
 
     conv1 7x7x96 /2 → BN → ReLU → maxpool 3x3/2
-    conv2 5x5x256 /2 (pad 1) → BN → ReLU → maxpool 3x3/2
+    conv2 5x5x256 /2 (pad 1) → [BN] → ReLU → maxpool 3x3/2
     conv3, conv4, conv5 3x3x512 /1 (pad 1) → ReLU, maxpool 3x3/2 after conv5
     full6 4096 → ReLU → dropout → full7 2048 → ReLU → dropout → classes
 
-Batch normalization replaces the local response normalization of the original network (after conv1, as in
-the paper, and after conv2, where CNN-M-2048 also normalized). Pooling rounds up (`ceil_mode`) as Caffe did.
+Batch normalization replaces the local response normalization of the original network: after conv1, the one
+normalization the paper lists (`motion_cnn.norm: paper`; conv2 then has a bias), and with `norm: cnn_m` (the
+default) after conv2 too, where CNN-M-2048 also normalized. Pooling rounds up (`ceil_mode`) as Caffe did.
 `width` scales every conv's channels and full6's units; full7 stays 2048-d at every width because it is the
 temporal-stream frame embedding (`motion/` table). Spatial sizes (height x width) per layer:
 
@@ -65,10 +66,12 @@ class MotionCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int, stack_length: int = 10, width: float = 1.0, dropout: float = 0.5,
-                 flow_size: tuple[int, int] = (320, 240)):
+                 flow_size: tuple[int, int] = (320, 240), norm: str = "cnn_m"):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
+        if norm not in ("cnn_m", "paper"):
+            raise ValueError(f"norm must be cnn_m or paper, got {norm!r}")
 
         def scaled(n: int) -> int:
             return max(1, round(n * width))
@@ -77,10 +80,12 @@ class MotionCNN(nn.Module):
         grid = feature_grid(flow_size[1], flow_size[0])
         self.stack_length = stack_length
         self.flow_size = tuple(flow_size)
+        conv2 = [nn.Conv2d(c1, c2, 5, stride=2, padding=1, bias=norm == "paper")]
+        conv2 += [nn.BatchNorm2d(c2)] if norm == "cnn_m" else []
         self.features = nn.Sequential(
             nn.Conv2d(2 * stack_length, c1, 7, stride=2, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, ceil_mode=True),
-            nn.Conv2d(c1, c2, 5, stride=2, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            *conv2, nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, ceil_mode=True),
             nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c3, c3, 3, padding=1), nn.ReLU(inplace=True),
@@ -97,7 +102,7 @@ class MotionCNN(nn.Module):
     @classmethod
     def from_config(cls, cfg: MotionCNNConfig, num_classes: int, flow_size: tuple[int, int]) -> MotionCNN:
         return cls(num_classes, stack_length=cfg.stack_length, width=cfg.width, dropout=cfg.dropout,
-                   flow_size=flow_size)
+                   flow_size=flow_size, norm=cfg.norm)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -153,9 +158,11 @@ def flow_stacks(flow_q: np.ndarray, centers, stack_length: int, clip_px: float) 
     return stacks
 
 def model_meta(classes: list[str], cfg: MotionCNNConfig, flow_size: tuple[int, int], clip_px: float) -> dict:
-    """What model.json records to rebuild the network and read its input: classes, architecture, flow."""
+    """What model.json records to rebuild the network and read its input: classes, architecture, flow, and the
+    precision it runs at (`motion_cnn.amp`, also when it embeds)."""
     return {"classes": list(classes), "stack_length": cfg.stack_length, "width": cfg.width,
-            "dropout": cfg.dropout, "flow_size": list(flow_size), "clip_px": clip_px}
+            "dropout": cfg.dropout, "flow_size": list(flow_size), "clip_px": clip_px, "norm": cfg.norm,
+            "amp": cfg.amp}
 
 
 def save_motion_cnn(directory: str, state: dict[str, torch.Tensor], meta: dict) -> None:
@@ -170,6 +177,6 @@ def load_motion_cnn(directory: str) -> tuple[MotionCNN, dict]:
     """The motion CNN saved in `directory` (eval mode, CPU) and its model.json."""
     state, meta = modelio.load_model(directory)
     model = MotionCNN(len(meta["classes"]), stack_length=meta["stack_length"], width=meta["width"],
-                      dropout=meta["dropout"], flow_size=tuple(meta["flow_size"]))
+                      dropout=meta["dropout"], flow_size=tuple(meta["flow_size"]), norm=meta.get("norm", "cnn_m"))
     model.load_state_dict(state)
     return model.eval(), meta

@@ -4,7 +4,8 @@ final test scoring, the plain loop over epochs, and the record kept in model.jso
 `fit_motion_cnn` is the loop of a Ray Train worker (`multistream.ray.motion` gives it scheduled checkpoints;
 figures are summed over the workers' process group) and, with its defaults, the plain one-process loop. Model choice
 reads `val` only: the best epoch has the lowest val loss, training stops after `patience` epochs without a
-lower one; `test` is scored once, with the best epoch's weights.
+lower one; `test` is scored once, with the best epoch's weights. Without val videos (`validation.fraction: 0`)
+`motion_cnn.epochs` epochs run and the last one's weights are kept.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from multistream.device import actor_device, check_gpu_given, resolve_device
 from multistream.store import modelio, runinfo
 from multistream.store.layout import MOTION_CNN, RunRoot
 from multistream.train.loop import EpochLoop, EpochRecord, Report, no_report, sum_metrics
-from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, read_plan
+from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, epoch_stacks, read_plan
 from multistream.train.motion.model import MotionCNN, model_meta
 from multistream.train.steps import evaluate, motion_optimizer, seed_everything, train_epoch
+from multistream.train.sync_bn import bn_spread, convert_sync_bn
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,11 @@ def check_motion_resources(cfg: Config) -> None:
 
 
 def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:
-    """The untrained network, initialised from `motion_cnn.seed` (the same on every worker)."""
+    """The untrained network, initialised from `motion_cnn.seed` (the same on every worker); its BatchNorms
+    synchronised across the Train workers with `motion_cnn.sync_bn` (`multistream.train.sync_bn`)."""
     seed_everything(cfg.motion_cnn.seed)
-    return MotionCNN.from_config(cfg.motion_cnn, len(plan.classes), cfg.flow.size)
+    model = MotionCNN.from_config(cfg.motion_cnn, len(plan.classes), cfg.flow.size)
+    return convert_sync_bn(model) if cfg.motion_cnn.sync_bn else model
 
 
 def _counted(batches: Iterable, count: list[int]):
@@ -64,30 +68,33 @@ class MotionTrainer:
     """The epochs of worker `rank` of `world`: `model` (unwrapped: validation, test), `wrapped` (what trains:
     DDP across Ray Train workers, else `model`) and this worker's `plan` shard; figures are summed over the
     workers (`loop.sum_metrics`). Each worker takes `motion_cnn.batch_size / world` stacks a step, so that a
-    step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps)."""
+    step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps). `validated`:
+    whether any worker has val videos (without, an epoch returns no val figures)."""
 
     def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
                  cfg: Config, device: torch.device, world: int = 1, wrapped: torch.nn.Module | None = None,
-                 pad_to: int | None = None):
+                 pad_to: int | None = None, validated: bool = True):
         self.model, self.wrapped, self.optimizer = model, wrapped or model, optimizer
         self.source, self.plan, self.cfg, self.device = source, plan, cfg, device
         self.batch_size = cfg.motion_cnn.batch_size // world
-        self.pad_to = pad_to
+        self.pad_to, self.validated = pad_to, validated
         self.loss_fn = torch.nn.CrossEntropyLoss()
 
     def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
         mc = self.cfg.motion_cnn
         return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, self.batch_size,
-                             mc.stack_length, self.cfg.flow.clip_px, rng, pad_to)
+                             mc.stack_length, self.cfg.flow.clip_px, rng, pad_to, mc.epoch == "whole_flow")
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> dict[str, float]:
         """Train epoch `epoch` (1-based) on stacks drawn with `rng`, then validate → loss, accuracy, val_loss,
-        val_accuracy."""
+        val_accuracy (the last two only where there are val videos)."""
         count = [0]
         train = train_epoch(self.wrapped, _counted(self.batches(self.plan.train, rng, self.pad_to), count),
-                            self.optimizer, self.loss_fn, self.device, amp=True)
+                            self.optimizer, self.loss_fn, self.device, amp=self.cfg.motion_cnn.amp)
         train = self._mean({"loss": train["loss"] * count[0], "correct": train["accuracy"] * count[0],
                             "n": count[0]})
+        if not self.validated:
+            return {"loss": train["loss"], "accuracy": train["accuracy"]}
         val = self.score(self.plan.val)
         return {"loss": train["loss"], "accuracy": train["accuracy"], "val_loss": val["loss"],
                 "val_accuracy": val["accuracy"]}
@@ -98,7 +105,7 @@ class MotionTrainer:
         if ids:
             count = [0]
             result = evaluate(self.model, _counted(self.batches(ids), count), self.loss_fn, self.device,
-                              top_k=(1,), amp=True)
+                              top_k=(1,), amp=self.cfg.motion_cnn.amp)
             sums = {"loss": result["loss"] * count[0], "correct": result["accuracy"] * count[0], "n": count[0]}
         return self._mean(sums)
 
@@ -110,37 +117,42 @@ class MotionTrainer:
 
 @dataclass
 class MotionTraining:
-    """What a motion CNN's training gave: its history and the figures of its best (lowest val loss) epoch,
-    and the test split's, scored once with that epoch's weights."""
+    """What a motion CNN's training gave: its history and the figures of its best (lowest val loss) epoch (the
+    last one, val figures None, without val videos), and the test split's, scored once with that epoch's
+    weights. `bn_spread`: the largest difference of a BatchNorm running statistic between the Train workers
+    after the last epoch (0.0 in one process and with `motion_cnn.sync_bn`)."""
 
     classes: list[str]
     history: list[dict]
     epochs: int
     best_epoch: int
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
     test_loss: float | None
     test_accuracy: float | None
     n_train: int
     n_val: int
     n_test: int
     chance: float
+    bn_spread: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> MotionTraining:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
-def summarize(plan: MotionPlan, history: list[dict], test: Mapping[str, float]) -> MotionTraining:
-    best = min(history, key=lambda m: m["val_loss"])  # the first of equal losses, as EarlyStopping keeps
+def summarize(plan: MotionPlan, history: list[dict], test: Mapping[str, float], bn_spread: float = 0.0
+              ) -> MotionTraining:
+    validated = [m for m in history if "val_loss" in m]
+    best = min(validated, key=lambda m: m["val_loss"]) if validated else history[-1]  # the first of equals
     tested = bool(plan.test)
-    return MotionTraining(list(plan.classes), history, history[-1]["epoch"], best["epoch"], best["val_loss"],
-                          best["val_accuracy"], test["loss"] if tested else None,
+    return MotionTraining(list(plan.classes), history, history[-1]["epoch"], best["epoch"], best.get("val_loss"),
+                          best.get("val_accuracy"), test["loss"] if tested else None,
                           test["accuracy"] if tested else None, len(plan.train), len(plan.val), len(plan.test),
-                          1 / len(plan.classes))
+                          1 / len(plan.classes), bn_spread)
 
 
 def plan_meta(plan: MotionPlan, cfg: Config) -> dict:
@@ -203,13 +215,32 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     kept = source.preload(shard.train + shard.val + shard.test)
     log.info("motion CNN: %d videos' flow in memory (%.2f GB) after %.1f s", kept, source.kept_bytes / 2**30,
              time.perf_counter() - started)
+    if not plan.val and mc.epochs is None:
+        raise ValueError("motion_cnn.epochs: no val videos to stop training on (validation.fraction is 0?): "
+                         "set an epoch budget")
     model = new_model(plan, cfg).to(device)
     wrapped = wrap(model) if wrap is not None else model
     optimizer = motion_optimizer(wrapped, mc)
     loop = EpochLoop(model, optimizer, report, patience=mc.patience, epochs=mc.epochs, seed=mc.seed, rank=rank,
                      train_key="loss", on_epoch=on_epoch)
     loop.resume(state)
-    pad_to = mc.stacks_per_video * math.ceil(len(plan.train) / world) if world > 1 else None  # DDP: equal steps
-    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, world, wrapped, pad_to)
+    trainer = MotionTrainer(model, optimizer, source, shard, cfg, device, world, wrapped,
+                            _pad_to(plan, source, cfg, world), bool(plan.val))
     loop.fit(trainer.epoch)
-    return MotionFit(loop.load_best(), loop.best_state, summarize(plan, loop.history, trainer.score(trainer.plan.test)))
+    spread = bn_spread(model, device)  # before the best weights replace the last epoch's
+    fitted = loop.load_best()
+    return MotionFit(fitted, loop.best_state or {k: v.detach().cpu().clone() for k, v in fitted.state_dict().items()},
+                     summarize(plan, loop.history, trainer.score(trainer.plan.test), spread))
+
+
+def _pad_to(plan: MotionPlan, source: FlowSource, cfg: Config, world: int) -> int | None:
+    """Stacks of a training epoch on the worker that has the most (every worker takes as many steps: DDP)."""
+    if world == 1:
+        return None
+    mc = cfg.motion_cnn
+
+    def stacks(video_id: str) -> int:
+        pairs = plan.pairs.get(video_id) or len(source.get([video_id])[0])
+        return epoch_stacks(pairs, mc.stacks_per_video, mc.stack_length, mc.epoch == "whole_flow")
+
+    return max(sum(stacks(v) for v in plan.shard(rank, world).train) for rank in range(world))

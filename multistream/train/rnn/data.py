@@ -103,10 +103,10 @@ def stream_data(run: RunRoot, stream: str, videos: pa.Table) -> StreamData:
         if unknown:
             log.warning("%s: %d %s videos have a label absent from the train split; not scored", stream,
                         unknown, split)
-    if not all(split_ids.values()):
+    if not split_ids["train"] or not split_ids["test"]:
         counts = ", ".join(f"{len(ids)} {split}" for split, ids in split_ids.items())
-        raise ValueError(f"stream {stream!r} needs labelled ok videos in the train, val and test splits "
-                         f"(val drives the model choices, test is scored), found {counts}")
+        raise ValueError(f"stream {stream!r} needs labelled ok videos in the train and test splits "
+                         f"(val, where there is one, drives the model choices; test is scored), found {counts}")
     scored = {v for ids in split_ids.values() for v in ids}
     targets = {r["video_id"]: index[r["label"]] for r in rows if r["video_id"] in scored}
     return StreamData(stream, table, column, input_dim, classes, targets, split_ids["train"], split_ids["val"],

@@ -53,11 +53,12 @@ def heads_spec(rnn: RNNConfig, streams: dict[str, dict]) -> dict:
 def head_meta(data: StreamData, head: Head) -> dict:
     """model.json of a trained head (`embed_stream` adds the scores and saves it with the best weights)."""
     loop = head.loop
-    best = {m["epoch"]: m for m in loop.history}[loop.best_epoch]
+    best_epoch = loop.best_epoch or loop.epoch  # without val videos: the last epoch
+    best = {m["epoch"]: m for m in loop.history}[best_epoch]
     meta = {"stream": data.stream, "input_dim": data.input_dim, "classes": data.classes,
             "embedding_dim": head.model.embedding_dim, "rnn": architecture(head.rnn),
-            "config": dataclasses.asdict(head.rnn), "epochs": loop.epoch, "best_epoch": loop.best_epoch,
-            "best_val_loss": best["val_loss"], "history": loop.history}
+            "config": dataclasses.asdict(head.rnn), "epochs": loop.epoch, "best_epoch": best_epoch,
+            "best_val_loss": best.get("val_loss"), "history": loop.history}
     return meta
 
 
@@ -115,6 +116,9 @@ class HeadGroup:
         self.streams = streams
         self.heads, self.splits = {}, {}
         for data in streams:
+            if not data.val_ids and rnn.epochs is None:
+                raise ValueError(f"rnn.epochs: stream {data.stream!r} has no val videos to stop training on "
+                                 "(validation.fraction is 0?): set an epoch budget")
             own = shard(data.train_ids, rank, world)
             train = read_sequences(data, shard(data.train_ids, rank, world, pad=True))
             moments = frame_moments(train.seqs[:len(own)])  # the padding repeats videos: left out
@@ -202,7 +206,7 @@ def embed_stream(run: RunRoot, data: StreamData, model: SequenceClassifier, meta
     for split in ("val", "test"):
         chosen = [row[v] for v in data.ids(split)]
         targets = np.array([index.get(data.classes[data.targets[v]], -1) for v in data.ids(split)], np.int64)
-        meta[split] = scores(logits[chosen], targets)
+        meta[split] = scores(logits[chosen], targets) if chosen else {}  # a run without val scores none
     meta.update(n_train=len(data.train_ids), n_val=len(data.val_ids), n_test=len(data.test_ids))
     model_dir = run.model(layout.rnn_name(data.stream))
     modelio.save_model(model_dir, {k: v.cpu() for k, v in model.state_dict().items()}, meta)

@@ -6,7 +6,9 @@ plain loop the benchmark compares them with:
   epochs in a row (down to `min_lr`); early stop once it has not improved for `patience` epochs; the weights
   kept are those of the epoch with the lowest validation loss;
 - `rnn.batch_size` videos per optimizer step in total: with W data-parallel workers each takes batch_size / W;
-- only the `val` split is read for those choices; the test split is scored once, by whoever holds the result.
+- only the `val` split is read for those choices; the test split is scored once, by whoever holds the result;
+  without val videos (`validation.fraction: 0`) no choice is made: `rnn.epochs` epochs at `rnn.lr`, the last
+  one's weights kept.
 
 `Head` is one model in training: the recipe's epoch run by the one epoch loop (`multistream.train.loop`),
 whose state round-trips through checkpoints; `train_head` is the plain loop over in-memory sequences.
@@ -102,7 +104,8 @@ class Head:
                             "n_train": len(train), **{f"val_{k}": val_stats[k] * len(val) for k in keys},
                             "n_val": len(val)}, self.device)
         n_train, n_val = sums.pop("n_train"), sums.pop("n_val")
-        return {k: v / (n_train if k.startswith("train_") else n_val) for k, v in sums.items()}
+        return {k: v / (n_train if k.startswith("train_") else n_val) for k, v in sums.items()
+                if n_val or k.startswith("train_")}  # no val videos on any worker: no val figures
 
     def best_model(self) -> SequenceClassifier:
         """The model with the best epoch's weights, in eval mode, on this head's device."""
@@ -112,6 +115,8 @@ class Head:
 def train_head(train: Sequences, val: Sequences, rnn: RNNConfig, num_classes: int, device: str = "cpu",
                on_epoch: Callable[[EpochRecord], None] | None = None) -> Head:
     """The plain loop (one process, no Ray): statistics of `train`, then epochs until the head's loop is done."""
+    if not len(val) and rnn.epochs is None:
+        raise ValueError("rnn.epochs: no val videos to stop training on: set an epoch budget")
     head = Head(rnn, train.seqs[0].shape[1], num_classes, input_statistics(frame_moments(train.seqs)), device)
     head.loop.on_epoch = on_epoch
     while not head.loop.done:

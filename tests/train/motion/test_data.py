@@ -13,11 +13,13 @@ from multistream.train.motion.data import (
     embed_video,
     embed_videos,
     epoch_batches,
+    epoch_stacks,
     make_plan,
     pending_positions,
     read_flows,
     read_plan,
     stack_centers,
+    tiled_centers,
 )
 from multistream.train.motion.model import MotionCNN, flow_stacks, model_meta
 from tests.support.motion import SIZE, config, make_run_root, toy_videos
@@ -40,15 +42,17 @@ def test_plan_takes_classes_from_train_and_keeps_val_and_test_apart():
     assert (shard.train, shard.val, shard.test) == (("b",), ("i",), ())
 
 
-def test_read_plan_refuses_a_run_without_val_videos(tmp_path):
+def test_read_plan_takes_a_run_without_val_videos(tmp_path):
+    """validation.fraction 0: the plan has no val videos (training then runs its epoch budget: test_recipe)."""
     make_run_root(tmp_path, videos_per_class=4)
-    assert len(read_plan(RunRoot(str(tmp_path))).val) == 2
+    plan = read_plan(RunRoot(str(tmp_path)))
+    assert len(plan.val) == 2 and plan.pairs == {v: plan.pairs[v] for v in plan.targets} and min(plan.pairs.values()) > 0
     rows = storage.read_table(str(tmp_path / "videos")).to_pylist()
     for row in rows:
         row["split"] = "train" if row["split"] == "val" else row["split"]
     storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), str(tmp_path / "videos"), "part-0")
-    with pytest.raises(ValueError, match="no val-split videos"):
-        read_plan(RunRoot(str(tmp_path)))
+    plan = read_plan(RunRoot(str(tmp_path)))
+    assert plan.val == () and len(plan.train) == 6
 
 
 def test_flow_is_read_by_video_and_kept_within_the_budget(tmp_path, monkeypatch):
@@ -181,3 +185,19 @@ def test_motion_parts_are_written_for_pending_videos_only(tmp_path):
     table = storage.read_table(run.motion)
     assert table.schema.field("temporal").type == schema.vectors(2048)
     assert [s.shape for s in schema.column_to_sequences(table["temporal"])] == [(5, 2048)] * 4
+
+
+def test_a_whole_flow_epoch_takes_every_pair_once():
+    """motion_cnn.epoch: whole_flow: ceil(P / L) stacks a video whose windows cover each of its P pairs."""
+    assert tiled_centers(10, 4).tolist() == [2, 6, 10] and tiled_centers(3, 4).tolist() == [2]
+    assert [epoch_stacks(p, 5, 4, True) for p in (1, 4, 5, 12)] == [1, 1, 2, 3] and epoch_stacks(12, 5, 4, False) == 5
+    rows, flows = toy_videos(2)
+    targets = {r["video_id"]: 0 for r in rows}
+    batches = _batches(flows, targets, np.random.default_rng(0), batch_size=1000, whole_flow=True)
+    stacks = batches[0][0].numpy()
+    assert len(stacks) == sum(epoch_stacks(len(f), 3, 4, True) for f in flows.values())
+    expected = [flow_stacks(f, tiled_centers(len(f), 4), 4, 20.0) for f in flows.values()]
+    covered = {tuple(np.round(s[:, 0, 0], 4)) for e in expected for s in e}
+    assert {tuple(np.round(s[:, 0, 0], 4)) for s in stacks} == covered  # the same stacks, shuffled
+    val = _batches(flows, targets, count=2, batch_size=1000, whole_flow=True)  # no rng: count evenly spaced
+    assert len(val[0][1]) == 2 * len(flows)

@@ -123,3 +123,18 @@ def test_flow_stacks_batches_centers():
     batch = flow_stacks(q, [0, 6, 12], stack_length=4, clip_px=CLIP)
     assert batch.shape == (3, 8, 6, 8)
     np.testing.assert_array_equal(batch[1], flow_stack(q, 6, 4, CLIP))
+
+
+def test_norm_paper_normalizes_after_conv1_only_and_cnn_m_after_conv2_too():
+    norms = {}
+    for norm in ("paper", "cnn_m"):
+        model = MotionCNN(num_classes=3, stack_length=2, width=0.125, flow_size=(112, 84), norm=norm)
+        layers = list(model.features)
+        convs = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)]
+        norms[norm] = [isinstance(layers[i + 1], torch.nn.BatchNorm2d) for i in convs]
+        assert layers[convs[1]].bias is None if norm == "cnn_m" else layers[convs[1]].bias is not None
+        assert model(torch.randn(2, 4, 84, 112)).shape == (2, 3)
+    assert norms == {"paper": [True, False, False, False, False], "cnn_m": [True, True, False, False, False]}
+    assert MotionCNN.from_config(MotionCNNConfig(norm="paper"), 3, (112, 84)).features[4].bias is not None
+    with pytest.raises(ValueError, match="norm"):
+        MotionCNN(3, norm="lrn")

@@ -1,5 +1,6 @@
 """The motion CNN's training without Ray: seeded, model choice on val only, device placement, model I/O."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,13 +10,14 @@ import torch
 from multistream.config import ConfigError
 from multistream.device import actor_device
 from multistream.train.motion.data import make_plan
-from multistream.train.motion.model import load_motion_cnn, save_motion_cnn
+from multistream.train.motion.model import MotionCNN, load_motion_cnn, save_motion_cnn
 from multistream.train.motion.recipe import (
     check_motion_resources,
     fit_motion_cnn,
     motion_device,
     training_meta,
 )
+from multistream.train.sync_bn import SyncBatchNorm2d
 from tests.support.motion import config as run_config
 from tests.support.motion import synthetic_flow, toy_videos
 
@@ -113,3 +115,32 @@ def test_cuda_without_gpus_and_odd_batches_are_refused_before_work():
         check_motion_resources(config(1, "motion_cnn.device=cuda", "ray.embed.num_gpus=1"))
     with pytest.raises(ConfigError, match="motion_cnn.batch_size: 16 stacks a step cannot be divided"):
         check_motion_resources(config(1, "ray.train.num_workers=3"))
+
+
+def test_without_val_videos_the_epoch_budget_stops_training_and_the_last_weights_are_kept(toy):
+    """validation.fraction 0: no val figures, no early stop, the last epoch's weights; no budget is refused."""
+    plan, flows = toy
+    no_val = dataclasses.replace(plan, val=())
+    fit = fit_motion_cnn(flows, no_val, config(3, "motion_cnn.patience=1"), "cpu")
+    t = fit.training
+    assert [h["epoch"] for h in t.history] == [1, 2, 3] and not any("val_loss" in h for h in t.history)
+    assert (t.best_epoch, t.val_loss, t.val_accuracy, t.n_val) == (3, None, None, 0)
+    assert t.test_accuracy is not None
+    assert all(torch.equal(fit.state[k], v.cpu()) for k, v in fit.model.state_dict().items())
+    with pytest.raises(ValueError, match="motion_cnn.epochs"):
+        fit_motion_cnn(flows, no_val, config(1, "motion_cnn.epochs=null"), "cpu")
+
+
+def test_the_paper_switches_train_in_one_process(toy):
+    """norm: paper, sync_bn (BatchNorm in one process), a whole-flow epoch and amp off train and save as the
+    plain network; the record says no statistic differs between workers."""
+    plan, flows = toy
+    cfg = config(2, "motion_cnn.norm=paper", "motion_cnn.sync_bn=true", "motion_cnn.epoch=whole_flow",
+                 "motion_cnn.amp=false", "motion_cnn.epochs=null", "motion_cnn.patience=1")
+    fit = fit_motion_cnn(flows, plan, cfg, "cpu")
+    assert any(isinstance(m, SyncBatchNorm2d) for m in fit.model.modules())
+    assert fit.training.bn_spread == 0.0 and fit.training.history[-1]["epoch"] == fit.training.best_epoch + 1
+    meta = training_meta(plan, cfg, fit.training)
+    assert (meta["norm"], meta["amp"]) == ("paper", False)
+    plain = MotionCNN.from_config(dataclasses.replace(cfg.motion_cnn, sync_bn=False), 2, cfg.flow.size)
+    plain.load_state_dict(fit.state)

@@ -35,8 +35,10 @@ def test_stream_errors_name_what_is_missing(tmp_path):
     no_val = ok_videos(run).to_pylist()
     for row in no_val:
         row["split"] = "train" if row["split"] == "val" else row["split"]
-    with pytest.raises(ValueError, match="0 val"):
-        stream_data(run, "spatial", pa.Table.from_pylist(no_val))
+    assert stream_data(run, "spatial", pa.Table.from_pylist(no_val)).val_ids == []  # validation.fraction 0
+    no_test = [dict(row, split="train" if row["split"] == "test" else row["split"]) for row in no_val]
+    with pytest.raises(ValueError, match="0 test"):
+        stream_data(run, "spatial", pa.Table.from_pylist(no_test))
 
 
 def test_read_sequences_keeps_the_order_asked(tmp_path):
