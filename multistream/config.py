@@ -27,6 +27,7 @@ from multistream.config_loader import (
     build,
     in_range,
     min_side,
+    positive,
 )
 from multistream.dataset.entry import VIDEO_EXTENSIONS
 from multistream.extract.flow.registry import known_backend
@@ -178,7 +179,10 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    l2: PosFloat = 1e-2  # L2 regularisation of the linear SVM (paper §V.D)
+    l2: PosFloat = 1e-2  # L2 regularisation of the linear SVM (paper §V.D): C = 1 / (2 N l2), see fuse/svm.py
+    # the SVM's C directly: a number, "auto" (the best val top-1 of C_grid, SVMs fitted on train), None: from l2
+    C: Annotated[float, positive] | Literal["auto"] | None = None
+    C_grid: tuple[PosFloat, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
     max_iter: PosInt = 10000
     # the videos the SVM is fitted on: their RNN embeddings; "train+val" adds embeddings the RNNs were not
     # fitted on (and so look like the test split's)

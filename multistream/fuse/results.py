@@ -35,6 +35,9 @@ class FusionResult:
     splits: dict[str, str]  # {"fit": "train", "score": "test"}
     seconds: float
     embeddings_fingerprint: str = ""
+    C: float | None = None  # the SVM's C (LinearSVC's)
+    C_rule: str = "fusion.l2"  # where C came from: "fusion.l2" (1 / (2 N l2)), "fusion.C", "auto" (chosen on val)
+    C_val_top1: dict[str, float] = field(default_factory=dict)  # auto: each C of fusion.C_grid → its val top-1
 
 
 @dataclass
@@ -107,6 +110,10 @@ def summary_table(result: FuseResult) -> str:
         lines.append(line)
     lines.append(f"fitted on {fusion.n_train} {fusion.splits['fit']} videos, scored on {fusion.n_test} "
                  f"{fusion.splits['score']} videos; classes: {', '.join(fusion.classes)}")
+    if fusion.C is not None:
+        rule = {"fusion.l2": f"C = 1 / (2 N l2), N = {fusion.n_train}", "fusion.C": "fusion.C",
+                "auto": f"the best val top-1 of fusion.C_grid ({fusion.n_val} val videos)"}.get(fusion.C_rule, fusion.C_rule)
+        lines.append(f"linear SVM: C {fusion.C:.4g} ({rule})")
     if ceilings:
         lines.append("ceiling: the top-1 the streams' cues allow (multistream.demo.dataset.CUES; a missing stream is chance); "
                      "cue acc.: predicted as a class with the video's cues (100 % where the streams learned them)")

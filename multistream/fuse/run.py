@@ -8,7 +8,8 @@ Both models train in-process, as one worker: the inputs are one (D_s,) vector pe
 autoencoder in a minute (on a GPU with `anomaly.device: auto` where there is one). No Ray is needed.
 
 Which split does what (recorded in each result's `splits`):
-- the SVM is fitted on `fusion.fit` ('train' by default);
+- the SVM is fitted on `fusion.fit` ('train' by default); with `fusion.C: auto` its C is the best val top-1 of
+  SVMs fitted on 'train' (`svm.choose_c`);
 - the autoencoder is cross-fitted on 'train' + 'val' (one per fold, `multistream.fuse.anomaly.cross_fit`) and its
   threshold set at `anomaly.target_fpr` on the 'val' videos' out-of-fold scores (`anomaly.calibrate:
   cross_fit`; without 'val', on the train videos', and it says so); or, with `anomaly.calibrate: val`, fitted
@@ -42,7 +43,7 @@ from multistream.dataset.splits import group_folds
 from multistream.fuse.anomaly import AnomalyDetector, cross_fit, detection_figures
 from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
-from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablation
+from multistream.fuse.svm import FusionModel, choose_c, evaluate_predictions, stream_ablation
 from multistream.store import layout, modelio, runinfo, schema
 from multistream.store.commit import replace_table
 from multistream.store.layout import RunRoot
@@ -78,7 +79,13 @@ def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: Ru
     started = time.perf_counter()
     train, test = _labelled(data, cfg.fusion.fit), data.split_mask(TEST)
     y_train, y_test = data.labels(train), data.labels(test)
-    model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams)
+    c, c_val_top1 = None, {}
+    if cfg.fusion.C == "auto":  # SVMs fitted on train, scored on val: nothing else is read
+        fit, val = _labelled(data, FIT), _labelled(data, CALIBRATE)
+        c, c_val_top1 = choose_c(data.rows(fit, streams), data.labels(fit), data.rows(val, streams),
+                                 data.labels(val), cfg.fusion, streams)
+        log.info("fusion.C: auto chose C = %g on %d val videos (val top-1 per C: %s)", c, int(val.sum()), c_val_top1)
+    model = FusionModel.fit(data.rows(train, streams), y_train, cfg.fusion, streams=streams, c=c)
     model.save(run.model(layout.SVM))
     accuracy = evaluate_predictions(model.decision_scores(data.rows(test, streams)), y_test, model.classes)
     cues = None
@@ -92,12 +99,14 @@ def _fit_fusion(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: Ru
             return cue_figures(subset, y_test, predicted, present)
 
     ablation = stream_ablation(data.rows(train, streams), data.rows(test, streams), y_train, y_test,
-                               cfg.fusion, streams, cues)
+                               cfg.fusion, streams, cues, c=model.c)
     result = FusionResult(
         streams=list(streams), classes=model.classes, dims=model.dims, top1=accuracy.top1, top5=accuracy.top5,
         per_class=accuracy.per_class, confusion=accuracy.confusion, n_train=int(train.sum()),
         n_val=int(data.split_mask(CALIBRATE).sum()), n_test=int(test.sum()), ablation=ablation,
-        splits={"fit": cfg.fusion.fit, "score": TEST}, seconds=time.perf_counter() - started)
+        splits={"fit": cfg.fusion.fit, "score": TEST}, seconds=time.perf_counter() - started, C=model.c,
+        C_rule="auto" if c is not None else "fusion.C" if cfg.fusion.C is not None else "fusion.l2",
+        C_val_top1=c_val_top1)
     return model, result
 
 

@@ -1,13 +1,18 @@
 """Late fusion (paper §IV.G, §V.D): a linear SVM on the concatenated, standardized video embeddings.
 
-Regularisation: the paper's objective is mean hinge loss + l2 * ||w||^2 with l2 = 1e-2. scikit-learn's
-LinearSVC minimises 0.5 ||w||^2 + C * sum(hinge); dividing by N * C shows the two agree for
-C = 1 / (2 * N * l2), N the number of training videos. Classes are fitted one-vs-rest.
+Regularisation: the paper gives "L2 regularization parameter 1e-2" and no objective. Read as mean hinge loss +
+l2 * ||w||^2 (what a softmax-free dense layer with an L2 kernel penalty of 1e-2 minimises), and with
+scikit-learn's LinearSVC minimising 0.5 ||w||^2 + C * sum(hinge), dividing by N * C shows the two agree for
+C = 1 / (2 * N * l2), N the training videos (`fusion.l2`, the default). Other readings give other C
+(docs/paper.md#fusion): `fusion.C` sets it directly, and `fusion.C: auto` chooses it from `fusion.C_grid` by the
+val top-1 of SVMs fitted on train (`choose_c`; never on test). Classes are fitted one-vs-rest, on features
+standardized with the training mean and std.
 
-Missing streams (a video without audio, say) arrive as NaN rows and are imputed with the training mean,
-which is 0 after standardization: the stream then does not move the scores. The model is saved through
-`multistream.store.modelio`: coef/intercept/mean/scale as tensors, streams, dims, classes and l2 as metadata;
-scoring is plain NumPy.
+A stream a video has no embedding of arrives as a NaN row and is imputed with the training mean, which is 0
+after standardization: the stream then does not move the scores. (A clip without an audio track is not such a
+video: it has an audio embedding, that of VGGish on silence.) The model is saved through
+`multistream.store.modelio`: coef/intercept/mean/scale as tensors, streams, dims, classes, l2 and C as
+metadata; scoring is plain NumPy.
 """
 
 from __future__ import annotations
@@ -42,18 +47,19 @@ class FusionModel:
     """Linear SVM over `streams`' embeddings; `decision_scores` is (N, C) in the order of `classes`."""
 
     def __init__(self, streams: tuple[str, ...], classes: list[str], dims: list[int], mean: np.ndarray,
-                 scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray, l2: float):
+                 scale: np.ndarray, coef: np.ndarray, intercept: np.ndarray, l2: float, c: float | None = None):
         self.streams = tuple(streams)
         self.classes = list(classes)
         self.dims = list(dims)
         self.mean, self.scale = mean, scale  # (D,) training mean (also the imputed value) and std
         self.coef, self.intercept = coef, intercept  # (C', D), (C',); C' = 1 for two classes
-        self.l2 = l2
+        self.l2, self.c = l2, c  # c: LinearSVC's C it was fitted with
 
     @classmethod
     def fit(cls, features: dict[str, np.ndarray], labels: list[str], cfg: FusionConfig,
-            streams: tuple[str, ...] = STREAMS) -> FusionModel:
-        """features[stream]: (N, D_s) float, NaN rows where a stream is missing; labels: N class names."""
+            streams: tuple[str, ...] = STREAMS, c: float | None = None) -> FusionModel:
+        """features[stream]: (N, D_s) float, NaN rows where a stream is missing; labels: N class names. `c`:
+        LinearSVC's C (None: `svm_c(cfg, N)`; `fusion.C: auto` is chosen by `choose_c` first)."""
         streams = tuple(streams)
         x = _stack(features, streams)
         labels = np.asarray([str(v) for v in labels])
@@ -65,11 +71,11 @@ class FusionModel:
         x = np.where(np.isnan(x), mean, x)
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0
-        c = 1.0 / (2.0 * len(x) * cfg.l2)
+        c = svm_c(cfg, len(x)) if c is None else float(c)
         svm = LinearSVC(loss="hinge", C=c, dual=True, max_iter=cfg.max_iter, random_state=0)
         svm.fit((x - mean) / scale, labels)
         return cls(streams, [str(v) for v in svm.classes_], [np.shape(features[s])[1] for s in streams],
-                   mean, scale, svm.coef_.copy(), svm.intercept_.copy(), cfg.l2)
+                   mean, scale, svm.coef_.copy(), svm.intercept_.copy(), cfg.l2, c)
 
     def decision_scores(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """features[stream] (N, D_s) → (N, C) float64 SVM margins (higher: more likely)."""
@@ -92,7 +98,7 @@ class FusionModel:
         modelio.save_model(str(directory), {"mean": self.mean, "scale": self.scale, "coef": self.coef,
                                             "intercept": self.intercept},
                            {"kind": KIND, "format": FORMAT, "streams": list(self.streams), "dims": self.dims,
-                            "classes": self.classes, "l2": self.l2})
+                            "classes": self.classes, "l2": self.l2, "C": self.c})
 
     @classmethod
     def load(cls, directory: str) -> FusionModel:
@@ -102,7 +108,29 @@ class FusionModel:
                              f"(kind {meta.get('kind')!r}, format {meta.get('format')!r})")
         arrays = {name: tensors[name].numpy() for name in ("mean", "scale", "coef", "intercept")}
         return cls(tuple(meta["streams"]), meta["classes"], meta["dims"], arrays["mean"], arrays["scale"],
-                   arrays["coef"], arrays["intercept"], meta["l2"])
+                   arrays["coef"], arrays["intercept"], meta["l2"], meta.get("C"))
+
+
+def svm_c(cfg: FusionConfig, n: int) -> float:
+    """LinearSVC's C for `n` training videos: `fusion.C` where it is a number, else 1 / (2 n l2) (the module)."""
+    if cfg.C == "auto":
+        raise ValueError("fusion.C: auto is chosen on the val split (choose_c) before fitting")
+    return float(cfg.C) if cfg.C is not None else 1.0 / (2.0 * n * cfg.l2)
+
+
+def choose_c(train: dict[str, np.ndarray], y_train: list[str], val: dict[str, np.ndarray], y_val: list[str],
+             cfg: FusionConfig, streams: tuple[str, ...] = STREAMS) -> tuple[float, dict[str, float]]:
+    """`fusion.C: auto`: an SVM per C of `cfg.C_grid` fitted on `train`, scored on `val` (nothing else is read)
+    → (the C of the best val top-1, the smallest of equals; {C: its val top-1})."""
+    if not len(y_val):
+        raise ValueError("fusion.C: auto chooses C on the val split, and there are no val videos "
+                         "(validation.fraction is 0?): set fusion.C or fusion.l2")
+    top1 = {}
+    for c in sorted(cfg.C_grid):
+        model = FusionModel.fit(train, y_train, cfg, streams, c=c)
+        top1[c] = evaluate_predictions(model.decision_scores(val), y_val, model.classes).top1
+    best = max(top1.values())
+    return min(c for c, t in top1.items() if t == best), {f"{c:g}": t for c, t in top1.items()}
 
 
 @dataclass
@@ -151,15 +179,16 @@ class AblationRow:
 
 def stream_ablation(train: dict[str, np.ndarray], test: dict[str, np.ndarray], y_train: list[str],
                     y_test: list[str], cfg: FusionConfig, streams: tuple[str, ...] = STREAMS,
-                    cues: Callable[[tuple[str, ...], list[str]], dict] | None = None) -> list[AblationRow]:
+                    cues: Callable[[tuple[str, ...], list[str]], dict] | None = None,
+                    c: float | None = None) -> list[AblationRow]:
     """Fits and scores the SVM on every non-empty subset of `streams` present in `train`: each stream alone,
-    then pairs, then all three. `cues(subset, predicted test labels)` gives a row's `ceiling` and
-    `cue_accuracy` where the dataset documents its cues."""
+    then pairs, then all three, each with C `c` (None: `svm_c`). `cues(subset, predicted test labels)` gives a
+    row's `ceiling` and `cue_accuracy` where the dataset documents its cues."""
     streams = tuple(s for s in streams if s in train)
     rows = []
     for size in range(1, len(streams) + 1):
         for subset in itertools.combinations(streams, size):
-            model = FusionModel.fit(train, y_train, cfg, streams=subset)
+            model = FusionModel.fit(train, y_train, cfg, streams=subset, c=c)
             scores = model.decision_scores(test)
             accuracy = evaluate_predictions(scores, y_test, model.classes)
             row = AblationRow("+".join(subset), accuracy.top1, accuracy.top5)

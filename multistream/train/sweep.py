@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from multistream.config import Config, FusionConfig, RNNConfig, TuneConfig
-from multistream.fuse.svm import FusionModel
+from multistream.fuse.svm import FusionModel, choose_c
 from multistream.store import runinfo, storage
 from multistream.store.layout import RunRoot
 from multistream.train.loop import EpochLoop
@@ -114,9 +114,15 @@ def split_scores(logits: np.ndarray, targets: np.ndarray, prefix: str) -> dict:
 def svm_scores(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[np.ndarray, np.ndarray]],
                num_classes: int, fusion: FusionConfig) -> dict:
     """The linear SVM of the fusion (hinge, L2) fitted on train embeddings (N, E) and targets (N,), scored on
-    each of `evaluated` ({"val": (embeddings, targets), "test": ...}) → {val_top1, val_top5, test_top1, ...}."""
+    each of `evaluated` ({"val": (embeddings, targets), "test": ...}) → {val_top1, val_top5, test_top1, ...}.
+    `fusion.C: auto` chooses its C on "val" (`svm.choose_c`)."""
     names = [str(i) for i in range(num_classes)]
-    model = FusionModel.fit({"x": train[0]}, [names[t] for t in train[1]], fusion, streams=("x",))
+    c = None
+    if fusion.C == "auto":
+        val_x, val_y = evaluated["val"]
+        c, _ = choose_c({"x": train[0]}, [names[t] for t in train[1]], {"x": val_x}, [names[t] for t in val_y],
+                        fusion, ("x",))
+    model = FusionModel.fit({"x": train[0]}, [names[t] for t in train[1]], fusion, streams=("x",), c=c)
     order = [model.classes.index(n) if n in model.classes else None for n in names]
     scores = {}
     for split, (x, y) in evaluated.items():

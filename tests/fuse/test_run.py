@@ -262,3 +262,48 @@ def test_audio_tracks_come_from_the_videos_table(tmp_path):
              "duration_s": 2.0, "fps": 15.0, "has_audio": v != "b"} for v in ("a", "b")]
     storage.write_part(pa.Table.from_pylist(rows, schema=schema.VIDEOS_SCHEMA), f"{root}/videos", "part-0")
     assert has_audio(root, ["b", "a", "c"]).tolist() == [False, True, True]
+
+
+def _relabelled(rows: list[dict], split: str) -> list[dict]:
+    """`split`'s videos given the next class's label (and their vectors poisoned): wrong answers to read."""
+    return [{**r, "label": CLASSES[(CLASSES.index(r["label"]) + 1) % len(CLASSES)]} if r["split"] == split else r
+            for r in _poisoned(rows, split)]
+
+
+def test_c_auto_chooses_on_val_and_never_reads_test(tmp_path):
+    """fusion.C: auto: SVMs of fusion.C_grid fitted on train, the best val top-1 (the smallest of equals) kept and
+    recorded; test videos with wrong labels and poisoned vectors leave the choice, the model and the record of
+    val figures as they were, and only move the test top-1."""
+    cfg = load_config(None, [*SETTINGS, "anomaly.epochs=5", "fusion.C=auto", "fusion.C_grid=[1e-5, 1e-3, 0.1, 10]"])
+    rows = synthetic_videos(seed=3, train=10, val=8, test=8, anomalies=2)
+    outcomes = {}
+    for name, variant in (("clean", rows), ("test", _relabelled(rows, "test"))):
+        root = str(tmp_path / name)
+        storage.write_part(embeddings_table(variant, schema.STREAMS), f"{root}/embeddings", "part-0")
+        outcomes[name] = (run_fuse(cfg.replace(**{"paths.output": root})).fusion, FusionModel.load(f"{root}/models/svm"))
+    (clean, svm), (test, test_svm) = outcomes["clean"], outcomes["test"]
+    assert clean.C_rule == "auto" and set(clean.C_val_top1) == {"1e-05", "0.001", "0.1", "10"}
+    best = max(clean.C_val_top1.values())
+    assert clean.C == min(float(c) for c, top1 in clean.C_val_top1.items() if top1 == best) == svm.c
+    assert (test.C, test.C_val_top1) == (clean.C, clean.C_val_top1)
+    np.testing.assert_array_equal(test_svm.coef, svm.coef)
+    assert test.top1 < 0.5 < clean.top1  # the relabelled test videos were scored, never chosen on
+    metrics = json.loads((tmp_path / "clean" / "reports" / "metrics.json").read_text())["fusion"]
+    assert metrics["C"] == clean.C and metrics["C_val_top1"] == clean.C_val_top1
+    assert f"C {clean.C:.4g} (the best val top-1 of fusion.C_grid (24 val videos))" in summary_table(
+        FuseResult.from_metrics(runinfo.read_json(str(tmp_path / "clean"), runinfo.METRICS)))
+
+
+def test_c_from_l2_or_given_and_auto_without_val_is_refused(tmp_path):
+    root = str(tmp_path / "run")
+    rows = synthetic_videos(seed=4, train=6, val=4, test=4, anomalies=2)
+    storage.write_part(embeddings_table(rows, schema.STREAMS), f"{root}/embeddings", "part-0")
+    derived = run_fuse(fuse_config(root).replace(**{"anomaly.epochs": 5})).fusion
+    assert derived.C_rule == "fusion.l2" and derived.C == pytest.approx(1 / (2 * 18 * 0.01))
+    given = run_fuse(fuse_config(root).replace(**{"anomaly.epochs": 5, "fusion.C": 0.5})).fusion
+    assert (given.C_rule, given.C, FusionModel.load(f"{root}/models/svm").c) == ("fusion.C", 0.5, 0.5)
+    no_val = str(tmp_path / "no_val")
+    storage.write_part(embeddings_table([r for r in rows if r["split"] != "val"], schema.STREAMS),
+                       f"{no_val}/embeddings", "part-0")
+    with pytest.raises(ValueError, match="fusion.C: auto chooses C on the val split"):
+        run_fuse(fuse_config(no_val).replace(**{"anomaly.epochs": 5, "fusion.C": "auto"}))

@@ -6,7 +6,7 @@ from safetensors.numpy import load_file
 from sklearn.svm import LinearSVC
 
 from multistream.config import FusionConfig
-from multistream.fuse.svm import FusionModel, evaluate_predictions, stream_ablation
+from multistream.fuse.svm import FusionModel, choose_c, evaluate_predictions, stream_ablation
 from multistream.store import modelio
 
 DIMS = {"spatial": 16, "temporal": 12, "audio": 8}
@@ -143,3 +143,20 @@ def test_stream_ablation_rows():
 
     judged = stream_ablation(train, test, y_train, y_test, CFG, cues=cues)
     assert [(r.ceiling, r.cue_accuracy) for r in judged] == [(r.streams.count("+") + 1.0, r.top1) for r in rows]
+
+
+def test_choose_c_reads_train_and_val_only_and_prefers_the_smaller_of_equals():
+    train, y_train = _toy(12, seed=7)
+    val, y_val = _toy(6, seed=8)
+    cfg = FusionConfig(C="auto", C_grid=(10.0, 1.0, 1e-6))
+    c, top1 = choose_c(train, y_train, val, y_val, cfg)
+    assert set(top1) == {"1e-06", "1", "10"} and top1 == dict.fromkeys(top1, 1.0)  # separable: all equal
+    assert c == 1e-6  # the smallest C (the strongest regularisation) of equals
+    poisoned = [CLASSES[(CLASSES.index(y) + 1) % len(CLASSES)] for y in y_val]
+    assert choose_c(train, y_train, val, poisoned, cfg)[1] == dict.fromkeys(top1, 0.0)  # val's labels are read
+    with pytest.raises(ValueError, match="fusion.C: auto is chosen on the val split"):
+        FusionModel.fit(train, y_train, cfg)
+    assert FusionModel.fit(train, y_train, cfg, c=c).c == 1e-6
+    assert FusionModel.fit(train, y_train, FusionConfig(C=0.25)).c == 0.25
+    with pytest.raises(ValueError, match="no val videos"):
+        choose_c(train, y_train, val, [], cfg)
