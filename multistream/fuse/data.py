@@ -15,7 +15,7 @@ from multistream.store.layout import RunRoot
 @dataclass
 class Embeddings:
     """One row per video: ids, labels and splits (N,), and per stream an (N, D_s) float32 array, NaN rows
-    where the video lacks that stream."""
+    where the video has no embedding of that stream (a silent clip has one: VGGish on silence)."""
 
     video_id: list[str]
     label: list[str | None]
@@ -113,7 +113,7 @@ def embeddings_fingerprint(root: str) -> str:
 
 def has_audio(root: str, video_ids: list[str]) -> np.ndarray | None:
     """(N,) bool: whether each video has an audio track, from `videos/`; None without that table. (A clip
-    without audio may still have an audio embedding: its RNN embeds an empty sequence.)"""
+    without one has an audio embedding all the same: its RNN embeds VGGish's sequence for silence.)"""
     table = storage.read_table(RunRoot(root).videos, columns=["video_id", "has_audio"])
     if table.num_rows == 0:
         return None

@@ -84,8 +84,9 @@ class SequenceClassifier(nn.Module):
 def pad_sequences(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """List of (T_i, D) arrays → x (B, T_max, D) float32 zero-padded, lengths (B,) int64.
 
-    An empty sequence (T_i = 0, e.g. a video without an audio track) becomes one timestep of zeros with
-    length 1, so that it can be packed; its embedding is then the recurrent layers' response to zeros.
+    An empty sequence (T_i = 0: a video with no row in the stream's table; a video without an audio track is
+    not one, its audio sequence is VGGish on silence) becomes one timestep of zeros with length 1, so that it can
+    be packed; its embedding is then the recurrent layers' response to zeros.
     """
     if not seqs:
         raise ValueError("pad_sequences needs at least one sequence")
