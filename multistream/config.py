@@ -383,3 +383,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         pairs[key.strip()] = yaml.safe_load(value)
     return apply(cfg, pairs)
+
+
+if __name__ == "__main__":  # python -m multistream.config --explain FILE: the config against the paper
+    from multistream.report.paper import main
+
+    raise SystemExit(main())

@@ -67,3 +67,67 @@ def test_config_is_frozen_and_replace_copies():
         cfg.flow.backend = "x"  # type: ignore[misc]
     other = cfg.replace(**{"paths.output": "runs/x"})
     assert other.paths.output == "runs/x" and cfg.paths.output != "runs/x"
+
+
+def test_the_paper_config_is_the_paper_where_it_states_a_value():
+    """configs/ucf101.yaml: every key the paper sets has the paper's value, but the flow (FlowNet 2.0 cannot be
+    had); the demo departs where it shrinks the paper, and each departure says why."""
+    from multistream.report.paper import PAPER, explain
+
+    paper = load_config(CONFIG_DIR / "ucf101.yaml")
+    assert [d.key for d in PAPER if d.departs(paper)] == ["flow.backend"]
+    mc, rnn, tune = paper.motion_cnn, paper.rnn, paper.tune
+    assert (mc.batch_size, mc.epochs, mc.patience, mc.norm, mc.sync_bn, mc.lr) == (32, None, 10, "paper", True, 1e-3)
+    assert (rnn.batch_size, rnn.epochs, rnn.patience, tune.scheduler, tune.epochs) == (32, None, 10, "none", None)
+    assert paper.tune.gpus_per_trial > 0 and paper.fusion.C is None and paper.fusion.l2 == 0.01
+    text = explain(paper)
+    assert "flow.backend = raft_small   paper (§IV.B): FlowNet 2.0" in text and "precomputed" in text
+    demo = [d for d in PAPER if d.departs(load_config())]
+    assert {"motion_cnn.norm", "motion_cnn.epochs", "tune.scheduler", "spatial.model"} <= {d.key for d in demo}
+    assert all(d.why for d in PAPER if d.key)  # every departure and every choice says why
+    for d in PAPER:  # every key of the registry is one of the config's
+        if d.key:
+            d.value(paper)
+
+
+def test_explain_from_the_command_line_and_docs_paper_md_is_its_table():
+    import subprocess
+    import sys
+
+    from multistream.report.paper import markdown
+
+    done = subprocess.run([sys.executable, "-m", "multistream.config", "--explain", str(CONFIG_DIR / "ucf101.yaml"),
+                           "--set", "motion_cnn.batch_size=64"], capture_output=True, text=True, check=True)
+    assert "motion_cnn.batch_size = 64   paper (§V.D): 32" in done.stdout
+    assert "Not stated by the paper, the project's choice" in done.stdout and "RuntimeWarning" not in done.stderr
+    table = markdown(load_config(CONFIG_DIR / "ucf101.yaml"))
+    assert table in (CONFIG_DIR.parent / "docs" / "paper.md").read_text()
+
+
+def test_the_switches_default_to_the_demo_s_behaviour():
+    mc = load_config().motion_cnn
+    assert (mc.norm, mc.sync_bn, mc.amp, mc.epoch) == ("cnn_m", False, True, "stacks_per_video")
+    demo = load_config()
+    assert demo.sampling.max_fraction == 1.0 and demo.tune.scheduler == "asha" and demo.fusion.C is None
+    assert demo.flow.backend == "dis" and demo.validation.fraction == 0.15
+
+
+@pytest.mark.parametrize("override, value", [
+    ("fusion.C=auto", "auto"), ("fusion.C=0.5", 0.5), ("fusion.C=1e-2", 0.01), ("fusion.C=null", None),
+    ("motion_cnn.amp=auto", "auto"), ("motion_cnn.amp=false", False), ("motion_cnn.epochs=null", None),
+])
+def test_union_keys_take_each_of_their_kinds(override, value):
+    key, _ = override.split("=")
+    section, leaf = key.split(".")
+    assert getattr(getattr(load_config(overrides=[override]), section), leaf) == value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("fusion.C=-1", "fusion.C: must be positive"), ("fusion.C=big", "is not one of auto"),
+    ("motion_cnn.amp=fp8", "motion_cnn.amp"), ("tune.epochs=null", "ASHA needs an epoch budget"),
+    ("tune.epochs=4", "at least grace_period"),
+    ("sampling.max_fraction=0", "sampling.max_fraction"), ("motion_cnn.norm=lrn", "motion_cnn.norm"),
+])
+def test_bad_switches_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
