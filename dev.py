@@ -33,7 +33,8 @@ def ensure_venv(venv: Path, python: str, extras: str) -> Path:
         print(f"dev.py: creating {venv} with {python}", flush=True)
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
     print(f"dev.py: installing the project{extras} into {venv} (first use: a few minutes)", flush=True)
-    subprocess.run([str(exe), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    # the environment's own pip: the newest one's resolver backtracks into releases that no longer build
+    # (boto3/aiobotocore against moto's pins) where the bundled one settles at once
     subprocess.run([str(exe), "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"], check=True)
     for old in venv.glob(".installed*"):
         old.unlink()
