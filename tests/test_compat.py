@@ -28,11 +28,11 @@ def test_fresh_interpreter_imports_in_any_order():
     assert result.returncode == 0, result.stderr
 
 
-def test_decode_and_write_stages_never_import_torch():
-    # Their actors start faster without it; torchvision is prepared only when first imported.
+def test_the_decode_stage_and_the_commit_tasks_never_import_torch():
+    # Their actors and tasks start faster without it; torchvision is prepared only when first imported.
     demo_config = Path(__file__).parents[1] / "configs" / "demo.yaml"
-    code = ("import sys; from multistream.config import load_config; from multistream.ray import extract; "
-            f"cfg = load_config({str(demo_config)!r}, []); extract.DecodeStage(cfg); extract.WriteStage(cfg); "
+    code = ("import sys; from multistream.config import load_config; from multistream.ray import extract, commit; "
+            f"cfg = load_config({str(demo_config)!r}, []); extract.DecodeStage(cfg); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "import timm; from multistream import compat; print(compat.status())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
