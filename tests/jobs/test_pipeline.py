@@ -114,6 +114,10 @@ def test_a_healthy_pipeline_prints_epochs_and_little_else_and_writes_every_model
     models = {re.search(r"([\w/]+): epoch \d+/", line).group(1) for line in epochs}
     assert {"motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio", "autoencoder/fold0"} <= models, models
     rest = [line for line in lines if line not in epochs]
+    if any("Found multiple active Ray instances" in line for line in rest):
+        # the test session's own Ray runs beside the job's: Ray's placement-group cleaner, asking the state API
+        # of "the" cluster, finds two and prints a traceback; a user's machine runs one Ray
+        rest = [line for line in rest if "(PlacementGroupCleaner" not in line]
     for noise in ("Failed to query", "Checkpoint successfully created", "Reporting training result",
                   "Token authentication", "Execution plan of Dataset"):
         assert not any(noise in line for line in rest), noise
