@@ -10,9 +10,9 @@ A weights value (`spatial.weights`, `audio.weights`, `audio.pca_params`, `flow.w
     package:NAME           weights shipped by an installed package (multistream.weights.packaged)
 
 A source given as a URL or a hub repo must be pinned by its full sha256: a URL alone could serve other bytes
-tomorrow. A named default is pinned by what its publisher publishes (`PUBLISHED_SHA256`): the full sha256 where
-it is known here, else the hash prefix in the file's torch-hub name (torchvision, torchvggish: 8 hex digits),
-and for timm's hub repos the hub's own LFS sha256 (checked against the download). `resolve_all` then pins each
+tomorrow. A named default is pinned by its full sha256 (`PUBLISHED_SHA256`; the one file whose full hash is not
+known here, by the hash prefix in its torch-hub name), and timm's hub repos by the hub's own LFS sha256 (checked
+against the download). `resolve_all` then pins each
 to the full sha256 of the file it fetched, which actors and bundles use. Downloads are https only
 (`multistream.weights.fetch`).
 """
@@ -49,13 +49,18 @@ VGGISH_URL = _TORCHVGGISH + "vggish-10086976.pth"
 VGGISH_PCA_URL = _TORCHVGGISH + "vggish_pca_params-970ea276.pth"
 PCA_KEYS = ("pca_eigen_vectors", "pca_means")  # torchvggish's names (vggish_params.PCA_*_NAME)
 
-# The full sha256 of a named default's file, by URL, where it is known here. None is: the publishers of the
-# defaults publish only a prefix, in the file's torch-hub name (torchvggish: vggish-10086976.pth and
-# vggish_pca_params-970ea276.pth; torchvision: raft_small_C_T_V2-01064c6d.pth, raft_large_C_T_SKHT_V2-ff5fadd5.pth),
-# and no copy was at hand to hash. Those are checked against that 8-hex-digit prefix (`published_sha256`) and
-# pinned to the full sha256 of the file fetched by `resolve_all`; add an entry here once a trusted copy has been
-# hashed. timm's defaults are hub repos, checked against the hub's LFS sha256 (its etag).
-PUBLISHED_SHA256: dict[str, str] = {}
+# The full sha256 of each named default's file, by URL. Their publishers put only the first 8 hex digits in the
+# torch-hub file names; the full hashes below extend those prefixes and agree across independent public records of
+# the same files (projects that pin them). The PCA parameters' full hash was found in none: that file alone is
+# checked against its name's prefix (`published_sha256`). `resolve_all` pins every one to the full sha256 of the
+# file fetched. timm's defaults are hub repos, checked against the hub's LFS sha256 (its etag).
+RAFT_SMALL_URL = "https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth"
+RAFT_LARGE_URL = "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth"
+PUBLISHED_SHA256: dict[str, str] = {
+    VGGISH_URL: "10086976245803799d9194e9a73d9b6c1549c71d1b80106f5cade5608a561f4b",
+    RAFT_SMALL_URL: "01064c6dba73b0fc9fc8edf772248560a00a3acfd62ac6677e9eeebad9680e27",
+    RAFT_LARGE_URL: "ff5fadd56d26b40647388883af1547351ea17868b765c05b27231e72dd16a322",
+}
 
 
 def _timm_default(section) -> str:
