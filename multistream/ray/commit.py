@@ -20,6 +20,7 @@ import ray
 
 from multistream.config import Config
 from multistream.extract.rows import from_columns
+from multistream.store import storage
 from multistream.store.commit import CommitClock, commit
 from multistream.store.layout import RunRoot
 
@@ -54,9 +55,13 @@ def _pieces(bundle) -> list[tuple[tuple, int]]:
 
 
 @ray.remote(max_retries=3)
-def commit_blocks(run_uri: str, clip_px: float, max_bytes: float, spans: list, *blocks) -> list[tuple[str, str]]:
-    """Commit the finished rows of `blocks` (each cut to its span); [(part name, `videos/` row as JSON)]."""
+def commit_blocks(run_uri: str, clip_px: float, max_bytes: float, generation: int | None, spans: list,
+                  *blocks) -> list[tuple[str, str]]:
+    """Commit the finished rows of `blocks` (each cut to its span) under the driver's lease `generation`;
+    [(part name, `videos/` row as JSON)]."""
     from ray.data.block import BlockAccessor
+
+    storage.set_writer_generation(generation)
 
     rows = []
     for block, span in zip(blocks, spans, strict=True):
@@ -87,7 +92,7 @@ def commit_stream(ds: ray.data.Dataset, cfg: Config, on_video: Callable[[str, di
     task = commit_blocks.options(num_cpus=cpus, num_gpus=0)
     limit, result = cfg.ray.write.max_actors, CommitResult()
     inflight: dict[ray.ObjectRef, int] = {}
-    args = (RunRoot(cfg.paths.output).uri, cfg.flow.clip_px, cfg.commit.max_mb * 2**20)
+    args = (RunRoot(cfg.paths.output).uri, cfg.flow.clip_px, cfg.commit.max_mb * 2**20, storage.writer_generation())
 
     def collect(wait: bool) -> None:
         ready, _ = ray.wait(list(inflight), num_returns=1, timeout=None if wait else 0)

@@ -28,6 +28,7 @@ from multistream.predict.bundle import Bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.ray.extract import run_extract
 from multistream.ray.session import init_ray, map_stage, worker_setup
+from multistream.store import storage
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class HeadsStage:
 class CommitStage:
     """`embeddings/` rows → scores, then the group's `embeddings/`, `predictions/` and `anomaly/` parts."""
 
-    def __init__(self, cfg: Config, bundle: Bundle, embed_only: bool):
+    def __init__(self, cfg: Config, bundle: Bundle, embed_only: bool, generation: int | None):
         worker_setup(cfg.ray.torch_threads)
+        storage.set_writer_generation(generation)  # the driver's lease generation, stamped into the parts
         self.run, self.streams = RunRoot(cfg.paths.output), bundle.streams
         self.classifier = None if embed_only else Classifier(bundle)
         self.detector = None if embed_only else Detector(bundle, actor_device(cfg.anomaly.device))
@@ -89,7 +91,7 @@ def run_predict(cfg: Config, bundle: Bundle, embed_only: bool = False, retry_err
         ds = map_stage(ds, HeadsStage, cfg.ray.embed, batch_size=cfg.rnn.batch_size, batch_format="pyarrow", cfg=cfg,
                        bundle=bundle)
         ds = map_stage(ds, CommitStage, cfg.ray.write, batch_format="pyarrow", cfg=cfg, bundle=bundle,
-                       embed_only=embed_only)
+                       embed_only=embed_only, generation=storage.writer_generation())
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             done += batch.num_rows
             log.info("predict: %d / %d videos committed", done, todo)

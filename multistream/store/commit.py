@@ -35,6 +35,7 @@ from multistream.extract.errors import TRANSIENT
 from multistream.extract.rows import features_table, flow_table, row_bytes, videos_table
 from multistream.store import schema, storage
 from multistream.store.layout import RunRoot
+from multistream.store.lease import LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,41 @@ def committed_parts(marker: str) -> set[str]:
     return set(storage.list_parts(marker))
 
 
+def check_deletable(table_uri: str, name: str, staged: bool = False) -> None:
+    """Raise LeaseLost unless this job may delete the part: one written under its own lease generation or an
+    earlier one (whose holder the lease has passed on from: provably stale), or without a lease. A part of a
+    later generation is a later job's: this job's lease was taken over, and it stops."""
+    own = storage.writer_generation()
+    if own is None:
+        return
+    written = storage.part_generation(table_uri, name, staged)
+    if written is not None and written > own:
+        raise LeaseLost(f"{storage.join(table_uri, storage.STAGED if staged else '', name)} was written by lease "
+                        f"generation {written}, after this job's {own}: another job holds the run root now; this "
+                        "job stops without deleting it")
+
+
+def delete_part(table_uri: str, name: str, staged: bool = False) -> None:
+    """Delete a part (the write guards, then `check_deletable`)."""
+    storage.check_write(storage.join(table_uri, storage.STAGED if staged else "", name))
+    check_deletable(table_uri, name, staged)
+    (storage.delete_staged if staged else storage.delete_part)(table_uri, name)
+
+
 def drop_uncommitted(committed: set[str], tables: Iterable[str]) -> None:
     """Finish the commits of a killed job in `tables`: publish the staged parts of `committed` groups, delete
     every other staged part, and every part whose marker was never written (run roots written before parts
-    were staged)."""
+    were staged). Only this job's parts and its predecessors' are deleted (`check_deletable`)."""
     for table_uri in tables:
         for name in storage.list_staged(table_uri):
             if name in committed:
                 storage.publish_part(table_uri, name)
             else:
                 log.info("removing uncommitted part %s", storage.join(table_uri, storage.STAGED, name))
-                storage.delete_staged(table_uri, name)
+                delete_part(table_uri, name, staged=True)
         for name in set(storage.list_parts(table_uri)) - committed:
             log.info("removing uncommitted part %s", storage.join(table_uri, name))
-            storage.delete_part(table_uri, name)
+            delete_part(table_uri, name)
 
 
 def replace_table(table: pa.Table, table_uri: str, name: str) -> None:
@@ -84,7 +106,7 @@ def replace_table(table: pa.Table, table_uri: str, name: str) -> None:
     storage.write_part(table, table_uri, name)
     for other in storage.list_parts(table_uri):
         if other != name:
-            storage.delete_part(table_uri, other)
+            delete_part(table_uri, other)
 
 
 class CommitClock:
@@ -185,7 +207,7 @@ def withdraw(run: RunRoot, part: str, video_ids: set[str]) -> bool:
     if keep.num_rows:
         storage.write_part(keep, run.videos, part)
         return True
-    storage.delete_part(run.videos, part)
+    delete_part(run.videos, part)
     return False
 
 
@@ -193,10 +215,10 @@ def drop_stray_commits(run: RunRoot, known_parts: set[str]) -> int:
     """Delete `videos/` parts (and their twins) that are not in `known_parts`; returns how many."""
     stray = set(storage.list_parts(run.videos)) - known_parts
     for name in stray:
-        storage.delete_part(run.videos, name)
+        delete_part(run.videos, name)
         for table in (run.features, run.flow):
-            storage.delete_part(table, name)
-            storage.delete_staged(table, name)
+            delete_part(table, name)
+            delete_part(table, name, staged=True)
     if stray:
         log.warning("dropped %d part(s) committed late by an interrupted run's workers; their videos were "
                     "extracted again by this run", len(stray))

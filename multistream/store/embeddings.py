@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from multistream.store import layout, schema, storage
+from multistream.store.commit import delete_part
 from multistream.store.layout import RunRoot
 from multistream.train.rnn.data import ok_videos
 
@@ -72,5 +73,5 @@ def write_embeddings(run: RunRoot) -> int:
     old = storage.list_parts(run.embeddings)
     storage.write_part(table, run.embeddings, f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     for name in old:  # after the new part is complete: a reader never finds the table empty
-        storage.delete_part(run.embeddings, name)
+        delete_part(run.embeddings, name)
     return table.num_rows

@@ -219,6 +219,7 @@ class Lease:
             if old < self.generation:
                 _delete(self._path(old))
         storage.add_write_guard(self.guard)
+        storage.set_writer_generation(self.generation)
         self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
@@ -272,6 +273,7 @@ class Lease:
 
     def release(self) -> None:
         storage.remove_write_guard(self.guard)
+        storage.set_writer_generation(None)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -29,6 +29,9 @@ from multistream.store import s3config
 
 PART_SUFFIX = ".parquet"
 STAGED = "_staged"  # <table>/_staged/<part>.parquet: written, not yet committed
+# the lease generation of the job that wrote a part, in the part's Parquet key-value metadata
+GENERATION_KEY = b"multistream.lease_generation"
+_writer_generation: int | None = None
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -170,14 +173,15 @@ def remove_write_guard(guard: Callable[[str], None]) -> None:
         _write_guards.remove(guard)
 
 
-def _guard(uri: str) -> None:
+def check_write(uri: str) -> None:
+    """Run the write guards (e.g. a lost lease's) for a write or delete of `uri`; each may raise."""
     for guard in list(_write_guards):
         guard(uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write `data` atomically: readers see the old object or the whole new one, never a partial file."""
-    _guard(uri)
+    check_write(uri)
     fs, path = filesystem(uri)
     if _is_local(fs):
         _replace_local(path, lambda tmp: _write_file(tmp, data))
@@ -207,11 +211,38 @@ def _replace_local(path: str, write) -> None:
             os.remove(tmp)
 
 
+def set_writer_generation(generation: int | None) -> None:
+    """The lease generation this process writes under (None: none): stamped into every part it writes, so that
+    a deletion can tell this job's parts and its predecessors' from a later job's (`part_generation`)."""
+    global _writer_generation
+    _writer_generation = generation
+
+
+def writer_generation() -> int | None:
+    return _writer_generation
+
+
+def part_generation(table_uri: str, part_name: str, staged: bool = False) -> int | None:
+    """The lease generation that wrote a part (its footer's metadata); None for a part written without a lease
+    or missing."""
+    fs, path = filesystem(_part_uri(table_uri, part_name, staged))
+    try:
+        with fs.open(path, "rb") as handle:
+            metadata = pq.read_schema(handle).metadata or {}
+    except FileNotFoundError:
+        return None
+    return int(metadata[GENERATION_KEY]) if GENERATION_KEY in metadata else None
+
+
 def write_part(table: pa.Table, table_uri: str, part_name: str, staged: bool = False) -> str:
     """Write `table` as `<table_uri>/<part_name>.parquet` (zstd) atomically, or as `<table_uri>/_staged/...`
-    with `staged` (invisible to readers until `publish_part`); returns the part's URI."""
+    with `staged` (invisible to readers until `publish_part`), stamped with this process's lease generation;
+    returns the part's URI."""
     part_uri = _part_uri(table_uri, part_name, staged)
-    _guard(part_uri)
+    check_write(part_uri)
+    if _writer_generation is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               GENERATION_KEY: str(_writer_generation).encode()})
     fs, path = filesystem(part_uri)
     if _is_local(fs):
         _replace_local(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
@@ -230,7 +261,7 @@ def publish_part(table_uri: str, part_name: str) -> bool:
     """Move the staged part `part_name` into place (a rename; on an object store a copy, then the staged
     object's deletion): readers see the whole part or none. False when there is no staged part (published
     already: calling it again is harmless)."""
-    _guard(_part_uri(table_uri, part_name))
+    check_write(_part_uri(table_uri, part_name))
     fs, staged = filesystem(_part_uri(table_uri, part_name, staged=True))
     _, final = filesystem(_part_uri(table_uri, part_name))
     if _is_local(fs):
@@ -278,7 +309,7 @@ def read_part(table_uri: str, part_name: str, columns: list[str] | None = None) 
 
 
 def delete_part(table_uri: str, part_name: str) -> None:
-    _guard(join(table_uri, part_name + PART_SUFFIX))
+    check_write(join(table_uri, part_name + PART_SUFFIX))
     fs, path = filesystem(join(table_uri, part_name + PART_SUFFIX))
     if fs.exists(path):
         fs.rm(path)

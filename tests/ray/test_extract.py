@@ -70,6 +70,9 @@ def test_extract_writes_every_table_and_error_rows(ray_session, mixed_inputs, tm
     out = tmp_path / "run"
     assert run_job("--input", str(mixed_inputs), "--output", str(out)) == 0  # the demo config: fused stages
     assert_mixed_run(out)
+    # the commit tasks stamp every part with the job's lease generation (the first on a new run root)
+    assert {storage.part_generation(str(out / table), name) for table in ("videos", "features", "flow")
+            for name in storage.list_parts(str(out / table))} == {1}
 
     # a second run is a no-op: nothing rewritten, nothing duplicated
     parts = {t: storage.list_parts(str(out / t)) for t in ("videos", "features", "flow")}

@@ -210,3 +210,37 @@ def test_the_commit_clock_gathers_by_time_and_size():
     now[0] = 14.5
     assert clock.due() and clock.take() == ["d"]
     assert CommitClock(every_s=0, max_bytes=100).add("e", 1) == ["e"]  # 0 s: each item its own commit
+
+
+@pytest.mark.fast
+def test_deletions_spare_the_parts_of_a_later_lease_generation(tmp_path):
+    from multistream.store.lease import LeaseLost
+
+    run = RunRoot(str(tmp_path / "run"))
+    table = pa.table({"video_id": ["a"]})
+    try:
+        storage.set_writer_generation(3)  # a killed job: one committed group and a staged leftover
+        write_group("part-old", [(table, run.features), (table, run.videos)])
+        storage.write_part(table, run.features, "part-lost", staged=True)
+        assert storage.part_generation(run.features, "part-old") == 3
+        assert storage.part_generation(run.features, "part-lost", staged=True) == 3
+
+        storage.set_writer_generation(5)  # its successor: the leftover is provably stale, and goes
+        drop_uncommitted(committed_parts(run.videos), [run.features])
+        assert storage.list_staged(run.features) == [] and storage.list_parts(run.features) == ["part-old"]
+        write_group("part-new", [(table, run.features), (table, run.videos)])
+        storage.write_part(table, run.features, "part-next", staged=True)  # a commit in flight
+        storage.write_part(table, run.predictions, "part-new")
+
+        storage.set_writer_generation(4)  # a stale job whose lease passed on to generation 5 deletes none of it
+        with pytest.raises(LeaseLost, match="written by lease generation 5, after this job's 4"):
+            drop_uncommitted(committed_parts(run.videos), [run.features])
+        with pytest.raises(LeaseLost):
+            drop_stray_commits(run, {"part-old"})
+        with pytest.raises(LeaseLost):
+            replace_table(table, run.predictions, "fuse")
+        assert storage.list_staged(run.features) == ["part-next"]
+        assert storage.list_parts(run.videos) == storage.list_parts(run.features) == ["part-new", "part-old"]
+        assert storage.list_parts(run.predictions) == ["fuse", "part-new"]
+    finally:
+        storage.set_writer_generation(None)
