@@ -5,6 +5,7 @@
   python jobs/benchmark.py --no-extraction      # only the training section (it extracts its data first)
   python jobs/benchmark.py --no-extraction --training-root runs/demo   # ... on an extracted run root's tables
   python jobs/benchmark.py --scale              # only the scale section (reports/scale.json)
+  python jobs/benchmark.py --gpu-paper          # only the paper config on this machine's GPU (bench.paper_gpu)
 
 Sections: extraction (Ray Data vs the sequential loop, the ceiling, stages, memory), training (Ray Train vs
 a plain torch loop, motion CNN and one RNN head) and, where CUDA is at hand, GPU figures. Writes
@@ -20,6 +21,7 @@ from dataclasses import asdict
 from multistream.bench import extraction, gpu, training
 from multistream.bench.inputs import benchmark_entries
 from multistream.cli import job_parser, parse_job_args
+from multistream.config import CONFIG_DIR
 from multistream.store import storage
 from multistream.store.layout import RunRoot
 from multistream.store.preflight import hold_run_root
@@ -46,7 +48,22 @@ def main(argv: list[str] | None = None) -> int:
                              "on (default: the extraction section's, or a fresh extraction)")
     parser.add_argument("--scale", action="store_true",
                         help="only the scale section (multistream.bench.scale) → reports/scale.json")
+    parser.add_argument("--gpu-paper", action="store_true",
+                        help="only the paper config (default configs/ucf101.yaml) on a generated UCF101-shaped "
+                             "archive on this machine's GPU: extraction, motion CNN steps and embedding pass, RNN "
+                             "heads, each against itself alone (multistream.bench.paper_gpu)")
+    parser.add_argument("--paper-clips", type=int, default=192, help="clips of the --gpu-paper archive")
+    parser.add_argument("--paper-seconds", type=float, default=7.0, help="seconds per --gpu-paper clip (UCF101's mean)")
+    parser.add_argument("--paper-device", default=None, help="--gpu-paper on this device (default: cuda)")
     cfg, args = parse_job_args(parser, argv)
+    if args.gpu_paper:
+        from multistream.bench import paper_gpu
+
+        figures = paper_gpu.run(args.config or str(CONFIG_DIR / "ucf101.yaml"), args.overrides, args.paper_clips,
+                                args.paper_seconds, args.paper_device)
+        _write_report(cfg, {"gpu_paper": figures})
+        print("\n".join(paper_gpu.format_lines(figures)))
+        return 0
     if args.scale:
         from multistream.bench import scale
 
@@ -54,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             return scale.run(args.config, args.overrides, cfg.paths.output)
     scratch = tempfile.mkdtemp(prefix="benchmark-")
     entries = benchmark_entries(cfg, args.demo_sets) if args.extraction or not args.training_root else []
-    out = RunRoot(cfg.paths.output).benchmark
     report, lines = {}, []
     if args.extraction:
         figures = extraction.measure(cfg, entries, args.config, args.overrides,
@@ -77,12 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     report["gpu"] = gpu.measure(cfg)
     if report["gpu"]:
         lines += gpu.format_lines(report["gpu"])
-    with hold_run_root(cfg, "benchmark"):  # the sections run replace their keys, the others are kept
+    _write_report(cfg, report)
+    print("\n".join(lines))
+    return 0
+
+
+def _write_report(cfg, report: dict) -> None:
+    """Merge `report` into reports/benchmark.json under the run root: the sections run replace their keys."""
+    out = RunRoot(cfg.paths.output).benchmark
+    with hold_run_root(cfg, "benchmark"):
         kept = json.loads(storage.read_text(out)) if storage.exists(out) else {}
         storage.write_text(out, json.dumps(kept | report, indent=2))
-    print("\n".join(lines))
     print(f"→ {out}")
-    return 0
 
 
 if __name__ == "__main__":
