@@ -21,6 +21,8 @@ import logging
 import os
 import posixpath
 import re
+import sys
+import traceback
 import urllib.parse
 
 __all__ = ["redact", "scrub", "secrets", "redact_logs", "normalise", "within"]
@@ -113,8 +115,10 @@ def scrub(text: str | None, *uris: str | None) -> str | None:
 
 
 def redact_logs() -> None:
-    """From now on, every log record of this process carries its message with each URL in it redacted, whatever
-    logger made it (fsspec and aiohttp log whole URLs at DEBUG) and whichever handler writes it. Idempotent."""
+    """From now on, every log record of this process carries its message, its traceback and its stack with each
+    URL in them redacted, whatever logger made it (fsspec and aiohttp log whole URLs at DEBUG) and whichever
+    handler writes it; a traceback the interpreter prints for an uncaught exception (a job that stops) is
+    redacted too. Idempotent."""
     make = logging.getLogRecordFactory()
     if getattr(make, "redacts", False):
         return
@@ -127,10 +131,27 @@ def redact_logs() -> None:
             return record
         if "://" in message:
             record.msg, record.args = scrub(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            # formatted now, as handlers would: a Formatter uses a record's exc_text where it is set
+            record.exc_text = scrub(_FORMATTER.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
         return record
 
     factory.redacts = True
     logging.setLogRecordFactory(factory)
+    show = sys.excepthook
+
+    def excepthook(kind, error, trace) -> None:
+        if kind is KeyboardInterrupt:
+            show(kind, error, trace)
+            return
+        sys.stderr.write(scrub("".join(traceback.format_exception(kind, error, trace))))
+
+    sys.excepthook = excepthook
+
+
+_FORMATTER = logging.Formatter()
 
 
 def normalise(uri: str) -> tuple[str, str]:

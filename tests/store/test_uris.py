@@ -83,3 +83,34 @@ def test_config_values_given_to_mlflow_are_redacted():
     assert params["paths.input"] == "https://h/clip.mp4"
     assert params["spatial.weights"] == "https://h/w.safetensors#sha256=" + "a" * 64
     assert not any(s in v for v in params.values() for s in ("5e5e5e5e", "SECRETPW", "TOKEN1"))
+
+
+SIGNED = "https://bucket.example/clip.mp4?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=AKIA%2F20261207"
+_STOPS = f"""
+import logging, sys
+from multistream.store.uris import redact_logs
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+redact_logs()
+try:
+    try:
+        raise OSError("404 for {SIGNED}")
+    except OSError as cause:
+        raise RuntimeError("could not read the clip") from cause
+except RuntimeError:
+    logging.getLogger("job").exception("video failed")
+logging.getLogger("job").info("stack", stack_info=True, extra={{"uri": "{SIGNED}"}})
+raise ValueError("stopped on {SIGNED}")
+"""
+
+
+@pytest.mark.fast
+def test_tracebacks_of_log_records_and_of_a_stopping_job_are_redacted():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _STOPS], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "video failed" in result.stderr and "Traceback" in result.stderr and "ValueError: stopped on" in result.stderr
+    assert "https://bucket.example/clip.mp4" in result.stderr  # the URL is kept, without its query string
+    assert "0123456789abcdef" not in result.stderr and "AKIA" not in result.stderr, result.stderr
