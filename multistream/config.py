@@ -125,7 +125,12 @@ class MotionCNNConfig:
     embed_batch_size: PosInt = 32
     seed: int = 0  # the initial weights and every epoch's random stacks
     device: Device = "auto"  # training and embedding; "auto" is the GPU in Ray workers given one
-    # flow kept in each Train worker's memory (read once); beyond it, each epoch re-reads the rest of flow/
+    # flow stored once per node on local disk (uint8 .npy files every Train worker of the node maps), read from
+    # flow/ once per node and run, removed at the end of the run; "" is the node's temp dir/multistream-flow
+    flow_cache_dir: str = ""
+    flow_cache_disk_gb: NonNegFloat = 64.0  # the node cache's budget for a run (0: no node cache)
+    # flow beyond the node cache kept in each Train worker's memory (read once); beyond it, each epoch re-reads
+    # the rest of flow/
     flow_cache_gb: NonNegFloat = 8.0
 
 

@@ -1,12 +1,14 @@
 """The motion CNN on Ray Train and its embedding pass: the Ray side of `multistream.train.motion.data` (videos, flow,
 stacks, the `motion/` table) and `multistream.train.motion.recipe` (the epochs, the record).
 
-Each Train worker reads its share of the train and val videos' flow once, keeps it in memory (up to
-`motion_cnn.flow_cache_gb`) and draws every epoch's stacks from it; rank 0 checkpoints on the schedule of
-`ray.train.checkpoint_every_s` and after the last epoch, and a re-run resumes from the latest checkpoint. After
-the last epoch the workers, which hold the model and most of the flow already, score the test split once and
-embed every video missing from `motion/`; then rank 0 saves `models/motion_cnn/`. Where that model exists it is
-not retrained, and only the videos missing from `motion/` are embedded, by a pool of `ray.embed` actors.
+Each Train worker reads its share of the train and val videos' flow into the node's flow cache (read from `flow/`
+once per node: `motion_cnn.flow_cache_dir`, shared by the node's workers, removed by its local rank 0 at the end
+of the run; beyond its budget, kept in memory up to `motion_cnn.flow_cache_gb`) and draws every epoch's stacks
+from it; rank 0 checkpoints on the schedule of `ray.train.checkpoint_every_s` and after the last epoch, and a
+re-run resumes from the latest checkpoint. After the last epoch the workers, which hold the model and most of the
+flow already, score the test split once and embed every video missing from `motion/`; then rank 0 saves
+`models/motion_cnn/`. Where that model exists it is not retrained, and only the videos missing from `motion/` are
+embedded, by a pool of `ray.embed` actors.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from multistream.store.layout import MOTION_CNN, RunRoot, absolute
 from multistream.train import run_spec
 from multistream.train.loop import sum_metrics
 from multistream.train.motion.data import (
-    FlowSource,
     embed_video,
     embed_videos,
     pending_positions,
@@ -42,6 +43,7 @@ from multistream.train.motion.recipe import (
     TrainMotionResult,
     check_motion_resources,
     fit_motion_cnn,
+    flow_source,
     motion_device,
     plan_meta,
     record_motion,
@@ -58,9 +60,10 @@ def train_loop(config: dict) -> None:
     cfg, plan, positions = config["cfg"], config["plan"], config["positions"]
     mc, run = cfg.motion_cnn, RunRoot(cfg.paths.output)
     worker_setup(train_worker_threads(cfg.ray.torch_threads, cfg.ray.train.cpus_per_worker))
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     device = resolve_device(motion_device(cfg))
-    source = FlowSource(run.flow, mc.flow_cache_gb * 2**30)
+    source = flow_source(run, cfg)
     progress = epoch_log(run.uri, cfg.tracking, MOTION_CNN, rank)
     fit = fit_motion_cnn(source, plan, cfg, device, report=reporter(cfg.ray.train.checkpoint_every_s),
                          state=restore_state(), rank=rank, world=world,
@@ -71,6 +74,8 @@ def train_loop(config: dict) -> None:
     mine = {v: positions[v] for v in sorted(positions)[rank::world]}
     embed_videos(fit.model, meta, source, mine, run, device, mc.embed_batch_size, cfg.ray.embed.batch_size)
     sum_metrics({"n": len(mine)}, device)  # every worker waits here until all have written their motion/ parts
+    if source.cache is not None and context.get_local_rank() == 0:
+        source.cache.clear()  # the node's workers are done with it (a failed run keeps it for its retry)
     if rank == 0:
         save_motion_cnn(run.model(MOTION_CNN), fit.state, meta)
 

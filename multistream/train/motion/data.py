@@ -6,14 +6,29 @@ without val trains `motion_cnn.epochs` epochs and keeps the last); `test` is sco
 (paper §IV.C) of L flow fields: an epoch (`motion_cnn.epoch`) is `stacks_per_video` stacks per video centred at
 random positions, or ("whole_flow") every video's pairs once, tiled by stacks; in random order, drawn from a
 seeded generator (the same seed gives the same stacks). Validation and test take `stacks_per_video` stacks at
-evenly spaced positions, so that their figures compare across epochs. Flow is read from `flow/` once and kept in memory up to a budget; beyond it, each epoch re-reads
-it window by window.
+evenly spaced positions, so that their figures compare across epochs.
+
+Flow is read from `flow/` once per node: each video's uint8 flow is stored as a file of the node's local disk
+(`NodeFlowCache`, `motion_cnn.flow_cache_dir` up to `motion_cnn.flow_cache_disk_gb`) that every worker of the
+node maps (np.memmap); what does not fit is kept in the worker's memory up to `motion_cnn.flow_cache_gb`, and
+beyond it each epoch re-reads it window by window. Batches leave the host as uint8 pairs (`gather_pairs`: a
+copy of each stack's contiguous pair range, into pinned memory for a GPU), gathered on a background thread
+(`Prefetch`); the device turns them into float32 stacks (`model.pairs_to_stacks`, `flow_stacks`' semantics).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import math
-from collections.abc import Iterator, Mapping
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +41,16 @@ from multistream.extract.rows import read_flow
 from multistream.store import schema, storage
 from multistream.store.commit import part_name
 from multistream.store.layout import RunRoot
-from multistream.train.motion.model import EMBEDDING_DIM, MotionCNN, flow_stacks
+from multistream.train.motion.model import (
+    EMBEDDING_DIM,
+    MotionCNN,
+    pairs_to_stacks,
+    stack_pairs,
+    stack_starts,
+)
 
 WINDOW = 256  # videos whose stacks are shuffled together (and whose flow is read together when not kept)
+PREFETCH = 3  # batches gathered ahead of the training step (`Prefetch`)
 SPLITS = ("train", "val", "test")
 
 
@@ -97,17 +119,152 @@ def read_flows(flow_uri: str, video_ids, parts_of: Mapping[str, str] | None = No
     return flows
 
 
-class FlowSource:
-    """Videos' flow by id: read from `flow/` and kept in memory while `budget_bytes` allows (the rest is
-    read again whenever asked), or given in memory (`FlowSource.of`). A read opens only the parts holding
-    the videos asked for (an index of `flow/`'s video ids is read at the first read, and again for a video it lacks): on an archive
-    larger than the budget, an epoch reads each video's part about once, not the whole table per window."""
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
-    def __init__(self, flow_uri: str | None, budget_bytes: float = math.inf):
-        self.uri, self.budget = flow_uri, budget_bytes
+
+def default_cache_dir() -> str:
+    """The node's flow cache when `motion_cnn.flow_cache_dir` is empty: multistream-flow in its temp dir."""
+    return os.path.join(tempfile.gettempdir(), "multistream-flow")
+
+
+class NodeFlowCache:
+    """Videos' uint8 flow stored once per node, as .npy files of local disk that every process of the node maps
+    (np.memmap, pages shared through the OS page cache): the Ray Train workers of a node read each video from
+    `flow/` once between them.
+
+    A run's files live in `directory`/<digest of the flow table's URI>/, one per video, named by a digest of
+    (video id, its `flow/` part's name, size and version): a part written again is a new file. A file is written
+    to a temporary name and renamed (atomic: a reader sees a whole file or none), under a per-video lock
+    (flock): a worker that finds the video being read by another waits for it instead of reading it too. Files
+    are added while the run's files stay within `budget_bytes` and the disk keeps `min_free_bytes` free;
+    `clear` removes the run's files (the end of the run)."""
+
+    def __init__(self, flow_uri: str, directory: str | None = None, budget_bytes: float = math.inf,
+                 min_free_bytes: float = 2**30):
+        self.root = os.path.join(directory or default_cache_dir(), _digest(flow_uri)[:24])
+        self.budget, self.min_free = budget_bytes, min_free_bytes
+        self.full = False  # a file was refused for want of room
+        self.written = 0  # files this process wrote
+
+    def path(self, video_id: str, version: str) -> str:
+        return os.path.join(self.root, _digest(video_id, version)[:40] + ".npy")
+
+    def load(self, path: str) -> np.ndarray | None:
+        """The video's flow mapped read-only, or None where the node does not hold it."""
+        try:
+            return np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            return None
+
+    def _room(self, nbytes: int) -> bool:
+        if self.budget <= 0:
+            return False
+        used = sum(entry.stat().st_size for entry in os.scandir(self.root) if entry.is_file())
+        return used + nbytes <= self.budget and shutil.disk_usage(self.root).free - nbytes >= self.min_free
+
+    def store(self, path: str, flow: np.ndarray) -> np.ndarray:
+        """Write `flow` to `path` (temporary file, then rename) and map it; `flow` itself where the node has no
+        room for it (or it is empty: nothing to map)."""
+        if flow.nbytes == 0 or not self._room(flow.nbytes + 128):
+            self.full = self.full or flow.nbytes > 0
+            return flow
+        handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.save(file, np.ascontiguousarray(flow), allow_pickle=False)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        self.written += 1
+        return np.load(path, mmap_mode="r")
+
+    @contextlib.contextmanager
+    def _locked(self, path: str, wait: bool = True):
+        """The video's lock (flock on `path`.lock): yields True when held, False when another process holds it
+        and `wait` is False."""
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def fetch(self, paths: Mapping[str, str], read: Callable[[list[str]], dict[str, np.ndarray]]
+              ) -> dict[str, np.ndarray]:
+        """{video_id: flow} of the videos of `paths` ({video_id: `path`}): mapped where the node holds them,
+        else read with `read(ids)` (one call for the videos no other process is reading, one per video for
+        those another was reading and did not store) and stored. Locks are taken without waiting while any is
+        held, so two processes never wait on each other."""
+        os.makedirs(self.root, exist_ok=True)
+        found = {v: flow for v, p in paths.items() if (flow := self.load(p)) is not None}
+        todo = [v for v in paths if v not in found]
+        busy = []
+        with contextlib.ExitStack() as held:
+            mine = []
+            for video_id in todo:
+                if held.enter_context(self._locked(paths[video_id], wait=False)):
+                    flow = self.load(paths[video_id])  # stored by another since the first look
+                    if flow is None:
+                        mine.append(video_id)
+                    else:
+                        found[video_id] = flow
+                else:
+                    busy.append(video_id)
+            if mine:
+                read_now = read(mine)
+                for video_id in mine:  # in the order asked: which fit the budget does not depend on part order
+                    found[video_id] = self.store(paths[video_id], read_now[video_id])
+        for video_id in busy:  # read by another process: wait for it, then map its file
+            with self._locked(paths[video_id]):
+                flow = self.load(paths[video_id])
+                found[video_id] = flow if flow is not None else self.store(paths[video_id],
+                                                                           read([video_id])[video_id])
+        return found
+
+    def clear(self) -> None:
+        """Remove this run's files (processes that still map one keep their pages until they unmap it)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _part_versions(flow_uri: str) -> dict[str, str]:
+    """{part name: its size and version (ETag, mtime or LastModified, where the store gives one)}, from one
+    listing of `flow/`."""
+    fs, path = storage.filesystem(flow_uri)
+    if not fs.isdir(path):
+        return {}
+    versions = {}
+    for info in fs.ls(path, detail=True):
+        name = os.path.basename(str(info["name"]).rstrip("/"))
+        if name.endswith(".parquet"):
+            stamp = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified") if info.get(k) is not None), "")
+            versions[name[:-len(".parquet")]] = f"{info.get('size')}:{stamp}"
+    return versions
+
+
+class FlowSource:
+    """Videos' flow by id: read from `flow/` and kept, or given in memory (`FlowSource.of`). With a
+    `NodeFlowCache`, a video read is stored on the node's disk and kept as a read-only np.memmap of it (as long
+    as the cache has room); else, or beyond that, in memory while `budget_bytes` allows; the rest is read again
+    whenever asked. A read opens only the parts holding the videos asked for (an index of `flow/`'s video ids
+    is read at the first read, and again for a video it lacks): on an archive larger than the budget, an epoch
+    reads each video's part about once, not the whole table per window. `get` is safe from several threads
+    (the prefetching one and the training one)."""
+
+    def __init__(self, flow_uri: str | None, budget_bytes: float = math.inf, cache: NodeFlowCache | None = None):
+        self.uri, self.budget, self.cache = flow_uri, budget_bytes, cache
         self.kept: dict[str, np.ndarray] = {}
-        self.kept_bytes = 0
+        self.kept_bytes = 0  # in this process's memory
+        self.mapped_bytes = 0  # mapped from the node's cache
         self._parts_of: dict[str, str] | None = None
+        self._versions: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def of(cls, flows: Mapping[str, np.ndarray]) -> FlowSource:
@@ -116,26 +273,50 @@ class FlowSource:
         return source
 
     def get(self, ids: list[str]) -> list[np.ndarray]:
-        """(P, H, W, 2) uint8 flow of each of `ids`, in order."""
-        missing = [v for v in ids if v not in self.kept]
+        """(P, H, W, 2) uint8 flow of each of `ids`, in order (np.memmap views where the node's cache holds them)."""
+        with self._lock:
+            return self._get(ids)
+
+    def _get(self, ids: list[str]) -> list[np.ndarray]:
+        missing = list(dict.fromkeys(v for v in ids if v not in self.kept))
         if missing and self.uri is None:
             raise KeyError(f"no flow given for {missing[:3]}")
         if missing and (self._parts_of is None or not self._parts_of.keys() >= set(missing)):
             self._parts_of = storage.part_index(self.uri, "video_id")  # read again for a video written since
-        read = read_flows(self.uri, missing, self._parts_of) if missing else {}
+            self._versions = _part_versions(self.uri) if self.cache is not None else {}
+        if not missing:
+            read = {}
+        elif self.cache is None:
+            read = read_flows(self.uri, missing, self._parts_of)
+        else:
+            def version(video_id: str) -> str:
+                part = self._parts_of.get(video_id, "")
+                return f"{part}:{self._versions.get(part, '')}"
+
+            read = self.cache.fetch({v: self.cache.path(v, version(v)) for v in missing},
+                                    lambda wanted: read_flows(self.uri, wanted, self._parts_of))
         for video_id in missing:  # in the order asked: which videos are kept does not depend on part order
             flow = read[video_id]
-            if video_id not in self.kept and self.kept_bytes + flow.nbytes <= self.budget:
+            if isinstance(flow, np.memmap):
+                self.kept[video_id] = flow
+                self.mapped_bytes += flow.nbytes
+            elif self.kept_bytes + flow.nbytes <= self.budget:
                 self.kept[video_id] = flow
                 self.kept_bytes += flow.nbytes
         return [self.kept[v] if v in self.kept else read[v] for v in ids]
 
+    @property
+    def room(self) -> bool:
+        """Whether a video read now would be kept (in the node's cache or in memory)."""
+        return self.kept_bytes < self.budget or (self.cache is not None and not self.cache.full)
+
     def preload(self, ids, chunk: int = 256) -> int:
-        """Read `ids`' flow into memory, `chunk` videos a read, until the budget is full (a training worker
-        reads its data before the first epoch, as the plain loop does); returns how many videos are kept."""
+        """Read `ids`' flow, `chunk` videos a read, until neither the node's cache nor the memory budget has
+        room (a training worker reads its data before the first epoch, as the plain loop does); returns how
+        many videos are kept."""
         todo = [v for v in dict.fromkeys(ids) if v not in self.kept] if self.uri is not None else []
         for start in range(0, len(todo), chunk):
-            if self.kept_bytes >= self.budget:
+            if not self.room:
                 break
             self.get(todo[start:start + chunk])
         return len(self.kept)
@@ -160,9 +341,15 @@ def epoch_stacks(pairs: int, count: int, stack_length: int, whole_flow: bool) ->
 
 
 def epoch_batches(source: FlowSource, ids, targets: Mapping[str, int], count: int, batch_size: int,
-                  stack_length: int, clip_px: float, rng: np.random.Generator | None = None,
-                  pad_to: int | None = None, whole_flow: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over `ids`: `count` stacks per video → (B, 2L, H, W) float32 stacks, (B,) int64 targets.
+                  stack_length: int, rng: np.random.Generator | None = None, pad_to: int | None = None,
+                  whole_flow: bool = False, pin_memory: bool = False, ring: int = 0
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over `ids`: `count` stacks per video → (B, L, H, W, 2) uint8 pairs of each stack
+    (`gather_pairs`; `model.pairs_to_stacks` makes them the (B, 2L, H, W) float32 stacks), (B,) int64 targets;
+    both in pinned memory with `pin_memory` (a copy to a GPU that does not wait; torch's pinned-memory cache
+    recycles a buffer once the copy from it is done). `ring` > 0: the pairs are written into `ring` buffers in
+    turn (a new buffer is a page fault per 4 KiB: as slow as the copy), so a consumer must be done with a batch
+    before `ring` more are made (`Prefetch` of depth d: ring ≥ d + 2).
 
     With `rng`: videos in random order, random centres (`whole_flow`: the video's pairs tiled by stacks,
     `tiled_centers`), stacks shuffled within each window of WINDOW videos. Without: `count` evenly spaced centres
@@ -171,7 +358,7 @@ def epoch_batches(source: FlowSource, ids, targets: Mapping[str, int], count: in
     ids = list(ids)
     order = rng.permutation(len(ids)) if rng is not None else np.arange(len(ids))
     windows = [order[start:start + WINDOW] for start in range(0, len(ids), WINDOW)]
-    pending, given = [], 0
+    pending, given, made, buffers = [], 0, 0, []
     for number, window in enumerate(windows):
         window_ids = [ids[i] for i in window]
         items = [(flow, int(c), targets[v]) for v, flow in zip(window_ids, source.get(window_ids), strict=True)
@@ -186,30 +373,157 @@ def epoch_batches(source: FlowSource, ids, targets: Mapping[str, int], count: in
         while len(pending) >= batch_size or (last and pending):
             chunk, pending = pending[:batch_size], pending[batch_size:]
             given += len(chunk)
-            yield _batch(chunk, stack_length, clip_px)
+            out = None
+            if ring:
+                if len(buffers) < ring:
+                    buffers.append(torch.empty((batch_size, stack_length, *chunk[0][0].shape[1:]), dtype=torch.uint8,
+                                               pin_memory=pin_memory))
+                out = buffers[made % ring][:len(chunk)]
+            made += 1
+            yield gather_batch(chunk, stack_length, pin_memory, out)
 
 
-def _batch(items: list, stack_length: int, clip_px: float) -> tuple[torch.Tensor, torch.Tensor]:
-    stacks = np.stack([flow_stacks(flow, [center], stack_length, clip_px)[0] for flow, center, _ in items])
-    return torch.from_numpy(stacks), torch.tensor([target for _, _, target in items], dtype=torch.int64)
+def gather_pairs(flow: np.ndarray, centers, stack_length: int, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, L, H, W, 2) uint8: the pairs of the stack at each of `centers` (`model.stack_pairs`), each stack a
+    copy of its contiguous pair range (and of the last pair, repeated, in a video of fewer than L pairs),
+    written into `out` where given. `model.pairs_to_stacks` of it equals `flow_stacks(flow, centers, ...)`."""
+    pairs = len(flow)
+    if pairs == 0:
+        raise ValueError("flow holds no frame pairs")
+    starts = stack_starts(pairs, centers, stack_length)
+    if out is None:
+        out = np.empty((len(starts), stack_length, *flow.shape[1:]), np.uint8)
+    taken = min(stack_length, pairs)
+    for i, start in enumerate(starts.tolist()):
+        out[i, :taken] = flow[start:start + taken]
+        if taken < stack_length:
+            out[i, taken:] = flow[pairs - 1]
+    return out
+
+
+def gather_batch(items: list, stack_length: int, pin_memory: bool = False, out: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(flow, centre, target), ...] → (B, L, H, W, 2) uint8 pairs (written into `out` where given, else a new
+    tensor, pinned with `pin_memory`), (B,) int64 targets (pinned with `pin_memory`)."""
+    size = items[0][0].shape[1:]
+    pairs = out if out is not None else torch.empty((len(items), stack_length, *size), dtype=torch.uint8,
+                                                    pin_memory=pin_memory)
+    host = pairs.numpy()
+    for i, (flow, center, _) in enumerate(items):
+        gather_pairs(flow, [center], stack_length, out=host[i:i + 1])
+    targets = torch.tensor([target for _, _, target in items], dtype=torch.int64)
+    return pairs, targets.pin_memory() if pin_memory else targets
+
+
+class Prefetch:
+    """Iterates `items` on a background thread, up to `depth` ahead, in order; an exception of the thread is
+    raised where the item would have come. Use as a context manager: leaving it (at the end of an epoch, or on
+    an error) stops the thread and waits for it."""
+
+    _END = object()
+
+    def __init__(self, items: Iterable, depth: int = PREFETCH):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(iter(items),), name="motion-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as error:  # noqa: B902 - handed to the consumer
+            self._put((self._END, error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        item, error = self._queue.get()
+        if error is not None:
+            self.close()
+            raise error
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def device_batches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, clip_px: float
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 pairs, targets) on the host → (float32 stacks, targets) on `device` (a copy that does not wait
+    where the host tensors are pinned, then `pairs_to_stacks` there)."""
+    for pairs, targets in batches:
+        yield (pairs_to_stacks(pairs.to(device, non_blocking=True), clip_px),
+               targets.to(device, non_blocking=True))
+
+
+def _as_tensor(flow: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only np.memmap: never written through the tensor
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(flow))
 
 
 @torch.no_grad()
 def embed_video(model: MotionCNN, flow: np.ndarray, positions, meta: dict, batch_size: int,
                 device: torch.device) -> np.ndarray:
     """(P, H, W, 2) uint8 flow, K positions → (K, 2048) float16: full7 of the stack centred at each position
-    (`model` in eval mode on `device`; `meta` its model.json). A video without flow pairs has zero motion."""
+    (`model` in eval mode on `device`; `meta` its model.json). A video without flow pairs has zero motion.
+
+    The pairs the stacks take go to `device` once, as uint8 (the whole flow where the stacks cover it, else
+    only those pairs: a long video's flow need not fit the device); each batch's stacks are gathered there."""
     positions = [int(p) for p in positions]
     length, clip_px = meta["stack_length"], meta["clip_px"]
     height, width = flow.shape[1:3] if flow.ndim == 4 else tuple(meta["flow_size"])[::-1]
+    if not positions:
+        return np.zeros((0, EMBEDDING_DIM), np.float16)
     out = []
+    if len(flow):
+        index = stack_pairs(len(flow), positions, length)  # (K, L)
+        needed = np.unique(index)
+        host = flow if len(needed) == len(flow) else flow[needed]
+        on_device = _as_tensor(host).to(device)  # (U, H, W, 2) uint8
+        local = torch.from_numpy(np.searchsorted(needed, index)).to(device)
     for start in range(0, len(positions), batch_size):
-        centers = positions[start:start + batch_size]
-        stacks = (flow_stacks(flow, centers, length, clip_px) if len(flow)
-                  else np.zeros((len(centers), 2 * length, height, width), np.float32))
+        count = min(batch_size, len(positions) - start)
+        stacks = (pairs_to_stacks(on_device[local[start:start + count]], clip_px) if len(flow)
+                  else torch.zeros((count, 2 * length, height, width), dtype=torch.float32, device=device))
         with autocast(device, meta.get("amp", True)):
-            out.append(model.embed(torch.from_numpy(stacks).to(device)).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float16) if out else np.zeros((0, EMBEDDING_DIM), np.float16)
+            out.append(model.embed(stacks).float())
+    return torch.cat(out).cpu().numpy().astype(np.float16)
 
 
 def motion_table(ids: list[str], sequences: list[np.ndarray]) -> pa.Table:

@@ -148,14 +148,48 @@ def flow_stacks(flow_q: np.ndarray, centers, stack_length: int, clip_px: float) 
     if pairs == 0:
         raise ValueError("flow_q holds no frame pairs")
     centers = np.asarray(centers, dtype=np.int64).reshape(-1)
-    start = np.minimum(np.maximum(centers - stack_length // 2, 0), max(pairs - stack_length, 0))
-    index = np.clip(start[:, None] + np.arange(stack_length), 0, pairs - 1)  # (N, L)
+    index = stack_pairs(pairs, centers, stack_length)  # (N, L)
     stacks = flow_q[index].transpose(0, 1, 4, 2, 3).reshape(len(centers), 2 * stack_length, *flow_q.shape[1:3])
     stacks = stacks.astype(np.float32)
     # the dequantization's offset (-clip_px) cancels in the mean subtraction: only the scale is left
     stacks -= stacks.mean(axis=(2, 3), keepdims=True)
     stacks *= np.float32(2 * clip_px / 255)
     return stacks
+
+
+def stack_starts(pairs: int, centers, stack_length: int) -> np.ndarray:
+    """(N,) int64 first pair of the window of each centre (`flow_stack`): [c - L//2, c - L//2 + L) shifted
+    inside [0, P); 0 where the video has fewer than L pairs."""
+    centers = np.asarray(centers, dtype=np.int64).reshape(-1)
+    return np.minimum(np.maximum(centers - stack_length // 2, 0), max(pairs - stack_length, 0))
+
+
+def stack_pairs(pairs: int, centers, stack_length: int) -> np.ndarray:
+    """(N, L) int64 the pairs of each centre's stack: its window, the last pair repeated past the video's end."""
+    start = stack_starts(pairs, centers, stack_length)
+    return np.clip(start[:, None] + np.arange(stack_length), 0, pairs - 1)
+
+
+def pairs_to_stacks(pairs: torch.Tensor, clip_px: float) -> torch.Tensor:
+    """(B, L, H, W, 2) uint8 quantized flow pairs (`data.gather_pairs`), on any device → (B, 2L, H, W) float32
+    stacks on that device, as `flow_stacks` makes them from the same pairs: cast, channels dx0, dy0, dx1, ...,
+    each channel's spatial mean subtracted, scaled to pixels by 2 clip_px / 255 (no clip: the quantization
+    clipped already, and a mean-subtracted value may exceed clip_px, as in `flow_stacks`).
+
+    The same float32 operations in the same order as numpy's: a float32 sum, divided in float64 and rounded to
+    float32 (as `np.mean` does), subtracted, scaled. Sums of whole numbers below 2^24 are exact in any order,
+    so the stacks are `flow_stacks`' bit for bit unless a channel sums past 2^24 (more than 65,793 pixels, e.g.
+    320x240 with a mean above 218 levels), where they agree to float32 rounding."""
+    if pairs.dtype != torch.uint8 or pairs.ndim != 5 or pairs.shape[-1] != 2:
+        raise ValueError(f"pairs must be (B, L, H, W, 2) uint8, got {tuple(pairs.shape)} {pairs.dtype}")
+    batch, length, height, width, _ = pairs.shape
+    stacks = torch.empty((batch, length, 2, height, width), dtype=torch.float32, device=pairs.device)
+    stacks.copy_(pairs.permute(0, 1, 4, 2, 3))  # the cast and the deinterleave in one pass
+    stacks = stacks.view(batch, 2 * length, height, width)
+    stacks -= (stacks.sum(dim=(2, 3), keepdim=True).double() / (height * width)).float()
+    stacks *= float(np.float32(2 * clip_px / 255))
+    return stacks
+
 
 def model_meta(classes: list[str], cfg: MotionCNNConfig, flow_size: tuple[int, int], clip_px: float) -> dict:
     """What model.json records to rebuild the network and read its input: classes, architecture, flow, and the

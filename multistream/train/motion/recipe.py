@@ -14,20 +14,31 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from multistream.config import Config, ConfigError
-from multistream.device import actor_device, check_gpu_given, resolve_device
+from multistream.device import actor_device, amp_dtype, autocast, check_gpu_given, resolve_device
 from multistream.store import modelio, runinfo
 from multistream.store.layout import MOTION_CNN, RunRoot
-from multistream.train.loop import EpochLoop, EpochRecord, Report, no_report, sum_metrics
-from multistream.train.motion.data import FlowSource, MotionPlan, epoch_batches, epoch_stacks, read_plan
+from multistream.train.loop import EpochLoop, EpochRecord, Report, no_report, world_size
+from multistream.train.motion.data import (
+    PREFETCH,
+    FlowSource,
+    MotionPlan,
+    NodeFlowCache,
+    Prefetch,
+    device_batches,
+    epoch_batches,
+    epoch_stacks,
+    read_plan,
+)
 from multistream.train.motion.model import MotionCNN, model_meta
-from multistream.train.steps import evaluate, motion_optimizer, seed_everything, train_epoch
+from multistream.train.steps import motion_optimizer, seed_everything
 from multistream.train.sync_bn import bn_spread, convert_sync_bn
 
 log = logging.getLogger(__name__)
@@ -58,18 +69,25 @@ def new_model(plan: MotionPlan, cfg: Config) -> MotionCNN:
     return convert_sync_bn(model) if cfg.motion_cnn.sync_bn else model
 
 
-def _counted(batches: Iterable, count: list[int]):
-    for inputs, targets in batches:
-        count[0] += len(targets)
-        yield inputs, targets
+def flow_source(run: RunRoot, cfg: Config) -> FlowSource:
+    """A Train worker's flow: `flow/` of `run`, stored once per node in the node's cache
+    (`motion_cnn.flow_cache_dir`, up to `motion_cnn.flow_cache_disk_gb`; 0: none), the rest kept in memory up to
+    `motion_cnn.flow_cache_gb`."""
+    mc = cfg.motion_cnn
+    cache = (NodeFlowCache(run.flow, mc.flow_cache_dir or None, mc.flow_cache_disk_gb * 2**30)
+             if mc.flow_cache_disk_gb > 0 else None)
+    return FlowSource(run.flow, mc.flow_cache_gb * 2**30, cache)
 
 
 class MotionTrainer:
     """The epochs of worker `rank` of `world`: `model` (unwrapped: validation, test), `wrapped` (what trains:
     DDP across Ray Train workers, else `model`) and this worker's `plan` shard; figures are summed over the
-    workers (`loop.sum_metrics`). Each worker takes `motion_cnn.batch_size / world` stacks a step, so that a
-    step sees `batch_size` stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps). `validated`:
-    whether any worker has val videos (without, an epoch returns no val figures)."""
+    workers. Each worker takes `motion_cnn.batch_size / world` stacks a step, so that a step sees `batch_size`
+    stacks in all, and `pad_to` stacks an epoch (DDP needs equal steps). `validated`: whether any worker has
+    val videos (without, an epoch returns no val figures).
+
+    Batches are gathered as uint8 pairs on a background thread (`data.Prefetch`) and made stacks on `device`;
+    losses and hits are summed there and read once per pass (no host sync per step)."""
 
     def __init__(self, model: MotionCNN, optimizer: torch.optim.Optimizer, source: FlowSource, plan: MotionPlan,
                  cfg: Config, device: torch.device, world: int = 1, wrapped: torch.nn.Module | None = None,
@@ -81,18 +99,18 @@ class MotionTrainer:
         self.loss_fn = torch.nn.CrossEntropyLoss()
 
     def batches(self, ids, rng: np.random.Generator | None = None, pad_to: int | None = None):
-        mc = self.cfg.motion_cnn
+        """Host batches of `ids` (`data.epoch_batches`: uint8 pairs, targets) for a `Prefetch`: pinned for a GPU
+        (torch's pinned-memory cache reuses the buffers), a ring of reused buffers for the CPU."""
+        mc, cuda = self.cfg.motion_cnn, self.device.type == "cuda"
         return epoch_batches(self.source, ids, self.plan.targets, mc.stacks_per_video, self.batch_size,
-                             mc.stack_length, self.cfg.flow.clip_px, rng, pad_to, mc.epoch == "whole_flow")
+                             mc.stack_length, rng, pad_to, mc.epoch == "whole_flow", pin_memory=cuda,
+                             ring=0 if cuda else PREFETCH + 3)
 
     def epoch(self, epoch: int, rng: np.random.Generator) -> dict[str, float]:
         """Train epoch `epoch` (1-based) on stacks drawn with `rng`, then validate → loss, accuracy, val_loss,
         val_accuracy (the last two only where there are val videos)."""
-        count = [0]
-        train = train_epoch(self.wrapped, _counted(self.batches(self.plan.train, rng, self.pad_to), count),
-                            self.optimizer, self.loss_fn, self.device, amp=self.cfg.motion_cnn.amp)
-        train = self._mean({"loss": train["loss"] * count[0], "correct": train["accuracy"] * count[0],
-                            "n": count[0]})
+        with Prefetch(self.batches(self.plan.train, rng, self.pad_to)) as batches:
+            train = self._mean(self._train(batches))
         if not self.validated:
             return {"loss": train["loss"], "accuracy": train["accuracy"]}
         val = self.score(self.plan.val)
@@ -101,18 +119,62 @@ class MotionTrainer:
 
     def score(self, ids) -> dict[str, float]:
         """Loss and accuracy of the evenly spaced stacks of `ids` (summed over every worker's share)."""
-        sums = {"loss": 0.0, "correct": 0.0, "n": 0}
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         if ids:
-            count = [0]
-            result = evaluate(self.model, _counted(self.batches(ids), count), self.loss_fn, self.device,
-                              top_k=(1,), amp=self.cfg.motion_cnn.amp)
-            sums = {"loss": result["loss"] * count[0], "correct": result["accuracy"] * count[0], "n": count[0]}
+            with Prefetch(self.batches(ids)) as batches:
+                sums = self._evaluate(batches)
         return self._mean(sums)
 
-    def _mean(self, sums: dict[str, float]) -> dict[str, float]:
-        sums = sum_metrics(sums, self.device)
-        n = sums["n"]
-        return {"loss": sums["loss"] / n if n else math.nan, "accuracy": sums["correct"] / n if n else math.nan}
+    def _train(self, batches) -> torch.Tensor:
+        """One pass in train mode → (3,) float64 on the device: the loss summed per stack, hits, stacks (the
+        mean loss of each step times its stacks, as `steps.train_epoch` sums them)."""
+        device, amp, model = self.device, self.cfg.motion_cnn.amp, self.wrapped
+        model.train()
+        scaler = torch.amp.GradScaler(device.type) if amp_dtype(device, amp) == torch.float16 else None
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.int64, device=device)
+        count, steps = torch.zeros((), dtype=torch.float64, device=device), 0
+        for stacks, targets in device_batches(batches, device, self.cfg.flow.clip_px):
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                logits = model(stacks)
+                loss = self.loss_fn(logits.float(), targets)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if scaler is not None:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
+            loss_sum += loss.detach().double() * len(targets)
+            hits += (logits.detach().argmax(1) == targets).sum()
+            count += len(targets)
+            steps += 1
+        if not steps:
+            raise ValueError("the motion CNN's training epoch got no batches")
+        return torch.stack([loss_sum, hits.double(), count])
+
+    @torch.no_grad()
+    def _evaluate(self, batches) -> torch.Tensor:
+        """One pass in eval mode (`model`, unwrapped) → (3,) float64 on the device: loss sum, hits, stacks."""
+        device, amp = self.device, self.cfg.motion_cnn.amp
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        hits = torch.zeros((), dtype=torch.int64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        for stacks, targets in device_batches(batches, device, self.cfg.flow.clip_px):
+            with autocast(device, amp):
+                logits = self.model(stacks).float()
+            loss_sum += self.loss_fn(logits, targets).double() * len(targets)
+            hits += (logits.argmax(1) == targets).sum()
+            count += len(targets)
+        return torch.stack([loss_sum, hits.double(), count])
+
+    def _mean(self, sums: torch.Tensor) -> dict[str, float]:
+        """(loss sum, hits, stacks) summed over the workers, read to the host once → loss, accuracy."""
+        if world_size() > 1:
+            dist.all_reduce(sums)
+        loss, hits, n = sums.tolist()
+        return {"loss": loss / n if n else math.nan, "accuracy": hits / n if n else math.nan}
 
 
 @dataclass
@@ -213,8 +275,8 @@ def fit_motion_cnn(flows: FlowSource | Mapping[str, np.ndarray], plan: MotionPla
     mc, device, shard = cfg.motion_cnn, resolve_device(device), plan.shard(rank, world)
     started = time.perf_counter()
     kept = source.preload(shard.train + shard.val + shard.test)
-    log.info("motion CNN: %d videos' flow in memory (%.2f GB) after %.1f s", kept, source.kept_bytes / 2**30,
-             time.perf_counter() - started)
+    log.info("motion CNN: %d videos' flow kept (%.2f GB mapped from the node's cache, %.2f GB in memory) after "
+             "%.1f s", kept, source.mapped_bytes / 2**30, source.kept_bytes / 2**30, time.perf_counter() - started)
     if not plan.val and mc.epochs is None:
         raise ValueError("motion_cnn.epochs: no val videos to stop training on (validation.fraction is 0?): "
                          "set an epoch budget")

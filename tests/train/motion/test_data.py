@@ -21,7 +21,7 @@ from multistream.train.motion.data import (
     stack_centers,
     tiled_centers,
 )
-from multistream.train.motion.model import MotionCNN, flow_stacks, model_meta
+from multistream.train.motion.model import MotionCNN, flow_stacks, model_meta, pairs_to_stacks
 from tests.support.motion import SIZE, config, make_run_root, toy_videos
 
 
@@ -119,8 +119,10 @@ def test_stack_centers():
 
 
 def _batches(flows, targets, rng=None, **kwargs):
-    return list(epoch_batches(FlowSource.of(flows), sorted(flows), targets, kwargs.pop("count", 3),
-                              kwargs.pop("batch_size", 4), 4, 20.0, rng, **kwargs))
+    """epoch_batches' uint8 pairs made stacks (`pairs_to_stacks`, as the training device does)."""
+    batches = epoch_batches(FlowSource.of(flows), sorted(flows), targets, kwargs.pop("count", 3),
+                            kwargs.pop("batch_size", 4), 4, rng, **kwargs)
+    return [(pairs_to_stacks(pairs, 20.0), y) for pairs, y in batches]
 
 
 def test_epoch_batches_are_seeded_and_cover_every_video(monkeypatch):
@@ -140,7 +142,7 @@ def test_epoch_batches_are_seeded_and_cover_every_video(monkeypatch):
     fixed = _batches(flows, targets, count=2, batch_size=100)  # no rng: id order, evenly spaced centres
     ids = sorted(flows)
     expected = np.concatenate([flow_stacks(flows[v], stack_centers(len(flows[v]), 2, None), 4, 20.0) for v in ids])
-    np.testing.assert_array_equal(fixed[0][0].numpy(), expected)
+    np.testing.assert_allclose(fixed[0][0].numpy(), expected, rtol=0, atol=1e-5)  # float32 rounding
     assert fixed[0][1].tolist() == [targets[v] for v in ids for _ in range(2)]
 
 
