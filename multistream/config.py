@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -216,17 +217,28 @@ class AnomalyConfig:
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
 
 
+def actors_form(value: str) -> str | None:
+    """max_actors that grows with the cluster (multistream.ray.pools): auto, N/gpu or N/node."""
+    if value == "auto" or re.fullmatch(r"\d+(\.\d+)?/(gpu|node)", value) and float(value.split("/")[0]) > 0:
+        return None
+    return f"expected a positive number of actors, auto, N/gpu or N/node (e.g. 4/gpu), got {value!r}"
+
+
 @dataclass(frozen=True)
 class StageResources:
     num_cpus: PosFloat = 1.0
-    num_gpus: NonNegFloat = 0.0
+    num_gpus: NonNegFloat = 0.0  # a share of ONE GPU below 1, else whole GPUs
     min_actors: PosInt = 1
-    max_actors: PosInt = 1
+    # a number, or (extraction pools only) grown with the cluster the job runs on: auto (as many as fit beside
+    # the other pools), N/gpu, N/node; every pool's actors must fit at once (multistream.ray.pools)
+    max_actors: PosInt | Annotated[str, actors_form] = 1
     batch_size: PosInt = 1  # videos per map_batches call
 
     def check(self) -> dict[str, str]:
-        if self.max_actors < self.min_actors:
+        if isinstance(self.max_actors, int) and self.max_actors < self.min_actors:
             return {"max_actors": f"must be at least min_actors ({self.min_actors}), got {self.max_actors}"}
+        if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
+            return {"num_gpus": f"a share above 1 GPU must be whole GPUs (Ray), got {self.num_gpus:g}"}
         return {}
 
 
@@ -254,11 +266,23 @@ class RayConfig:
     audio: StageResources = field(default_factory=StageResources)
     write: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.1, batch_size=4))
     embed: StageResources = field(default_factory=StageResources)  # the trained models' embedding passes
-    # Extraction as ONE pool whose actors run decode → spatial → audio → write on each video in turn, instead
-    # of a pool per stage (the four entries above). For machines without GPUs: no frames cross the object
-    # store and there is one busy process per core. None keeps the stages apart (GPU clusters).
+    # Extraction as ONE pool whose actors run decode → spatial → audio on each video, instead of a pool per
+    # stage (the entries above): no frames cross the object store. On CPUs one busy process per core; given a
+    # GPU (num_gpus) with RAFT, the frames stay on it from RAFT to the spatial CNN, which embeds a call's videos
+    # (batch_size) together. None keeps the stages apart.
     fused: StageResources | None = None
     train: TrainResources = field(default_factory=TrainResources)
+    # The cluster file (a `ray up` YAML, a KubeRay RayCluster or RayJob) the job's cluster was made from: the
+    # extraction's pools are judged against the largest cluster it can grow to. None: the cluster the job joins,
+    # grown as its autoscaler says where Ray tells (multistream.ray.session.job_cluster).
+    cluster: str | None = None
+
+    def check(self) -> dict[str, str]:
+        for name in ("write", "embed"):
+            if not isinstance(getattr(self, name).max_actors, int):
+                return {f"{name}.max_actors": "only the extraction pools (decode, spatial, audio, fused) grow "
+                                              f"with the cluster: give a number, got {getattr(self, name).max_actors!r}"}
+        return {}
 
 
 @dataclass(frozen=True)

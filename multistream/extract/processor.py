@@ -3,6 +3,10 @@
 One streaming pass over the first `max_seconds` of a video keeps only what the later stages need:
 the quantized flow (P, H, W, 2) uint8 at `flow.size`, every frame at the spatial size (so that positions
 can be sampled once the whole motion profile is known), and the 16 kHz mono waveform.
+
+Resident (the fused GPU path, `VideoProcessor(resident=True)`): frames are decoded at `flow.size` only and go
+to the spatial CNN's device once; flow (RAFT) runs on them there, the sampled ones are resized there (bilinear
+with antialias, `resize_on_device`) and the CNN embeds them in batches across the videos of a call.
 """
 
 from __future__ import annotations
@@ -51,10 +55,13 @@ class DecodedVideo:
     seconds: dict = field(default_factory=dict)
 
 
-def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str | None = None) -> DecodedVideo:
+def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str | None = None,
+                 resident=None) -> DecodedVideo:
     """Decode, compute flow and sample positions for one video; raises VideoError for unreadable input.
 
-    A backend that reads each video's own flow (`for_video`, e.g. precomputed) gets `video_id` (default: `uri`)."""
+    A backend that reads each video's own flow (`for_video`, e.g. precomputed) gets `video_id` (default: `uri`).
+    `resident` (a torch device): frames decoded at flow.size only go there once per flow chunk (`DeviceFrames`),
+    and `frames` is the sampled ones resized there, a (K, 3, S, S) uint8 tensor on that device."""
     size = cfg.spatial.image_size
     for_video = getattr(estimator, "for_video", None)
     if for_video is not None:
@@ -63,23 +70,31 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
     flow_seconds = 0.0
     spatial_frames, times, flows, pair_magnitudes = [], [], [], []
     pending: list[np.ndarray] = []
+    device_frames = None if resident is None else DeviceFrames(resident, estimator)
+    sizes = {"flow": cfg.flow.size} if resident is not None else {"flow": cfg.flow.size, "spatial": (size, size)}
 
     def flush(keep_last: bool) -> None:
         nonlocal flow_seconds, pending
+        if device_frames is not None:
+            device_frames.add(pending[1:] if device_frames.carried else pending)
         if len(pending) >= 2:
             t0 = time.perf_counter()
-            pairs = estimator(np.stack(pending))  # (len-1, H, W, 2) float32
+            # (len-1, H, W, 2) float32
+            pairs = estimator(np.stack(pending)) if device_frames is None else device_frames.flow(pending)
             pair_magnitudes.append(mean_magnitude(pairs, scale))
             flows.append(quantize(pairs, cfg.flow.clip_px))
             flow_seconds += time.perf_counter() - t0
         pending = pending[-1:] if keep_last else []
+        if device_frames is not None:
+            device_frames.carried = keep_last and bool(pending)
 
     with open_input(uri) as handle, open_video(handle, max_seconds=cfg.video.max_seconds,
                                                audio_rate=cfg.video.audio_rate, budget=Budget.of(cfg.video)) as reader:
         info = reader.info
         scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
-        for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
-            spatial_frames.append(frame.images["spatial"])
+        for frame in reader.frames(sizes):
+            if device_frames is None:
+                spatial_frames.append(frame.images["spatial"])
             times.append(frame.time_s)
             pending.append(frame.images["flow"])
             if len(pending) > FLOW_CHUNK:
@@ -107,24 +122,103 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
         positions=positions,
         timestamps=np.asarray(times, np.float32)[positions],
         magnitudes=motion.astype(np.float32)[positions],
-        frames=np.stack([spatial_frames[i] for i in positions]),
+        frames=(np.stack([spatial_frames[i] for i in positions]) if device_frames is None
+                else device_frames.sampled(positions, size)),
         wave=np.asarray(wave, np.float32),
         flow=flow,
         seconds={"decode_s": decode_seconds, "flow_s": flow_seconds},
     )
 
 
-class Decoder:
-    """entry → row: decode + flow + sampling of one video (an error row for unreadable input)."""
+class DeviceFrames:
+    """One video's frames (at flow.size) on a torch device, uploaded once as uint8 as they are decoded.
 
-    def __init__(self, cfg: Config, threads: int | None = None, device: str | None = None):
-        self.cfg = cfg
+    Flow runs on them there where the estimator is RAFT on that device (`raft_on_device`), else on the CPU
+    copy the decoder already holds; `sampled` resizes the sampled frames there to the spatial size."""
+
+    def __init__(self, device, estimator: FlowEstimator):
+        import torch
+
+        from multistream.extract.flow.raft import RAFTFlow
+
+        self.device, self.estimator, self.chunks = torch.device(device), estimator, []
+        self.on_device = isinstance(estimator, RAFTFlow) and estimator.device == self.device
+        self.carried = False  # the last uploaded frame is the first of the next flow chunk
+
+    def add(self, frames: list[np.ndarray]) -> None:
+        import torch
+
+        if frames:
+            self.chunks.append(torch.from_numpy(np.stack(frames)).to(self.device))
+
+    def flow(self, pending: list[np.ndarray]) -> np.ndarray:
+        """The flow of `pending` (the frames of the chunks added last, the carried one first)."""
+        if not self.on_device:
+            return self.estimator(np.stack(pending))
+        import torch
+
+        last = self.chunks[-1]
+        frames = last if len(last) == len(pending) else torch.cat([self.chunks[-2][-1:], last])
+        return raft_on_device(self.estimator, frames)
+
+    def sampled(self, positions: np.ndarray, size: int):
+        """(K, 3, size, size) uint8 on the device: the frames at `positions`, resized there."""
+        import torch
+
+        index = torch.from_numpy(np.asarray(positions, np.int64)).to(self.device)
+        frames = torch.cat(self.chunks).index_select(0, index)
+        self.chunks = []
+        return resize_on_device(frames, size)
+
+
+def raft_on_device(estimator, frames) -> np.ndarray:
+    """`RAFTFlow.__call__` on frames already on its device ((N, H, W, 3) uint8 tensor): the same padding,
+    scaling and chunks of estimator.batch_size pairs; (N-1, H, W, 2) float32 on the host."""
+    import torch
+    import torch.nn.functional as F
+
+    from multistream.extract.flow.raft import _RAFT_MIN_SIDE
+
+    n, h, w, _ = frames.shape
+    pad_h, pad_w = max(-h % 8, _RAFT_MIN_SIDE - h), max(-w % 8, _RAFT_MIN_SIDE - w)
+    out = np.empty((n - 1, h, w, 2), np.float32)
+    with torch.inference_mode():
+        for start in range(0, n - 1, estimator.batch_size):
+            stop = min(start + estimator.batch_size, n - 1)
+            x = frames[start:stop + 1].permute(0, 3, 1, 2).float()
+            x = F.pad(x / 127.5 - 1.0, (0, pad_w, 0, pad_h), mode="replicate")
+            flow = estimator.model(x[:-1], x[1:])[-1]
+            out[start:stop] = flow[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy()
+    return out
+
+
+def resize_on_device(frames, size: int):
+    """(K, H, W, 3) uint8 tensor → (K, 3, size, size) uint8 on its device: bilinear with antialias (a wider
+    kernel where it shrinks, as swscale's scalers do), rounded. The CPU path resizes each frame from its
+    native size in swscale (video.py); the difference in spatial features: tests/extract/test_resident.py."""
+    import torch
+    import torch.nn.functional as F
+
+    if len(frames) == 0:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8, device=frames.device)
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Decoder:
+    """entry → row: decode + flow + sampling of one video (an error row for unreadable input).
+
+    `resident` (a torch device): the frames go there (`decode_video`), "frames" is a tensor there."""
+
+    def __init__(self, cfg: Config, threads: int | None = None, device: str | None = None, resident=None):
+        self.cfg, self.resident = cfg, resident
         self.estimator = make_flow_estimator(replace(cfg.flow, device=device or cfg.flow.device), threads=threads)
 
     def __call__(self, entry: VideoEntry) -> dict:
         started = time.perf_counter()
         try:
-            decoded = decode_video(entry.uri, self.cfg, self.estimator, entry.video_id)
+            decoded = decode_video(entry.uri, self.cfg, self.estimator, entry.video_id, self.resident)
         except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
             stop_on_program_error(error, entry.uri, "decode")
             return {"video": video_row(entry, "error", error_message(error, readable_uri(entry.uri)), kind=error_kind(error),
@@ -176,18 +270,79 @@ class VideoProcessor:
     video through decode + flow + sampling → spatial → audio; a bad video gives an error row, never raises.
 
     `devices` maps "flow" / "spatial" / "audio" to the device each model runs on (default: its config's).
+    `resident` (the fused GPU path): the frames go to the spatial CNN's device once and stay there (`Decoder`),
+    and `batch(entries)` embeds the sampled frames of all its videos in shared batches of spatial.batch_size.
     """
 
-    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None):
+    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None,
+                 resident: bool = False):
         devices = devices or {}
-        self.steps = [Decoder(cfg, threads, devices.get("flow")), spatial_step(cfg, devices.get("spatial")),
-                      audio_step(cfg, devices.get("audio"))]
+        spatial = spatial_step(cfg, devices.get("spatial"))
+        decoder = Decoder(cfg, threads, devices.get("flow"), resident=spatial.embed.device if resident else None)
+        self.steps = [decoder, spatial, audio_step(cfg, devices.get("audio"))]
+        self.resident = resident
+        if resident:  # the same model, fed the device's frames
+            self.on_device = ModelStep(DeviceEmbedder(spatial.embed), "frames", "spatial")
 
     def __call__(self, entry: VideoEntry) -> dict:
+        if self.resident:
+            return self.batch([entry])[0]
         row = self.steps[0](entry)
         for step in self.steps[1:]:
             row = step(row)
         return row
+
+    def batch(self, entries: list[VideoEntry]) -> list[dict]:
+        """The rows of `entries`, in order; resident, the spatial CNN runs once over all their frames."""
+        if not self.resident:
+            return [self(entry) for entry in entries]
+        decode, _, audio = self.steps
+        rows = [decode(entry) for entry in entries]
+        return [audio(row) for row in self._spatial(rows)]
+
+    def _spatial(self, rows: list[dict]) -> list[dict]:
+        import torch
+
+        ok = [row for row in rows if "frames" in row]  # an error row holds only "video"
+        if not ok:
+            return rows
+        started = time.perf_counter()
+        try:
+            vectors = self.on_device.embed(torch.cat([row["frames"] for row in ok]))
+        except Exception as error:  # noqa: BLE001 - each video again alone: one video's failure is its own
+            stop_on_program_error(error, ok[0]["video"]["uri"], "spatial")
+            return [self.on_device(row) for row in rows]
+        seconds, start = time.perf_counter() - started, 0
+        for row in ok:
+            count = len(row.pop("frames"))
+            row["spatial"] = vectors[start:start + count].astype(np.float16)
+            row["video"]["spatial_s"] = seconds * count / len(vectors)  # the shared batches' time, by frames
+            start += count
+        return rows
+
+
+class DeviceEmbedder:
+    """`SpatialEmbedder.__call__` on frames already on its device: (N, 3, S, S) uint8 tensor → (N, dim)
+    float32, normalised and run in chunks of spatial.batch_size as it does."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    def __call__(self, frames) -> np.ndarray:
+        import torch
+
+        from multistream.device import autocast
+
+        e = self.embedder
+        out = np.empty((len(frames), e.dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(frames), e.cfg.batch_size):
+                x = frames[start:start + e.cfg.batch_size].to(e.device)
+                x = ((x.float() - e.mean) / e.std).contiguous(memory_format=e.memory_format)
+                with autocast(e.device, e.cfg.amp):
+                    features = e.model(x)
+                out[start:start + len(x)] = features.float().cpu().numpy()
+        return out
 
 
 def check_gpu_placement(cfg: Config) -> list[str]:

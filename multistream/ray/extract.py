@@ -2,7 +2,9 @@
 
 Each stage is a callable class for `map_batches` around a per-video core of `multistream.extract.processor`, with its
 own resources from `cfg.ray`, so that decode and the model stages run in separate actors and overlap; with
-`ray.fused`, one pool's actors take each video through decode → spatial → audio (`VideoProcessor`). Batches
+`ray.fused`, one pool's actors take each video through decode → spatial → audio (`VideoProcessor`; on a GPU the
+frames stay there from RAFT to the spatial CNN). Before any work the pools are fitted to the cluster
+(`multistream.ray.pools`: refused in one message, or `max_actors: auto` resolved). Batches
 cross stages as columns (`extract_rows.to_columns`). The finished blocks are committed by time and size
 (`multistream.ray.commit`; the protocol and resume: `multistream.store.commit`).
 """
@@ -20,6 +22,7 @@ import ray
 from multistream.config import Config
 from multistream.dataset.manifest import VideoEntry, build_manifest
 from multistream.device import actor_device
+from multistream.extract.flow.registry import flow_backend
 from multistream.extract.processor import (
     Decoder,
     VideoProcessor,
@@ -30,7 +33,8 @@ from multistream.extract.processor import (
 from multistream.extract.rows import blocks, entries_from_columns, entries_table, from_columns, to_columns
 from multistream.extract.summary import ErrorKinds, ExtractSummary, Progress
 from multistream.ray.commit import commit_stream
-from multistream.ray.session import init_ray, map_stage, worker_setup
+from multistream.ray.pools import fit_pools
+from multistream.ray.session import init_ray, job_cluster, map_stage, worker_setup
 from multistream.store.commit import committed_parts, drop_stray_commits, drop_uncommitted, resume_state
 from multistream.store.layout import RunRoot
 
@@ -70,15 +74,25 @@ class AudioStage(SpatialStage):
 
 
 class FusedStage:
-    """Manifest columns → finished rows: every model stage in one actor, video after video (`ray.fused`)."""
+    """Manifest columns → finished rows: every model stage in one actor (`ray.fused`). Given a GPU, with a GPU
+    flow backend (RAFT) and the spatial CNN on it, the frames stay on the GPU from RAFT to the CNN, which
+    embeds the batch's videos together (`VideoProcessor(resident=True)`); else video after video, as on CPUs."""
 
     def __init__(self, cfg: Config):
         worker_setup(cfg.ray.torch_threads)
         devices = {name: actor_device(getattr(cfg, name).device) for name in ("flow", "spatial", "audio")}
-        self.process = VideoProcessor(cfg, threads=cfg.ray.torch_threads, devices=devices)
+        self.process = VideoProcessor(cfg, threads=cfg.ray.torch_threads, devices=devices,
+                                      resident=resident_on_gpu(cfg, devices))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return to_columns([self.process(entry) for entry in entries_from_columns(batch)])
+        return to_columns(self.process.batch(entries_from_columns(batch)))
+
+
+def resident_on_gpu(cfg: Config, devices: dict[str, str]) -> bool:
+    """Whether a fused actor keeps the frames on its GPU: RAFT and the spatial CNN both run on CUDA there
+    (`devices` as `actor_device` gives them: "auto" is already "cuda" or "cpu" in an actor)."""
+    on_gpu = [str(devices[name]).startswith("cuda") for name in ("flow", "spatial")]
+    return flow_backend(cfg.flow.backend).gpu and all(on_gpu)
 
 
 MAX_PASSES = 3  # a video whose commit was lost with a node is extracted again, at most this many times in all
@@ -125,6 +139,9 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
 
         cfg = resolve_all(cfg)  # every weights source fetched and checked (pinned) before any video
         init_ray(cfg)
+        # every pool's actors fit the cluster at once (refused in one message otherwise); auto maxima resolved
+        cfg, pools_line = fit_pools(cfg, job_cluster(cfg))
+        log.info("%s", pools_line)
         context = ray.data.DataContext.get_current()
         kept = context.enable_progress_bars, context.target_max_block_size
         context.enable_progress_bars = False  # the progress line below instead of a bar per stage

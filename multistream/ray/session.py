@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import ray
 
 from multistream.cli import setup_logging
 from multistream.config import Config, StageResources
+from multistream.ray.pools import Cluster, Node, from_cluster_file, largest
 from multistream.ray.worker_env import WORKER_ENV, worker_env
 from multistream.store import s3config
 
@@ -103,11 +105,53 @@ def fixed_size() -> bool:
     return _started_local and ray.is_initialized()
 
 
+# The autoscaler's config on the head of a `ray up` cluster, where a submitted job's driver runs
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def job_cluster(cfg: Config) -> Cluster:
+    """The cluster this job's pools are judged against (`multistream.ray.pools`): the cluster file `ray.cluster`
+    at its largest; else the live nodes, grown to each node group's max count where Ray reports the autoscaler's
+    config, or where this node holds the config of a `ray up` autoscaler; else the live nodes as they are."""
+    if cfg.ray.cluster:
+        return from_cluster_file(cfg.ray.cluster)
+    live = [Node(float(node["Resources"].get("CPU", 0)), int(node["Resources"].get("GPU", 0)))
+            for node in ray.nodes() if node["Alive"]]
+    if fixed_size():
+        return Cluster(tuple(live), "the local Ray this job started")
+    groups = _autoscaler_groups()
+    if groups:
+        return largest(groups, live, "the largest cluster its autoscaler can grow to (Ray's cluster config)")
+    bootstrap = Path(BOOTSTRAP_CONFIG).expanduser()
+    if bootstrap.is_file():
+        return from_cluster_file(bootstrap)
+    return Cluster(tuple(live), "the live cluster (no autoscaler's maximum is known here: an autoscaling "
+                                "cluster's file goes in ray.cluster)")
+
+
+def _autoscaler_groups() -> list[tuple[Node, int]] | None:
+    """Each node group's shape and max count (-1: none) from the autoscaler's config in Ray's GCS, where the
+    autoscaler reported one (Ray's private state API, as Ray Data's and Ray Train's autoscaling read it)."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception as error:  # noqa: BLE001 - an API of Ray's internals: without it, the live nodes
+        log.debug("no cluster config from Ray: %s", error)
+        return None
+    if config is None:
+        return None
+    return [(Node(float(group.resources.get("CPU", 0)), int(group.resources.get("GPU", 0)), group.name),
+             int(group.max_count)) for group in config.node_group_configs if group.resources]
+
+
 def map_stage(ds: ray.data.Dataset, stage: type, resources: StageResources, *, batch_size: int | None = None,
               batch_format: str = "numpy", **constructor_kwargs) -> ray.data.Dataset:
     """`ds.map_batches` through a pool of `stage` actors (built with `constructor_kwargs`) as `resources` say.
 
     The actors get WORKER_ENV even where the job joined a cluster that was started without it."""
+    if not isinstance(resources.max_actors, int):  # auto, N/gpu, N/node: `multistream.ray.pools.fit_pools`
+        raise ValueError(f"max_actors {resources.max_actors!r} is not resolved against the cluster yet")
     return ds.map_batches(
         stage, fn_constructor_kwargs=constructor_kwargs, batch_size=batch_size or resources.batch_size,
         batch_format=batch_format, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus or None,
