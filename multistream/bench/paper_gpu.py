@@ -73,18 +73,17 @@ def make_archive(root: str | Path, clips: int, seconds: float = 7.0, size: tuple
 
 
 def paper_config(config_path: str, overrides: list[str], archive: Path, output: Path, device: str,
-                 cpus: int, gpus: float, flow_weights: str | None) -> Config:
+                 gpus: float, flow_weights: str | None) -> Config:
     """The paper config on this machine: the archive in, `output` out, random weights, every model on
-    `device`, one fused pool of extraction actors sharing the node's GPUs (frames never cross the object
-    store), training without epoch caps replaced by one epoch each (a benchmark times steps, not convergence)."""
-    actors = max(1, cpus - 2)
+    `device` (with a GPU, the config's extraction pools as `ray.pools` fits them to this node; without, one fused
+    actor per core), one epoch of each training (a benchmark times steps, not convergence)."""
     cfg = load_config(config_path, [
         f"paths.input={archive}", f"paths.labels={archive / 'labels.csv'}", f"paths.output={output}",
         "paths.demo=false", "spatial.weights=null", "audio.weights=null",
         "audio.pca_params=null", "audio.postprocess=raw", f"flow.weights={flow_weights or 'null'}",
         *(f"{section}.device={device}" for section in ("flow", "spatial", "audio", "motion_cnn", "rnn")),
-        f"ray.fused={{num_cpus: 1, num_gpus: {gpus / actors if gpus else 0}, min_actors: {actors}, "
-        f"max_actors: {actors}, batch_size: 1}}",
+        # on a GPU the config's own pools (fitted to this node by `ray.pools`); on a CPU one actor per core
+        *([] if gpus else ["ray.fused={num_cpus: 1, num_gpus: 0, max_actors: auto, batch_size: 1}"]),
         "motion_cnn.epochs=1", "motion_cnn.patience=2", "rnn.epochs=1", "rnn.patience=2",
         "ray.train.num_workers=1", f"ray.train.use_gpu={str(device == 'cuda').lower()}",
         *overrides,
@@ -243,8 +242,6 @@ def heads(cfg: Config, device) -> dict:
 
 def run(config_path: str, overrides: list[str], clips: int, seconds: float, device: str | None = None) -> dict:
     """Every figure of the module docstring, on a fresh archive of `clips` clips of `seconds` s."""
-    import os
-
     import torch
     from torchvision.models import optical_flow
 
@@ -264,7 +261,7 @@ def run(config_path: str, overrides: list[str], clips: int, seconds: float, devi
             torch.save(getattr(optical_flow, backend)(weights=None).state_dict(), flow_weights)
         gpus = float(torch.cuda.device_count()) if device == "cuda" else 0.0
         cfg = paper_config(config_path, overrides, archive, Path(scratch) / "run", device,
-                           len(os.sched_getaffinity(0)), gpus, flow_weights)
+                           gpus, flow_weights)
         figures = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "clips": clips,
                    "seconds_per_clip": seconds, "flow_size": list(cfg.flow.size), "archive_s": archive_s,
                    "extraction": extraction(cfg, torch_device)}
