@@ -176,12 +176,15 @@ class VideoProcessor:
     video through decode + flow + sampling → spatial → audio; a bad video gives an error row, never raises.
 
     `devices` maps "flow" / "spatial" / "audio" to the device each model runs on (default: its config's).
+    `after_decode`, a row → row step, runs on each decoded row before the models (predict's motion CNN on the
+    flow in memory: `multistream.predict.batch.TemporalStep`).
     """
 
-    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None):
+    def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None,
+                 after_decode=None):
         devices = devices or {}
-        self.steps = [Decoder(cfg, threads, devices.get("flow")), spatial_step(cfg, devices.get("spatial")),
-                      audio_step(cfg, devices.get("audio"))]
+        self.steps = [Decoder(cfg, threads, devices.get("flow")), *([after_decode] if after_decode else []),
+                      spatial_step(cfg, devices.get("spatial")), audio_step(cfg, devices.get("audio"))]
 
     def __call__(self, entry: VideoEntry) -> dict:
         row = self.steps[0](entry)
