@@ -272,14 +272,17 @@ class VideoProcessor:
     `devices` maps "flow" / "spatial" / "audio" to the device each model runs on (default: its config's).
     `resident` (the fused GPU path): the frames go to the spatial CNN's device once and stay there (`Decoder`),
     and `batch(entries)` embeds the sampled frames of all its videos in shared batches of spatial.batch_size.
+    `after_decode`, a row → row step, runs on each decoded row before the models (predict's motion CNN on the
+    flow in memory: `multistream.predict.batch.TemporalStep`).
     """
 
     def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None,
-                 resident: bool = False):
+                 resident: bool = False, after_decode=None):
         devices = devices or {}
         spatial = spatial_step(cfg, devices.get("spatial"))
         decoder = Decoder(cfg, threads, devices.get("flow"), resident=spatial.embed.device if resident else None)
-        self.steps = [decoder, spatial, audio_step(cfg, devices.get("audio"))]
+        self.decode = [decoder, *([after_decode] if after_decode else [])]
+        self.steps = [*self.decode, spatial, audio_step(cfg, devices.get("audio"))]
         self.resident = resident
         if resident:  # the same model, fed the device's frames
             self.on_device = ModelStep(DeviceEmbedder(spatial.embed), "frames", "spatial")
@@ -296,9 +299,13 @@ class VideoProcessor:
         """The rows of `entries`, in order; resident, the spatial CNN runs once over all their frames."""
         if not self.resident:
             return [self(entry) for entry in entries]
-        decode, _, audio = self.steps
-        rows = [decode(entry) for entry in entries]
-        return [audio(row) for row in self._spatial(rows)]
+        rows = []
+        for entry in entries:
+            row = self.decode[0](entry)
+            for step in self.decode[1:]:
+                row = step(row)
+            rows.append(row)
+        return [self.steps[-1](row) for row in self._spatial(rows)]
 
     def _spatial(self, rows: list[dict]) -> list[dict]:
         import torch

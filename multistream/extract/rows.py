@@ -6,6 +6,8 @@ A row is a dict:
     "frames":     (K, S, S, 3) uint8 RGB (until the spatial stage replaces it by "spatial" (K, D) float16)
     "wave":       (N,) float32 mono (until the audio stage replaces it by "audio" (E, 128) float16)
     "flow":       (P, H, W, 2) uint8 quantized flow
+    "temporal":   (K, 2048) float16 motion-CNN embeddings at the positions: only in `jobs/predict.py`, whose step
+                  after decode (`multistream.predict.batch.TemporalStep`) replaces "flow" by it
 An error row holds only "video". Between Ray stages a batch of rows travels as columns (`to_columns`): arrays
 as `.npy` bytes (so sequences of different lengths cross Arrow without ragged-tensor conversions) and the
 `videos/` row as JSON.
@@ -25,7 +27,7 @@ from multistream.extract.video import VideoError
 from multistream.store import schema
 from multistream.store.uris import redact, scrub
 
-ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio")
+ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio", "temporal")
 ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
 
 
@@ -134,8 +136,8 @@ def fail(row: dict, stage: str, error: BaseException) -> dict:
 
 def row_bytes(row: dict) -> int:
     """Bytes the row adds to the `features/` and `flow/` parts it is committed in (about)."""
-    return sum(row[name].nbytes for name in ("positions", "timestamps", "magnitudes", "spatial", "audio", "flow")
-               if name in row)
+    return sum(row[name].nbytes for name in ("positions", "timestamps", "magnitudes", "spatial", "audio", "flow",
+                                             "temporal") if name in row)
 
 
 def videos_table(rows: list[dict]) -> pa.Table:
@@ -143,16 +145,21 @@ def videos_table(rows: list[dict]) -> pa.Table:
 
 
 def features_table(rows: list[dict]) -> pa.Table:
-    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128))."""
+    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128); and "temporal" (K, 2048) in
+    the extraction of `jobs/predict.py`)."""
     spatial_dim = rows[0]["spatial"].shape[1]
-    return pa.table({
+    temporal = any("temporal" in row for row in rows)
+    columns = {
         "video_id": [row["video"]["video_id"] for row in rows],
         "frame_index": [row["positions"].tolist() for row in rows],
         "timestamp_s": [row["timestamps"].tolist() for row in rows],
         "flow_magnitude": [row["magnitudes"].tolist() for row in rows],
         "spatial": schema.sequence_array([row["spatial"] for row in rows], spatial_dim),
         "audio": schema.sequence_array([row["audio"] for row in rows], schema.AUDIO_DIM),
-    }, schema=schema.features_schema(spatial_dim))
+    }
+    if temporal:
+        columns["temporal"] = schema.sequence_array([row.get("temporal") for row in rows], schema.MOTION_DIM)
+    return pa.table(columns, schema=schema.features_schema(spatial_dim, temporal=temporal))
 
 
 def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:

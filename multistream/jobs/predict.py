@@ -2,10 +2,12 @@
 
 Reads the model bundle of --models (a run root, its models/ folder or models/bundle.json; local or s3://),
 checks it (format, every file's sha256, the pretrained weights) before any video is read, extracts the
-videos under --input with the bundle's extraction settings, then runs the motion CNN, the RNN heads, the
-fusion SVM and the anomaly autoencoder on them. Writes under --output: videos/ (one row per video, errors
-included), features/, flow/, embeddings/, predictions/ (label and split from the input where it has them,
-predicted, scores, top_labels, top_scores) and anomaly/ (score, is_anomaly at the calibrated threshold).
+videos under --input with the bundle's extraction settings, running the motion CNN on each video's flow as
+it is computed, then the RNN heads, the fusion SVM and the anomaly autoencoder. Writes under --output:
+videos/ (one row per video, errors included), embeddings/, predictions/ (label and split from the input where
+it has them, predicted, scores, top_labels, top_scores) and anomaly/ (score, is_anomaly at the calibrated
+threshold); features/ (with each position's temporal embedding) only until a video's results are committed,
+and no flow/: --keep-flow keeps both, flow/ as jobs/extract.py writes it.
 No model is re-fit. A --set of an extraction or training setting that differs from the bundle is refused;
 resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --output resumes.
 
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the trained run: its root, models/ folder or models/bundle.json (default {DEMO_MODELS})")
     parser.add_argument("--embed-only", action="store_true",
                         help="write videos/ and embeddings/ only: no classifier, no anomaly detector")
+    parser.add_argument("--keep-flow", action="store_true",
+                        help="also write flow/ and keep features/ (with the temporal sequences) as an extraction "
+                             "does; by default no flow/ is written and features/ is removed once used")
     add_retry_errors(parser)
     cfg, args = parse_job_args(parser, argv)
     try:
@@ -58,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # checks, then the output run root's lease; the job's MLflow run where tracking.mlflow_uri is set
     with start_job(cfg, "predict", reads_input=True), job_run(cfg, "predict") as cfg:
-        summary = run_predict(cfg, bundle, embed_only=args.embed_only, retry_errors=args.retry_errors)
+        summary = run_predict(cfg, bundle, embed_only=args.embed_only, retry_errors=args.retry_errors,
+                              keep_flow=args.keep_flow)
     extract = summary.extract
     print(f"extract: {extract.total} videos, {extract.skipped} already done, {extract.ok} ok, "
           f"{len(extract.errors)} errors")

@@ -40,18 +40,24 @@ from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 
+# A step's factory, called in each decoding actor: `run_extract`'s `after_decode`.
+AfterDecode = Callable[[], Callable[[dict], dict]]
+
 # Small output blocks: a decode actor's videos reach the model stages one by one, not a whole input block later.
 TARGET_BLOCK_BYTES = 8 * 2**20
 
 
 class DecodeStage:
-    """Manifest columns → decoded rows (frames, wave, flow, sampled positions)."""
+    """Manifest columns → decoded rows (frames, wave, flow, sampled positions), each through `run_extract`'s
+    `after_decode` where it gives one."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, after_decode: AfterDecode | None = None):
         self.decode = Decoder(cfg, threads=cfg.ray.torch_threads, device=actor_device(cfg.flow.device))
+        self.after = after_decode() if after_decode is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return to_columns([self.decode(entry) for entry in entries_from_columns(batch)])
+        rows = [self.decode(entry) for entry in entries_from_columns(batch)]
+        return to_columns([self.after(row) for row in rows] if self.after is not None else rows)
 
 
 class SpatialStage:
@@ -78,11 +84,12 @@ class FusedStage:
     flow backend (RAFT) and the spatial CNN on it, the frames stay on the GPU from RAFT to the CNN, which
     embeds the batch's videos together (`VideoProcessor(resident=True)`); else video after video, as on CPUs."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, after_decode: AfterDecode | None = None):
         worker_setup(cfg.ray.torch_threads)
         devices = {name: actor_device(getattr(cfg, name).device) for name in ("flow", "spatial", "audio")}
         self.process = VideoProcessor(cfg, threads=cfg.ray.torch_threads, devices=devices,
-                                      resident=resident_on_gpu(cfg, devices))
+                                      resident=resident_on_gpu(cfg, devices),
+                                      after_decode=after_decode() if after_decode is not None else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return to_columns(self.process.batch(entries_from_columns(batch)))
@@ -98,26 +105,29 @@ def resident_on_gpu(cfg: Config, devices: dict[str, str]) -> bool:
 MAX_PASSES = 3  # a video whose commit was lost with a node is extracted again, at most this many times in all
 
 
-def plan(cfg: Config, todo: list[VideoEntry]) -> ray.data.Dataset:
+def plan(cfg: Config, todo: list[VideoEntry], after_decode: AfterDecode | None = None) -> ray.data.Dataset:
     """The dataset of the stages over the videos still to do: rows of finished videos (`commit_stream` commits
     them as it consumes it)."""
     if cfg.ray.fused is not None:
         ds = ray.data.from_arrow(blocks(entries_table(todo), cfg.ray.fused.max_actors))
-        return map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg)
+        return map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg, after_decode=after_decode)
     widest = max(cfg.ray.decode.max_actors, cfg.ray.spatial.max_actors, cfg.ray.audio.max_actors)
     ds = ray.data.from_arrow(blocks(entries_table(todo), widest))
-    for stage, resources in ((DecodeStage, cfg.ray.decode), (SpatialStage, cfg.ray.spatial),
-                             (AudioStage, cfg.ray.audio)):
+    ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg, after_decode=after_decode)
+    for stage, resources in ((SpatialStage, cfg.ray.spatial), (AudioStage, cfg.ray.audio)):
         ds = map_stage(ds, stage, resources, cfg=cfg)
     return ds
 
 
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
-                on_video: Callable[[dict], None] | None = None, retry_errors: bool = False) -> ExtractSummary:
+                on_video: Callable[[dict], None] | None = None, retry_errors: bool = False,
+                after_decode: AfterDecode | None = None) -> ExtractSummary:
     """Extract every video of the manifest not yet committed under `cfg.paths.output`; error rows whose error
     was transient are extracted again, every error row with `retry_errors`.
 
-    `on_video` is called with each video's `videos/` row as it is committed."""
+    `on_video` is called with each video's `videos/` row as it is committed. `after_decode` (picklable) is
+    called once in each actor that decodes (a decode or fused actor) and gives a row → row step run on each
+    decoded row there, while its flow is in memory: predict's motion CNN (`multistream.ray.predict`)."""
     started = time.perf_counter()
     for warning in check_gpu_placement(cfg):
         log.warning("%s", warning)
@@ -158,7 +168,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
 
         try:
             for attempt in range(1, MAX_PASSES + 1):
-                result = commit_stream(plan(cfg, todo), cfg, committed_video)
+                result = commit_stream(plan(cfg, todo, after_decode), cfg, committed_video)
                 todo = [entry for entry in todo if entry.video_id not in committed]
                 if not todo:
                     break

@@ -15,8 +15,10 @@ rewritten whole is one part, written before any other part is deleted (`replace_
   `videos/` are read; transient error rows (all with --retry-errors) are withdrawn and extracted again. At
   the end of a run (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a
   killed run's surviving workers, whose videos this run extracted again) are deleted with their twins;
-- predict (`multistream.predict.batch`): `embeddings/<part>` and `predictions/<part>` staged, then the marker
-  `anomaly/<part>` (`embeddings/` alone with --embed-only);
+- predict (`multistream.predict.batch`): its extraction's `features/<part>` carry the temporal sequences, and it
+  stages no `flow/<part>` unless --keep-flow; then `embeddings/<part>` and `predictions/<part>` staged, then the
+  marker `anomaly/<part>` (`embeddings/` alone with --embed-only; a later full run adds the other two to such
+  a part);
 - fuse: `predictions/` and `anomaly/`, each replaced as the one part "fuse".
 """
 
@@ -162,9 +164,11 @@ def commit(rows: list[dict], run: RunRoot, clip_px: float, max_bytes: float) -> 
     for group in groups_by_bytes(rows, max_bytes):
         name = part_name([row["video"]["video_id"] for row in group])
         ok = [row for row in group if row["video"]["status"] == "ok"]
-        flow = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in ok]),
-                 run.flow), (features_table(ok), run.features)] if ok else []
-        write_group(name, [*flow, (videos_table(group), run.videos)])
+        with_flow = [row for row in ok if "flow" in row]  # all of them but in predict (`TemporalStep`)
+        flow = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in with_flow]),
+                 run.flow)] if with_flow else []
+        features = [(features_table(ok), run.features)] if ok else []
+        write_group(name, [*flow, *features, (videos_table(group), run.videos)])
         committed.append((name, [row["video"] for row in group]))
     return committed
 

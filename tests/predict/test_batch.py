@@ -9,20 +9,26 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from multistream.config import FusionConfig, load_config
+from multistream.dataset.manifest import VideoEntry
 from multistream.demo.dataset import generate_demo
+from multistream.extract.rows import read_flow, video_row
 from multistream.fuse.svm import FusionModel
 from multistream.jobs.pipeline import run_pipeline
 from multistream.predict.batch import (
+    TemporalStep,
     anomaly_table,
+    drop_used_features,
     embeddings_table,
     pending,
     predictions_table,
+    unscored,
 )
 from multistream.predict.bundle import Bundle, open_bundle
-from multistream.predict.models import Classifier
+from multistream.predict.models import Classifier, TemporalEmbedder, VideoEmbedder
 from multistream.predict.single import main as one_file_main
 from multistream.predict.single import predict_video
 from multistream.store import layout, modelio, schema, storage
@@ -101,12 +107,48 @@ def test_pending_skips_committed_videos_and_drops_an_interrupted_commit(tmp_path
         storage.write_part(rows if table == run.embeddings else anomaly_table(["a", "b"], [None, None],
                                                                                np.zeros(2), np.zeros(2, bool)),
                            table, done)
-    storage.write_part(embeddings_table(["c", "d"], ["a", "a"], [None, None], vectors), run.embeddings, todo)
+    storage.write_part(embeddings_table(["c", "d"], ["a", "a"], [None, None], vectors), run.embeddings, todo,
+                       staged=True)  # a commit killed before its anomaly/ marker
+    embedded = videos_part(run, ["f", "g"])  # embedded by an --embed-only run: scored, not embedded again
+    storage.write_part(embeddings_table(["f", "g"], ["a", "a"], [None, None], vectors), run.embeddings, embedded)
     items = pending(run)
     assert [(i["part"], i["video_id"]) for i in items] == [(todo, ["c", "d"])]
-    assert storage.list_parts(run.embeddings) == [done]  # the part without its anomaly/ twin is gone
+    assert storage.list_parts(run.embeddings) == sorted([done, embedded]) and storage.list_staged(run.embeddings) == []
+    assert unscored(run) == {embedded: ["f", "g"]}
     assert pending(run, embed_only=True) == [{"part": todo, "video_id": ["c", "d"], "label": ["a", "a"],
                                               "split": [None, None]}]
+
+
+def test_the_step_after_decode_embeds_the_flow_in_memory_and_drops_it():
+    def embed(flow, positions):
+        assert flow.shape == (4, 6, 8, 2) and list(positions) == [0, 2]
+        return np.ones((len(positions), schema.MOTION_DIM), np.float32)
+
+    def row():
+        return {"video": video_row(VideoEntry("a.mp4", "/in/a.mp4", None, None)), "positions": np.array([0, 2]),
+                "flow": np.zeros((4, 6, 8, 2), np.uint8)}
+
+    out = TemporalStep(embed)(row())
+    assert "flow" not in out and out["temporal"].dtype == np.float16 and out["temporal"].shape == (2, 2048)
+    assert "flow" in TemporalStep(embed, keep_flow=True)(row())  # --keep-flow: committed to flow/
+    error = {"video": video_row(VideoEntry("b.mp4", "/in/b.mp4", None, None), "error", "unreadable")}
+    assert TemporalStep(embed)(error) == error
+
+    def out_of_memory(flow, positions):
+        raise RuntimeError("CUDA out of memory")
+
+    failed = TemporalStep(out_of_memory)(row())
+    assert set(failed) == {"video"} and failed["video"]["status"] == "error"
+    assert failed["video"]["error"].startswith("temporal: ") and failed["video"]["error_kind"] == "model"
+
+
+def test_used_features_parts_go_unless_videos_wait_or_their_flow_was_kept(tmp_path):
+    run = RunRoot(str(tmp_path / "out"))
+    for name in ("p1", "p2", "p3"):
+        storage.write_part(pa.table({"video_id": [name]}), run.features, name)
+    storage.write_part(pa.table({"video_id": ["p3"]}), run.flow, "p3")  # extracted with --keep-flow
+    assert drop_used_features(run, {"p2"}) == ["p1"]
+    assert storage.list_parts(run.features) == ["p2", "p3"]
 
 
 def test_tables_rank_classes_and_null_the_streams_a_bundle_lacks(tmp_path):
@@ -159,6 +201,8 @@ def test_predict_writes_every_table(predicted, new_videos, trained):
     embeddings = table(predicted, "embeddings")
     assert embeddings["video_id"].to_pylist() == predictions["video_id"].to_pylist()
     assert all(embeddings[s].null_count == 0 for s in schema.STREAMS)
+    # the motion CNN ran in the extraction: no flow/ written, features/ removed once every video had results
+    assert not (predicted / "flow").exists() and storage.list_parts(str(predicted / "features")) == []
 
 
 @pytest.mark.slow
@@ -226,16 +270,86 @@ def test_a_model_rewritten_after_the_bundle_was_opened_is_refused_in_the_actors(
     with pytest.raises(Exception, match="svm/model.safetensors changed after the bundle was sealed"):
         run_predict(cfg, bundle)
     assert not (out / "predictions").exists() and not (out / "anomaly").exists()
+    # the motion CNN, loaded by each actor that computes flow: refused before any video is committed
+    shutil.rmtree(copy)
+    shutil.copytree(trained / "models", copy / "models")
+    bundle = open_bundle(str(copy))
+    motion = str(copy / "models" / layout.MOTION_CNN)
+    tensors, meta = modelio.load_model(motion)
+    first = sorted(tensors)[0]
+    modelio.save_model(motion, tensors | {first: tensors[first] + 1}, meta)
+    with pytest.raises(Exception, match="motion_cnn/model.safetensors changed after the bundle was sealed"):
+        run_predict(cfg.replace(**{"paths.output": str(tmp_path / "out2")}), bundle)
+    assert storage.list_parts(str(tmp_path / "out2" / "videos")) == []
+
+
+def run_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def data_bytes(where) -> int:
+    """Compressed bytes of the column chunks of every Parquet file under a folder (or of one file): its size less
+    the footer."""
+    files = [where] if isinstance(where, pq.ParquetFile) else [pq.ParquetFile(p) for p in where.rglob("*.parquet")]
+    return sum(f.metadata.row_group(g).column(c).total_compressed_size for f in files
+               for g in range(f.metadata.num_row_groups) for c in range(f.metadata.num_columns))
 
 
 @pytest.mark.slow
 @end_to_end
-def test_embed_only_writes_no_classifier_output(trained, new_videos, tmp_path):
-    out = tmp_path / "out"
+def test_embed_only_writes_under_5_percent_of_the_bytes_and_the_embeddings_of_flow_read_back(
+        trained, new_videos, predicted, tmp_path):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    one_part = ("--set", "ray.write.batch_size=8")  # one embeddings/ part in both runs: as many files
     assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(out), "--embed-only",
-                       "--set", "ray.embed.batch_size=2") == 0
+                       "--set", "ray.embed.batch_size=2", *one_part) == 0
     assert table(out, "embeddings").num_rows == 6
     assert not (out / "predictions").exists() and not (out / "anomaly").exists()
+    assert not (out / "flow").exists() and storage.list_parts(str(out / "features")) == []
+    assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(kept), "--embed-only",
+                       "--keep-flow", *one_part, "--set", "ray.fused=null") == 0  # the motion CNN in decode actors
+    # --keep-flow: flow/ as jobs/extract.py writes it (one row per ok video at flow.size), features/ kept
+    ok = sorted(v["video_id"] for v in table(kept, "videos").to_pylist() if v["status"] == "ok")
+    flows = {row["video_id"]: read_flow(row) for row in table(kept, "flow").to_pylist()}
+    assert sorted(flows) == ok and all(f.shape[1:] == (60, 64, 2) and len(f) > 10 for f in flows.values())
+    features = table(kept, "features")
+    assert features["video_id"].to_pylist() == ok
+    # today's path: the flow written, read back, then the motion CNN at the sampled positions and the heads
+    bundle = open_bundle(str(trained))
+    motion = TemporalEmbedder(bundle, "cpu")
+    temporal = [motion(flows[v], np.asarray(p)) for v, p in zip(ok, features["frame_index"].to_pylist(), strict=True)]
+    for got, want in zip(schema.column_to_sequences(features["temporal"], np.float16), temporal, strict=True):
+        np.testing.assert_array_equal(got, want)  # the extraction's temporal sequences are today's arrays
+    sequences = {s: [np.zeros((0, 128), np.float32) if x is None else x for x in
+                     schema.column_to_sequences(features[s])] for s in ("spatial", "audio")}
+    today = VideoEmbedder(bundle, "cpu")(sequences | {"temporal": [t.astype(np.float32) for t in temporal]})
+    for root in (out, kept, predicted):
+        embeddings = table(root, "embeddings")
+        assert embeddings["video_id"].to_pylist() == ok
+        for stream in schema.STREAMS:
+            got = np.array(embeddings[stream].to_pylist(), np.float32)
+            np.testing.assert_allclose(got, today[stream], rtol=1e-3, atol=1e-3)
+    # bytes per video: today's run root is --keep-flow's with features/ less its temporal column. Every file's
+    # Parquet footer is a fixed cost (~1 kB a video here, 6 videos a part; ~0.05 kB at ~100 a commit): the 5 % holds
+    # for the data pages, whole files are printed and kept under 10 %
+    without = pa.BufferOutputStream()
+    pq.write_table(storage.read_table(str(kept / "features")).drop_columns(["temporal"]), without, compression="zstd")
+    without = without.getvalue()
+    today_files = run_bytes(kept) - run_bytes(kept / "features") + without.size
+    today_data = data_bytes(kept) - data_bytes(kept / "features") + data_bytes(pq.ParquetFile(pa.BufferReader(without)))
+    files, data = run_bytes(out), data_bytes(out)
+    print(f"embed-only run root, bytes a video: {files / len(ok):.0f} in files, {data / len(ok):.0f} of data; today's "
+          f"{today_files / len(ok):.0f}, {today_data / len(ok):.0f} (flow/ {run_bytes(kept / 'flow') / len(ok):.0f}): "
+          f"{files / today_files:.3f}, {data / today_data:.3f}")
+    assert data <= 0.05 * today_data and files <= 0.10 * today_files
+    # the same run root classified later: its embeddings are scored, not embedded again (its features/ are gone)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "embeddings").glob("*.parquet")}
+    assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(out)) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "embeddings").glob("*.parquet")} == stamps
+    want = {r["video_id"]: r for r in table(predicted, "predictions").to_pylist()}
+    for row in table(out, "predictions").to_pylist():
+        np.testing.assert_allclose(row["scores"], want[row["video_id"]]["scores"], rtol=1e-3, atol=1e-3)
+    assert table(out, "anomaly")["video_id"].to_pylist() == ok
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.rows import flow_table, read_flow, video_row
-from multistream.store import storage
+from multistream.store import schema, storage
 from multistream.store.commit import (
     CommitClock,
     commit,
@@ -58,6 +58,19 @@ def test_commit_writes_one_part_per_table_readable_per_video(tmp_path):
     assert storage.read_table(run.features)["video_id"].to_pylist() == ["a", "c"]
     flow = pds.dataset(run.flow).to_table(filter=pds.field("video_id") == "c").to_pylist()
     np.testing.assert_array_equal(read_flow(flow[0]), rows[2]["flow"])
+
+
+def test_rows_without_flow_commit_their_temporal_sequences_and_no_flow_part(tmp_path):
+    """predict's extraction (`multistream.predict.batch.TemporalStep`): temporal sequences in features/, no flow/."""
+    run = RunRoot(str(tmp_path))
+    rows = [ok_row("a"), error_row("b")]
+    rows[0]["temporal"] = np.arange(3 * schema.MOTION_DIM).reshape(3, -1).astype(np.float16)
+    del rows[0]["flow"]
+    (name, _), = commit(rows, run, 20.0, 1e9)
+    assert storage.list_parts(run.flow) == [] and storage.list_parts(run.features) == [name]
+    features = storage.read_table(run.features)
+    assert features.schema.equals(schema.features_schema(16, temporal=True))
+    np.testing.assert_array_equal(schema.column_to_sequences(features["temporal"], np.float16)[0], rows[0]["temporal"])
 
 
 def test_resume_drops_uncommitted_parts_and_keeps_committed(tmp_path):
