@@ -18,8 +18,7 @@ from multistream.dataset.manifest import VideoEntry
 from multistream.device import check_gpu_given
 from multistream.extract.budgets import Budget
 from multistream.extract.errors import error_kind
-from multistream.extract.flow.base import FlowEstimator
-from multistream.extract.flow.codec import mean_magnitude, quantize
+from multistream.extract.flow.base import FlowEstimator, encode_flow
 from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
@@ -68,9 +67,9 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
         nonlocal flow_seconds, pending
         if len(pending) >= 2:
             t0 = time.perf_counter()
-            pairs = estimator(np.stack(pending))  # (len-1, H, W, 2) float32
-            pair_magnitudes.append(mean_magnitude(pairs, scale))
-            flows.append(quantize(pairs, cfg.flow.clip_px))
+            stored, magnitudes = encode_flow(estimator, np.stack(pending), cfg.flow.clip_px, scale)
+            pair_magnitudes.append(magnitudes)  # (len-1,) float32
+            flows.append(stored)  # (len-1, H, W, 2) uint8
             flow_seconds += time.perf_counter() - t0
         pending = pending[-1:] if keep_last else []
 
