@@ -22,8 +22,7 @@ from multistream.dataset.manifest import VideoEntry
 from multistream.device import check_gpu_given
 from multistream.extract.budgets import Budget
 from multistream.extract.errors import error_kind
-from multistream.extract.flow.base import FlowEstimator
-from multistream.extract.flow.codec import mean_magnitude, quantize
+from multistream.extract.flow.base import FlowEstimator, encode_flow
 from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
@@ -79,10 +78,12 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
             device_frames.add(pending[1:] if device_frames.carried else pending)
         if len(pending) >= 2:
             t0 = time.perf_counter()
-            # (len-1, H, W, 2) float32
-            pairs = estimator(np.stack(pending)) if device_frames is None else device_frames.flow(pending)
-            pair_magnitudes.append(mean_magnitude(pairs, scale))
-            flows.append(quantize(pairs, cfg.flow.clip_px))
+            if device_frames is None:
+                stored, magnitudes = encode_flow(estimator, np.stack(pending), cfg.flow.clip_px, scale)
+            else:
+                stored, magnitudes = device_frames.encode(pending, cfg.flow.clip_px, scale)
+            pair_magnitudes.append(magnitudes)  # (len-1,) float32
+            flows.append(stored)  # (len-1, H, W, 2) uint8
             flow_seconds += time.perf_counter() - t0
         pending = pending[-1:] if keep_last else []
         if device_frames is not None:
@@ -133,7 +134,7 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
 class DeviceFrames:
     """One video's frames (at flow.size) on a torch device, uploaded once as uint8 as they are decoded.
 
-    Flow runs on them there where the estimator is RAFT on that device (`raft_on_device`), else on the CPU
+    Flow runs on them there where the estimator is RAFT on that device (`RAFTFlow.encode`), else on the CPU
     copy the decoder already holds; `sampled` resizes the sampled frames there to the spatial size."""
 
     def __init__(self, device, estimator: FlowEstimator):
@@ -151,15 +152,17 @@ class DeviceFrames:
         if frames:
             self.chunks.append(torch.from_numpy(np.stack(frames)).to(self.device))
 
-    def flow(self, pending: list[np.ndarray]) -> np.ndarray:
-        """The flow of `pending` (the frames of the chunks added last, the carried one first)."""
+    def encode(self, pending: list[np.ndarray], clip_px: float,
+               scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_flow` of `pending` (the frames of the chunks added last, the carried one first): on the uploaded
+        frames where the estimator is RAFT on this device, else on the decoder's host copy."""
         if not self.on_device:
-            return self.estimator(np.stack(pending))
+            return encode_flow(self.estimator, np.stack(pending), clip_px, scale)
         import torch
 
         last = self.chunks[-1]
         frames = last if len(last) == len(pending) else torch.cat([self.chunks[-2][-1:], last])
-        return raft_on_device(self.estimator, frames)
+        return self.estimator.encode(frames, clip_px, scale)
 
     def sampled(self, positions: np.ndarray, size: int):
         """(K, 3, size, size) uint8 on the device: the frames at `positions`, resized there."""
@@ -169,27 +172,6 @@ class DeviceFrames:
         frames = torch.cat(self.chunks).index_select(0, index)
         self.chunks = []
         return resize_on_device(frames, size)
-
-
-def raft_on_device(estimator, frames) -> np.ndarray:
-    """`RAFTFlow.__call__` on frames already on its device ((N, H, W, 3) uint8 tensor): the same padding,
-    scaling and chunks of estimator.batch_size pairs; (N-1, H, W, 2) float32 on the host."""
-    import torch
-    import torch.nn.functional as F
-
-    from multistream.extract.flow.raft import _RAFT_MIN_SIDE
-
-    n, h, w, _ = frames.shape
-    pad_h, pad_w = max(-h % 8, _RAFT_MIN_SIDE - h), max(-w % 8, _RAFT_MIN_SIDE - w)
-    out = np.empty((n - 1, h, w, 2), np.float32)
-    with torch.inference_mode():
-        for start in range(0, n - 1, estimator.batch_size):
-            stop = min(start + estimator.batch_size, n - 1)
-            x = frames[start:stop + 1].permute(0, 3, 1, 2).float()
-            x = F.pad(x / 127.5 - 1.0, (0, pad_w, 0, pad_h), mode="replicate")
-            flow = estimator.model(x[:-1], x[1:])[-1]
-            out[start:stop] = flow[:, :, :h, :w].permute(0, 2, 3, 1).cpu().numpy()
-    return out
 
 
 def resize_on_device(frames, size: int):

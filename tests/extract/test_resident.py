@@ -14,7 +14,7 @@ import torch
 from multistream.config import load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract import processor
-from multistream.extract.processor import Decoder, VideoProcessor, audio_step, raft_on_device, spatial_step
+from multistream.extract.processor import Decoder, VideoProcessor, audio_step, spatial_step
 from tests.support.helpers import write_test_video
 
 CLIP = "v_ApplyEyeMakeup_g01_c01.avi"  # UCF101, 320x240, 164 frames
@@ -88,7 +88,10 @@ def test_raft_runs_on_the_device_frames_as_on_the_decoder_s(tmp_path, raft_weigh
 
     frames = np.random.default_rng(0).integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
     estimator = process.steps[0].estimator
-    np.testing.assert_array_equal(raft_on_device(estimator, torch.from_numpy(frames)), estimator(frames))
+    np.testing.assert_array_equal(estimator(torch.from_numpy(frames)), estimator(frames))
+    for on_device, on_host in zip(estimator.encode(torch.from_numpy(frames), 20.0), estimator.encode(frames, 20.0),
+                                  strict=True):
+        np.testing.assert_array_equal(on_device, on_host)
 
 
 def test_a_failing_shared_batch_is_embedded_again_video_by_video(tmp_path, monkeypatch):
