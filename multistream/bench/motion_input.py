@@ -70,5 +70,15 @@ def motion_input_speed(width: int = 320, height: int = 240, stack_length: int = 
     return out
 
 
+def format_lines(figures: dict) -> list[str]:
+    """The benchmark table's lines for `motion_input_speed`'s figures."""
+    return [f"motion CNN input at {figures['width']}x{figures['height']}, L={figures['stack_length']}, one thread: "
+            f"uint8 host gather {figures['host_gather_per_s']:.0f} stacks/s vs numpy flow_stacks "
+            f"{figures['numpy_flow_stacks_per_s']:.0f} → {figures['speedup']:.1f}x per CPU second "
+            f"({figures['speedup_wall']:.1f}x wall); {figures['uint8_mb_per_stack']:.2f} MB to the device a stack "
+            f"instead of {figures['float32_mb_per_stack']:.2f} (device conversion on a CPU: "
+            f"{figures['cpu_pairs_to_stacks_per_s']:.0f} stacks/s)"]
+
+
 if __name__ == "__main__":
     print(json.dumps(motion_input_speed(), indent=1))

@@ -29,18 +29,20 @@ from multistream.store.preflight import hold_run_root
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser("Benchmark the pipeline against baselines measured in the same run", __doc__)
-    parser.add_argument("--demo-sets", type=int, default=4,
-                        help="demo sets (84 clips each) when no --input: enough that start-up is not the story")
+    parser.add_argument("--demo-sets", type=int, default=1,
+                        help="demo sets (84 clips each) when no --input (more: start-up weighs less in the figures)")
     parser.add_argument("--lengths", default="10,60,600", help="video lengths (s) for the memory probe")
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
     parser.add_argument("--training", action=on_off, default=True, help="the training section (default: on)")
-    parser.add_argument("--motion-epochs", type=int, default=12,
-                        help="motion CNN epochs in the training section (the demo config's)")
-    parser.add_argument("--rnn-epochs", type=int, default=200,
-                        help="RNN head epochs in the training section: a demo epoch is 0.1 s, and 200 of them "
-                             "(~20 s a run) average out the machine's noise that 60 (the demo config's most) did not")
-    parser.add_argument("--training-repeats", type=int, default=5,
+    parser.add_argument("--kernels", action=on_off, default=True,
+                        help="the per-call figures: RAFT per pair, the motion CNN's input per stack (default: on)")
+    parser.add_argument("--motion-epochs", type=int, default=6,
+                        help="motion CNN epochs in the training section (the demo config's: 12)")
+    parser.add_argument("--rnn-epochs", type=int, default=100,
+                        help="RNN head epochs in the training section: a demo epoch is 0.1 s; 100 of them (~10 s a "
+                             "run) average out more of the machine's noise than 60 (the demo config's most)")
+    parser.add_argument("--training-repeats", type=int, default=2,
                         help="Ray Train runs of each model, each between two plain runs; the median "
                              "efficiency is reported (the plain loop's own speed moves by ~10%% between runs)")
     parser.add_argument("--training-root", default=None,
@@ -77,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                                      [int(s) for s in args.lengths.split(",") if s], scratch)
         report |= asdict(figures)
         lines += extraction.format_lines(report)
+    if args.kernels:
+        from multistream.bench import motion_input, raft
+
+        report["raft"] = raft.raft_speed()
+        lines += raft.format_lines(report["raft"])
+        report["motion_input"] = motion_input.motion_input_speed()
+        lines += motion_input.format_lines(report["motion_input"])
     if args.training:
         try:
             if args.training_root:
