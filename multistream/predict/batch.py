@@ -12,7 +12,6 @@ extraction commits each group of videos as `embeddings/<part>` with its marker `
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,8 +26,6 @@ from multistream.predict.models import Classifier, Detector, TemporalEmbedder, V
 from multistream.store import schema, storage
 from multistream.store.commit import committed_parts, drop_uncommitted, write_group
 from multistream.store.layout import RunRoot
-
-log = logging.getLogger(__name__)
 
 
 class TemporalStep:
