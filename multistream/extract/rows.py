@@ -8,6 +8,8 @@ A row is a dict:
     "flow":       (P, H, W, 2) uint8 quantized flow
     "temporal":   (K, 2048) float16 motion-CNN embeddings at the positions: only in `jobs/predict.py`, whose step
                   after decode (`multistream.predict.batch.TemporalStep`) replaces "flow" by it
+    "embedding_<stream>": (E,) float32, the stream's RNN head on its sequence: only in `jobs/predict.py`, whose
+                  heads (`multistream.predict.batch.HeadsStep`) replace the sequences by them before the commit
 An error row holds only "video". Between Ray stages a batch of rows travels as columns (`to_columns`): arrays
 as `.npy` bytes (so sequences of different lengths cross Arrow without ragged-tensor conversions) and the
 `videos/` row as JSON.
@@ -27,7 +29,9 @@ from multistream.extract.video import VideoError
 from multistream.store import schema
 from multistream.store.uris import redact, scrub
 
-ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio", "temporal")
+EMBEDDINGS = {stream: f"embedding_{stream}" for stream in schema.STREAMS}  # row key of each stream's embedding
+ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio", "temporal",
+          *EMBEDDINGS.values())
 ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
 
 
@@ -135,9 +139,9 @@ def fail(row: dict, stage: str, error: BaseException) -> dict:
 
 
 def row_bytes(row: dict) -> int:
-    """Bytes the row adds to the `features/` and `flow/` parts it is committed in (about)."""
+    """Bytes the row adds to the `features/`, `flow/` and `embeddings/` parts it is committed in (about)."""
     return sum(row[name].nbytes for name in ("positions", "timestamps", "magnitudes", "spatial", "audio", "flow",
-                                             "temporal") if name in row)
+                                             *EMBEDDINGS.values()) if name in row)
 
 
 def videos_table(rows: list[dict]) -> pa.Table:
@@ -145,10 +149,8 @@ def videos_table(rows: list[dict]) -> pa.Table:
 
 
 def features_table(rows: list[dict]) -> pa.Table:
-    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128); and "temporal" (K, 2048) in
-    the extraction of `jobs/predict.py`)."""
+    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128))."""
     spatial_dim = rows[0]["spatial"].shape[1]
-    temporal = any("temporal" in row for row in rows)
     columns = {
         "video_id": [row["video"]["video_id"] for row in rows],
         "frame_index": [row["positions"].tolist() for row in rows],
@@ -157,9 +159,27 @@ def features_table(rows: list[dict]) -> pa.Table:
         "spatial": schema.sequence_array([row["spatial"] for row in rows], spatial_dim),
         "audio": schema.sequence_array([row["audio"] for row in rows], schema.AUDIO_DIM),
     }
-    if temporal:
-        columns["temporal"] = schema.sequence_array([row.get("temporal") for row in rows], schema.MOTION_DIM)
-    return pa.table(columns, schema=schema.features_schema(spatial_dim, temporal=temporal))
+    return pa.table(columns, schema=schema.features_schema(spatial_dim))
+
+
+def embeddings_table(ids: list[str], labels: list, splits: list, vectors: dict[str, np.ndarray]) -> pa.Table:
+    """`embeddings/` rows: one (E,) float32 vector per stream of `vectors` ({stream: (N, E)}), null for the others."""
+    dim = next(iter(vectors.values())).shape[1]
+    columns = {}
+    for stream in schema.STREAMS:
+        rows = vectors.get(stream)
+        mask = pa.array(np.full(len(ids), rows is None))
+        flat = np.zeros((len(ids), dim), np.float32) if rows is None else np.ascontiguousarray(rows, np.float32)
+        columns[stream] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=mask)
+    return pa.table({"video_id": ids, "label": labels, "split": splits, **columns},
+                    schema=schema.embeddings_schema(dim))
+
+
+def embedded_table(rows: list[dict]) -> pa.Table:
+    """`embeddings/` rows of ok rows carrying their streams' "embedding_<stream>" (the same streams in each)."""
+    vectors = {stream: np.stack([row[key] for row in rows]) for stream, key in EMBEDDINGS.items() if key in rows[0]}
+    return embeddings_table([row["video"]["video_id"] for row in rows], [row["video"]["label"] for row in rows],
+                            [row["video"]["split"] for row in rows], vectors)
 
 
 def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:

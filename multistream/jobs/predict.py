@@ -3,11 +3,11 @@
 Reads the model bundle of --models (a run root, its models/ folder or models/bundle.json; local or s3://),
 checks it (format, every file's sha256, the pretrained weights) before any video is read, extracts the
 videos under --input with the bundle's extraction settings, running the motion CNN on each video's flow as
-it is computed, then the RNN heads, the fusion SVM and the anomaly autoencoder. Writes under --output:
+it is computed and the RNN heads on its sequences before the commit, then the fusion SVM and the anomaly
+autoencoder. Writes under --output:
 videos/ (one row per video, errors included), embeddings/, predictions/ (label and split from the input where
 it has them, predicted, scores, top_labels, top_scores) and anomaly/ (score, is_anomaly at the calibrated
-threshold); features/ (with each position's temporal embedding) only until a video's results are committed,
-and no flow/: --keep-flow keeps both, flow/ as jobs/extract.py writes it.
+threshold); no flow/ nor features/: --keep-flow writes both, as jobs/extract.py writes them.
 No model is re-fit. A --set of an extraction or training setting that differs from the bundle is refused;
 resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --output resumes.
 
@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-only", action="store_true",
                         help="write videos/ and embeddings/ only: no classifier, no anomaly detector")
     parser.add_argument("--keep-flow", action="store_true",
-                        help="also write flow/ and keep features/ (with the temporal sequences) as an extraction "
-                             "does; by default no flow/ is written and features/ is removed once used")
+                        help="also write flow/ and features/ as jobs/extract.py does; by default neither is written")
     add_retry_errors(parser)
     cfg, args = parse_job_args(parser, argv)
     try:

@@ -13,11 +13,11 @@ import time
 
 from multistream.config import Config, ConfigError, load_config
 from multistream.dataset.manifest import VideoEntry
-from multistream.predict.batch import TemporalStep
+from multistream.extract.rows import EMBEDDINGS
+from multistream.predict.batch import HeadsStep, TemporalStep
 from multistream.predict.bundle import Bundle, BundleError, open_bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store.uris import redact, redact_logs, scrub
-from multistream.streams import STREAMS
 
 
 def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
@@ -28,11 +28,12 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
 
     entry = VideoEntry(posixpath.basename(redact(uri).rstrip("/")), uri, None, None)  # no query string in the id
     row = VideoProcessor(cfg)(entry)
-    if row["video"]["status"] == "ok":  # the step the batch job's extraction runs on the same flow
+    if row["video"]["status"] == "ok":  # the steps the batch job's extraction runs on the same arrays
         row = TemporalStep(TemporalEmbedder(bundle, cfg.motion_cnn.device, cfg.motion_cnn.embed_batch_size))(row)
+        row, = HeadsStep(VideoEmbedder(bundle, cfg.rnn.device, cfg.rnn.batch_size))([row])
     if row["video"]["status"] != "ok":
         raise ValueError(f"{redact(uri)}: {row['video']['error']}")
-    vectors = VideoEmbedder(bundle)({s: [row[s]] for s in STREAMS})
+    vectors = {s: row[EMBEDDINGS[s]][None] for s in bundle.streams}
     classifier, detector = Classifier(bundle), Detector(bundle)
     scores = classifier(vectors)
     top_labels, top_scores = classifier.top_k(scores)

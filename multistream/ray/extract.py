@@ -6,7 +6,8 @@ own resources from `cfg.ray`, so that decode and the model stages run in separat
 frames stay there from RAFT to the spatial CNN). Before any work the pools are fitted to the cluster
 (`multistream.ray.pools`: refused in one message, or `max_actors: auto` resolved). Batches
 cross stages as columns (`extract_rows.to_columns`). The finished blocks are committed by time and size
-(`multistream.ray.commit`; the protocol and resume: `multistream.store.commit`).
+(`multistream.ray.commit`; the protocol and resume: `multistream.store.commit`). `jobs/predict.py` adds one
+stage before the commit (`Finish`: its RNN heads), so that its commits hold embeddings instead of features.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -33,15 +35,36 @@ from multistream.extract.processor import (
 from multistream.extract.rows import blocks, entries_from_columns, entries_table, from_columns, to_columns
 from multistream.extract.summary import ErrorKinds, ExtractSummary, Progress
 from multistream.ray.commit import commit_stream
-from multistream.ray.pools import fit_pools
+from multistream.ray.pools import beside, fit_pools
 from multistream.ray.session import init_ray, job_cluster, map_stage, worker_setup
-from multistream.store.commit import committed_parts, drop_stray_commits, drop_uncommitted, resume_state
+from multistream.store.commit import (
+    committed_parts,
+    drop_stray_commits,
+    drop_uncommitted,
+    resume_state,
+    twins,
+)
 from multistream.store.layout import RunRoot
 
 log = logging.getLogger(__name__)
 
 # A step's factory, called in each decoding actor: `run_extract`'s `after_decode`.
 AfterDecode = Callable[[], Callable[[dict], dict]]
+
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A stage the finished rows pass before their commit, in the pool `ray.<pool>` (fitted with the extraction's,
+    asking for no CPU beside them: `multistream.ray.pools.beside`):
+    a callable class for `map_batches`, built with (cfg, **kwargs), whose batches are rows as columns
+    (`to_columns`) and whose rows carry "embedding_<stream>" arrays: their commits write `embeddings/` parts,
+    twins of `videos/` (`multistream.store.commit.twins`). predict's RNN heads."""
+
+    stage: type
+    pool: str
+    kwargs: dict = field(default_factory=dict)
+
 
 # Small output blocks: a decode actor's videos reach the model stages one by one, not a whole input block later.
 TARGET_BLOCK_BYTES = 8 * 2**20
@@ -105,29 +128,34 @@ def resident_on_gpu(cfg: Config, devices: dict[str, str]) -> bool:
 MAX_PASSES = 3  # a video whose commit was lost with a node is extracted again, at most this many times in all
 
 
-def plan(cfg: Config, todo: list[VideoEntry], after_decode: AfterDecode | None = None) -> ray.data.Dataset:
+def plan(cfg: Config, todo: list[VideoEntry], after_decode: AfterDecode | None = None,
+         finish: Finish | None = None) -> ray.data.Dataset:
     """The dataset of the stages over the videos still to do: rows of finished videos (`commit_stream` commits
-    them as it consumes it)."""
+    them as it consumes it), through `finish` last where there is one."""
     if cfg.ray.fused is not None:
         ds = ray.data.from_arrow(blocks(entries_table(todo), cfg.ray.fused.max_actors))
-        return map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg, after_decode=after_decode)
-    widest = max(cfg.ray.decode.max_actors, cfg.ray.spatial.max_actors, cfg.ray.audio.max_actors)
-    ds = ray.data.from_arrow(blocks(entries_table(todo), widest))
-    ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg, after_decode=after_decode)
-    for stage, resources in ((SpatialStage, cfg.ray.spatial), (AudioStage, cfg.ray.audio)):
-        ds = map_stage(ds, stage, resources, cfg=cfg)
+        ds = map_stage(ds, FusedStage, cfg.ray.fused, cfg=cfg, after_decode=after_decode)
+    else:
+        widest = max(cfg.ray.decode.max_actors, cfg.ray.spatial.max_actors, cfg.ray.audio.max_actors)
+        ds = ray.data.from_arrow(blocks(entries_table(todo), widest))
+        ds = map_stage(ds, DecodeStage, cfg.ray.decode, cfg=cfg, after_decode=after_decode)
+        for stage, resources in ((SpatialStage, cfg.ray.spatial), (AudioStage, cfg.ray.audio)):
+            ds = map_stage(ds, stage, resources, cfg=cfg)
+    if finish is not None:
+        ds = map_stage(ds, finish.stage, beside(getattr(cfg.ray, finish.pool)), cfg=cfg, **finish.kwargs)
     return ds
 
 
 def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
                 on_video: Callable[[dict], None] | None = None, retry_errors: bool = False,
-                after_decode: AfterDecode | None = None) -> ExtractSummary:
+                after_decode: AfterDecode | None = None, finish: Finish | None = None) -> ExtractSummary:
     """Extract every video of the manifest not yet committed under `cfg.paths.output`; error rows whose error
     was transient are extracted again, every error row with `retry_errors`.
 
     `on_video` is called with each video's `videos/` row as it is committed. `after_decode` (picklable) is
     called once in each actor that decodes (a decode or fused actor) and gives a row → row step run on each
-    decoded row there, while its flow is in memory: predict's motion CNN (`multistream.ray.predict`)."""
+    decoded row there, while its flow is in memory: predict's motion CNN (`multistream.ray.predict`); `finish`
+    is a last stage before the commit (predict's RNN heads)."""
     started = time.perf_counter()
     for warning in check_gpu_placement(cfg):
         log.warning("%s", warning)
@@ -139,7 +167,8 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         log.warning("skipped %d file(s) of the input whose extension is not in dataset.extensions: %s",
                     sum(skipped.values()), dict(skipped.most_common(10)))
     run = RunRoot(cfg.paths.output)
-    state = resume_state(run, retry_errors)
+    embeds = finish is not None
+    state = resume_state(run, retry_errors, embeds)
     todo = [entry for entry in entries if entry.video_id not in state.done]
     log.info("%d videos: %d already extracted, %d to do", len(entries), len(entries) - len(todo), len(todo))
     summary = ExtractSummary(len(entries), len(entries) - len(todo), errors=ErrorKinds(cfg.commit.error_examples),
@@ -150,7 +179,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         cfg = resolve_all(cfg)  # every weights source fetched and checked (pinned) before any video
         init_ray(cfg)
         # every pool's actors fit the cluster at once (refused in one message otherwise); auto maxima resolved
-        cfg, pools_line = fit_pools(cfg, job_cluster(cfg))
+        cfg, pools_line = fit_pools(cfg, job_cluster(cfg), also=(f"ray.{finish.pool}",) if embeds else ())
         log.info("%s", pools_line)
         context = ray.data.DataContext.get_current()
         kept = context.enable_progress_bars, context.target_max_block_size
@@ -168,7 +197,7 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
 
         try:
             for attempt in range(1, MAX_PASSES + 1):
-                result = commit_stream(plan(cfg, todo, after_decode), cfg, committed_video)
+                result = commit_stream(plan(cfg, todo, after_decode, finish), cfg, committed_video)
                 todo = [entry for entry in todo if entry.video_id not in committed]
                 if not todo:
                     break
@@ -179,8 +208,8 @@ def run_extract(cfg: Config, entries: list[VideoEntry] | None = None,
         if todo:
             raise RuntimeError(f"{len(todo)} video(s) could not be committed in {MAX_PASSES} passes, e.g. "
                                f"{todo[0].video_id}: run the job again to resume")
-        drop_stray_commits(run, state.parts | written)
-        drop_uncommitted(committed_parts(run.videos), [run.features, run.flow])  # staged leftovers of lost commits
+        drop_stray_commits(run, state.parts | written, embeds)
+        drop_uncommitted(committed_parts(run.videos), twins(run, embeds))  # staged leftovers of lost commits
         log.info("%s", progress.line())
     summary.seconds = time.perf_counter() - started
     return summary

@@ -78,13 +78,22 @@ def _units(x: float) -> int:
     return round(x * UNIT)
 
 
-def extraction_pools(cfg: Config) -> dict[str, StageResources]:
+def extraction_pools(cfg: Config, also: tuple[str, ...] = ()) -> dict[str, StageResources]:
     """The pools an extraction runs, by config key: ray.fused, or ray.decode/spatial/audio and the commit tasks
-    (ray.write: up to max_actors in flight; beside the fused pool they ask for no CPU)."""
+    (ray.write: up to max_actors in flight; beside the fused pool they ask for no CPU); and the pools `also`
+    names, `beside` them (e.g. "ray.embed": predict's RNN heads, in the same dataset)."""
     ray = cfg.ray
     if ray.fused is not None:
-        return {"ray.fused": ray.fused}
-    return {"ray.decode": ray.decode, "ray.spatial": ray.spatial, "ray.audio": ray.audio, "ray.write": ray.write}
+        pools = {"ray.fused": ray.fused}
+    else:
+        pools = {"ray.decode": ray.decode, "ray.spatial": ray.spatial, "ray.audio": ray.audio, "ray.write": ray.write}
+    return pools | {key: beside(getattr(ray, key.removeprefix("ray."))) for key in also}
+
+
+def beside(pool: StageResources) -> StageResources:
+    """A pool that runs beside the extraction's actors, which hold the CPUs, as the commit tasks do: a small
+    model's pool that asks for its GPU share only, no CPU (predict's RNN heads)."""
+    return dataclasses.replace(pool, num_cpus=0)
 
 
 class _Packing:
@@ -159,10 +168,11 @@ def _grown(key: str, pool: StageResources, cluster: Cluster) -> int | None:
     return max(pool.min_actors, math.floor(per * count + 1e-9))
 
 
-def fit_pools(cfg: Config, cluster: Cluster) -> tuple[Config, str]:
-    """`cfg` with every extraction pool's max_actors a number for `cluster`, and a line saying what they hold;
-    ConfigError (one message naming every pool, its ask and the cluster) where they cannot all run at once."""
-    pools = extraction_pools(cfg)
+def fit_pools(cfg: Config, cluster: Cluster, also: tuple[str, ...] = ()) -> tuple[Config, str]:
+    """`cfg` with every extraction pool's max_actors (`extraction_pools`, with `also`) a number for `cluster`, and
+    a line saying what they hold; ConfigError (one message naming every pool, its ask and the cluster) where they
+    cannot all run at once."""
+    pools = extraction_pools(cfg, also)
     grows = {key: pool for key, pool in pools.items() if not isinstance(pool.max_actors, int)}
     if grows and cluster.unbounded:
         raise ConfigError(f"{next(iter(grows))}.max_actors: {next(iter(grows.values())).max_actors} grows with "

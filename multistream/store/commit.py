@@ -15,10 +15,11 @@ rewritten whole is one part, written before any other part is deleted (`replace_
   `videos/` are read; transient error rows (all with --retry-errors) are withdrawn and extracted again. At
   the end of a run (`drop_stray_commits`), `videos/` parts it neither found nor wrote (late commits of a
   killed run's surviving workers, whose videos this run extracted again) are deleted with their twins;
-- predict (`multistream.predict.batch`): its extraction's `features/<part>` carry the temporal sequences, and it
-  stages no `flow/<part>` unless --keep-flow; then `embeddings/<part>` and `predictions/<part>` staged, then the
-  marker `anomaly/<part>` (`embeddings/` alone with --embed-only; a later full run adds the other two to such
-  a part);
+- predict (`multistream.ray.predict`): the same commits of its extraction, whose rows carry each stream's
+  embedding (its RNN heads run before the commit): `embeddings/<part>` staged, the marker `videos/<part>`, and
+  no `features/` nor `flow/` (both as extraction writes them with --keep-flow); the ok videos of a committed
+  `videos/` part are embedded. Then (not with --embed-only) each `embeddings/` part without an `anomaly/` twin
+  is scored: `predictions/<part>` staged, the marker `anomaly/<part>`;
 - fuse: `predictions/` and `anomaly/`, each replaced as the one part "fuse".
 """
 
@@ -34,7 +35,14 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from multistream.extract.errors import TRANSIENT
-from multistream.extract.rows import features_table, flow_table, row_bytes, videos_table
+from multistream.extract.rows import (
+    EMBEDDINGS,
+    embedded_table,
+    features_table,
+    flow_table,
+    row_bytes,
+    videos_table,
+)
 from multistream.store import schema, storage
 from multistream.store.layout import RunRoot
 from multistream.store.lease import LeaseLost
@@ -159,16 +167,21 @@ def groups_by_bytes(rows: list[dict], max_bytes: float) -> list[list[dict]]:
 
 
 def commit(rows: list[dict], run: RunRoot, clip_px: float, max_bytes: float) -> list[tuple[str, list[dict]]]:
-    """Write finished rows (see `extract_rows`) as committed parts; returns [(part name, its `videos/` rows)]."""
+    """Write finished rows (see `extract_rows`) as committed parts; returns [(part name, its `videos/` rows)].
+    The ok rows' arrays give the staged parts: "flow" a `flow/` part, "spatial" and "audio" a `features/` one,
+    "embedding_<stream>" (predict's) an `embeddings/` one; every row is in the marker, `videos/<part>`."""
     committed = []
     for group in groups_by_bytes(rows, max_bytes):
         name = part_name([row["video"]["video_id"] for row in group])
         ok = [row for row in group if row["video"]["status"] == "ok"]
-        with_flow = [row for row in ok if "flow" in row]  # all of them but in predict (`TemporalStep`)
-        flow = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in with_flow]),
-                 run.flow)] if with_flow else []
-        features = [(features_table(ok), run.features)] if ok else []
-        write_group(name, [*flow, *features, (videos_table(group), run.videos)])
+        with_flow = [row for row in ok if "flow" in row]
+        parts = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in with_flow]),
+                  run.flow)] if with_flow else []
+        if any("spatial" in row for row in ok):
+            parts.append((features_table(ok), run.features))
+        if any(key in row for row in ok for key in EMBEDDINGS.values()):
+            parts.append((embedded_table(ok), run.embeddings))
+        write_group(name, [*parts, (videos_table(group), run.videos)])
         committed.append((name, [row["video"] for row in group]))
     return committed
 
@@ -180,12 +193,18 @@ class ResumeState:
     retried: int = 0  # error rows withdrawn to be extracted again
 
 
-def resume_state(run: RunRoot, retry_errors: bool = False) -> ResumeState:
-    """Finish or drop the commits of an interrupted run; what is committed already. An error row whose
+def twins(run: RunRoot, embeds: bool = False) -> list[str]:
+    """The tables whose parts a `videos/` part commits: `features/`, `flow/`, and `embeddings/` where the
+    extraction `embeds` (predict's; a training run's `embeddings/` is one table written whole, no twin)."""
+    return [run.features, run.flow, *([run.embeddings] if embeds else [])]
+
+
+def resume_state(run: RunRoot, retry_errors: bool = False, embeds: bool = False) -> ResumeState:
+    """Finish or drop the commits of an interrupted run (`twins`); what is committed already. An error row whose
     `error_kind` is transient (every error row with `retry_errors`) is withdrawn from its part, so that its
     video is extracted again and has one row in every reader's view, the new one once committed."""
     parts = committed_parts(run.videos)
-    drop_uncommitted(parts, [run.features, run.flow])
+    drop_uncommitted(parts, twins(run, embeds))
     videos = storage.read_columns(run.videos, ["video_id", "status", "error_kind"], schema.VIDEOS_SCHEMA,
                                   with_part=True)
     retry: dict[str, set[str]] = {}
@@ -215,12 +234,12 @@ def withdraw(run: RunRoot, part: str, video_ids: set[str]) -> bool:
     return False
 
 
-def drop_stray_commits(run: RunRoot, known_parts: set[str]) -> int:
-    """Delete `videos/` parts (and their twins) that are not in `known_parts`; returns how many."""
+def drop_stray_commits(run: RunRoot, known_parts: set[str], embeds: bool = False) -> int:
+    """Delete `videos/` parts (and their `twins`) that are not in `known_parts`; returns how many."""
     stray = set(storage.list_parts(run.videos)) - known_parts
     for name in stray:
         delete_part(run.videos, name)
-        for table in (run.features, run.flow):
+        for table in twins(run, embeds):
             delete_part(table, name)
             delete_part(table, name, staged=True)
     if stray:

@@ -55,20 +55,15 @@ def vectors(dim: int, dtype: pa.DataType | None = None) -> pa.DataType:
     return pa.list_(pa.list_(dtype or pa.float16(), dim))
 
 
-def features_schema(spatial_dim: int, audio_dim: int = AUDIO_DIM, temporal: bool = False) -> pa.Schema:
-    """`features/`; with `temporal` (the extraction of `jobs/predict.py`, which runs the bundle's motion CNN on
-    the flow in memory and writes no `flow/`) also each position's motion-CNN embedding, as `motion/` holds it."""
-    fields = [
+def features_schema(spatial_dim: int, audio_dim: int = AUDIO_DIM) -> pa.Schema:
+    return pa.schema([
         ("video_id", pa.string()),
         ("frame_index", pa.list_(pa.int32())),  # sampled positions, ascending
         ("timestamp_s", pa.list_(pa.float32())),
         ("flow_magnitude", pa.list_(pa.float32())),  # mean flow length, pixels of the original video
         ("spatial", vectors(spatial_dim)),  # aligned with frame_index
         ("audio", vectors(audio_dim)),  # one vector per 0.96 s example (own length)
-    ]
-    if temporal:
-        fields.append(("temporal", vectors(MOTION_DIM)))  # aligned with frame_index
-    return pa.schema(fields)
+    ])
 
 
 def motion_schema(dim: int = MOTION_DIM) -> pa.Schema:

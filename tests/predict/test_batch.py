@@ -15,15 +15,14 @@ import pytest
 from multistream.config import FusionConfig, load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.demo.dataset import generate_demo
-from multistream.extract.rows import read_flow, video_row
+from multistream.extract.rows import EMBEDDINGS, embeddings_table, read_flow, video_row
 from multistream.fuse.svm import FusionModel
 from multistream.jobs.pipeline import run_pipeline
 from multistream.predict.batch import (
+    HeadsStep,
     TemporalStep,
     anomaly_table,
-    drop_used_features,
-    embeddings_table,
-    pending,
+    check_run_root,
     predictions_table,
     unscored,
 )
@@ -97,26 +96,25 @@ def videos_part(run: RunRoot, ids: list[str], status: str = "ok") -> str:
     return name
 
 
-def test_pending_skips_committed_videos_and_drops_an_interrupted_commit(tmp_path):
+def test_unscored_parts_drop_an_interrupted_scoring_and_a_root_without_embeddings_is_refused(tmp_path):
     run = RunRoot(str(tmp_path / "out"))
     done, todo = videos_part(run, ["a", "b"]), videos_part(run, ["c", "d"])
-    videos_part(run, ["e"], status="error")
+    videos_part(run, ["e"], status="error")  # no embeddings/ twin: nothing to embed
     vectors = {s: np.ones((2, 3), np.float32) for s in schema.STREAMS}
-    for table in (run.embeddings, run.predictions, run.anomaly):
-        rows = embeddings_table(["a", "b"], ["a", "a"], [None, None], vectors)
-        storage.write_part(rows if table == run.embeddings else anomaly_table(["a", "b"], [None, None],
-                                                                               np.zeros(2), np.zeros(2, bool)),
-                           table, done)
+    for name, ids in ((done, ["a", "b"]), (todo, ["c", "d"])):
+        storage.write_part(embeddings_table(ids, ["a", "a"], [None, None], vectors), run.embeddings, name)
+    scores = anomaly_table(["a", "b"], [None, None], np.zeros(2), np.zeros(2, bool))
+    storage.write_part(scores, run.anomaly, done)
+    storage.write_part(scores, run.predictions, todo, staged=True)  # a scoring killed before its anomaly/ marker
+    check_run_root(run)
+    assert unscored(run) == {todo: ["c", "d"]} and storage.list_staged(run.predictions) == []
+    storage.delete_part(run.embeddings, todo)
     storage.write_part(embeddings_table(["c", "d"], ["a", "a"], [None, None], vectors), run.embeddings, todo,
-                       staged=True)  # a commit killed before its anomaly/ marker
-    embedded = videos_part(run, ["f", "g"])  # embedded by an --embed-only run: scored, not embedded again
-    storage.write_part(embeddings_table(["f", "g"], ["a", "a"], [None, None], vectors), run.embeddings, embedded)
-    items = pending(run)
-    assert [(i["part"], i["video_id"]) for i in items] == [(todo, ["c", "d"])]
-    assert storage.list_parts(run.embeddings) == sorted([done, embedded]) and storage.list_staged(run.embeddings) == []
-    assert unscored(run) == {embedded: ["f", "g"]}
-    assert pending(run, embed_only=True) == [{"part": todo, "video_id": ["c", "d"], "label": ["a", "a"],
-                                              "split": [None, None]}]
+                       staged=True)  # committed, not yet published: resume publishes it
+    check_run_root(run)
+    videos_part(run, ["f", "g"])  # ok videos extracted without embeddings (jobs/extract.py)
+    with pytest.raises(ValueError, match="without their embeddings"):
+        check_run_root(run)
 
 
 def test_the_step_after_decode_embeds_the_flow_in_memory_and_drops_it():
@@ -142,13 +140,32 @@ def test_the_step_after_decode_embeds_the_flow_in_memory_and_drops_it():
     assert failed["video"]["error"].startswith("temporal: ") and failed["video"]["error_kind"] == "model"
 
 
-def test_used_features_parts_go_unless_videos_wait_or_their_flow_was_kept(tmp_path):
-    run = RunRoot(str(tmp_path / "out"))
-    for name in ("p1", "p2", "p3"):
-        storage.write_part(pa.table({"video_id": [name]}), run.features, name)
-    storage.write_part(pa.table({"video_id": ["p3"]}), run.flow, "p3")  # extracted with --keep-flow
-    assert drop_used_features(run, {"p2"}) == ["p1"]
-    assert storage.list_parts(run.features) == ["p2", "p3"]
+def test_the_heads_embed_the_ok_rows_of_a_call_together_and_drop_their_sequences():
+    calls = []
+
+    def embed(sequences):
+        calls.append({s: [x.dtype for x in seqs] for s, seqs in sequences.items()})
+        return {s: np.arange(2 * 4, dtype=np.float32).reshape(2, 4) for s in ("spatial", "temporal")}
+
+    def row(video_id):
+        return {"video": video_row(VideoEntry(video_id, f"/in/{video_id}", None, None)),
+                "positions": np.array([0, 2]), "timestamps": np.zeros(2, np.float32), "magnitudes": np.ones(2),
+                "spatial": np.ones((2, 5), np.float16), "audio": np.ones((1, 128), np.float16),
+                "temporal": np.ones((2, 2048), np.float16), "flow": np.zeros((4, 6, 8, 2), np.uint8)}
+
+    error = {"video": video_row(VideoEntry("b.mp4", "/in/b.mp4", None, None), "error", "unreadable")}
+    out = HeadsStep(embed)([row("a.mp4"), error, row("c.mp4")])
+    assert len(calls) == 1 and all(d == [np.float32] * 2 for d in calls[0].values())  # one call, as features/ read
+    assert out[1] == error and set(out[0]) == {"video", "flow", EMBEDDINGS["spatial"], EMBEDDINGS["temporal"]}
+    np.testing.assert_array_equal(out[2][EMBEDDINGS["temporal"]], [4, 5, 6, 7])
+    kept = HeadsStep(embed, keep_features=True)([row("a.mp4")])[0]  # --keep-flow: features/ as extraction's
+    assert {"spatial", "audio", "positions", "flow"} <= set(kept) and "temporal" not in kept
+
+    def out_of_memory(sequences):
+        raise RuntimeError("CUDA out of memory")
+
+    failed = HeadsStep(out_of_memory)([row("a.mp4"), error])
+    assert set(failed[0]) == {"video"} and failed[0]["video"]["error"].startswith("rnn: ") and failed[1] == error
 
 
 def test_tables_rank_classes_and_null_the_streams_a_bundle_lacks(tmp_path):
@@ -201,8 +218,8 @@ def test_predict_writes_every_table(predicted, new_videos, trained):
     embeddings = table(predicted, "embeddings")
     assert embeddings["video_id"].to_pylist() == predictions["video_id"].to_pylist()
     assert all(embeddings[s].null_count == 0 for s in schema.STREAMS)
-    # the motion CNN ran in the extraction: no flow/ written, features/ removed once every video had results
-    assert not (predicted / "flow").exists() and storage.list_parts(str(predicted / "features")) == []
+    # the motion CNN and the heads ran in the extraction: neither flow/ nor features/ written
+    assert not (predicted / "flow").exists() and not (predicted / "features").exists()
 
 
 @pytest.mark.slow
@@ -300,49 +317,42 @@ def data_bytes(where) -> int:
 def test_embed_only_writes_under_5_percent_of_the_bytes_and_the_embeddings_of_flow_read_back(
         trained, new_videos, predicted, tmp_path):
     out, kept = tmp_path / "out", tmp_path / "kept"
-    one_part = ("--set", "ray.write.batch_size=8")  # one embeddings/ part in both runs: as many files
+    one_part = ("--set", "commit.every_s=600")  # one commit of the 7 videos in both runs: as many files
     assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(out), "--embed-only",
                        "--set", "ray.embed.batch_size=2", *one_part) == 0
     assert table(out, "embeddings").num_rows == 6
-    assert not (out / "predictions").exists() and not (out / "anomaly").exists()
-    assert not (out / "flow").exists() and storage.list_parts(str(out / "features")) == []
+    written = sorted(p.relative_to(out).parts[0] for p in out.rglob("*.parquet"))
+    assert sorted(set(written)) == ["embeddings", "videos"], written  # no features/, flow/, predictions/, anomaly/
     assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(kept), "--embed-only",
                        "--keep-flow", *one_part, "--set", "ray.fused=null") == 0  # the motion CNN in decode actors
-    # --keep-flow: flow/ as jobs/extract.py writes it (one row per ok video at flow.size), features/ kept
+    # --keep-flow: flow/ and features/ as jobs/extract.py writes them (one row per ok video, flow at flow.size)
     ok = sorted(v["video_id"] for v in table(kept, "videos").to_pylist() if v["status"] == "ok")
     flows = {row["video_id"]: read_flow(row) for row in table(kept, "flow").to_pylist()}
     assert sorted(flows) == ok and all(f.shape[1:] == (60, 64, 2) and len(f) > 10 for f in flows.values())
     features = table(kept, "features")
-    assert features["video_id"].to_pylist() == ok
-    # today's path: the flow written, read back, then the motion CNN at the sampled positions and the heads
+    assert features["video_id"].to_pylist() == ok and "temporal" not in features.column_names
+    # the path before: the flow written, read back, then the motion CNN at the sampled positions and the heads
     bundle = open_bundle(str(trained))
     motion = TemporalEmbedder(bundle, "cpu")
     temporal = [motion(flows[v], np.asarray(p)) for v, p in zip(ok, features["frame_index"].to_pylist(), strict=True)]
-    for got, want in zip(schema.column_to_sequences(features["temporal"], np.float16), temporal, strict=True):
-        np.testing.assert_array_equal(got, want)  # the extraction's temporal sequences are today's arrays
-    sequences = {s: [np.zeros((0, 128), np.float32) if x is None else x for x in
-                     schema.column_to_sequences(features[s])] for s in ("spatial", "audio")}
-    today = VideoEmbedder(bundle, "cpu")(sequences | {"temporal": [t.astype(np.float32) for t in temporal]})
+    sequences = {s: schema.column_to_sequences(features[s]) for s in ("spatial", "audio")}
+    before = VideoEmbedder(bundle, "cpu")(sequences | {"temporal": [t.astype(np.float32) for t in temporal]})
     for root in (out, kept, predicted):
         embeddings = table(root, "embeddings")
         assert embeddings["video_id"].to_pylist() == ok
         for stream in schema.STREAMS:
             got = np.array(embeddings[stream].to_pylist(), np.float32)
-            np.testing.assert_allclose(got, today[stream], rtol=1e-3, atol=1e-3)
-    # bytes per video: today's run root is --keep-flow's with features/ less its temporal column. Every file's
-    # Parquet footer is a fixed cost (~1 kB a video here, 6 videos a part; ~0.05 kB at ~100 a commit): the 5 % holds
-    # for the data pages, whole files are printed and kept under 10 %
-    without = pa.BufferOutputStream()
-    pq.write_table(storage.read_table(str(kept / "features")).drop_columns(["temporal"]), without, compression="zstd")
-    without = without.getvalue()
-    today_files = run_bytes(kept) - run_bytes(kept / "features") + without.size
-    today_data = data_bytes(kept) - data_bytes(kept / "features") + data_bytes(pq.ParquetFile(pa.BufferReader(without)))
-    files, data = run_bytes(out), data_bytes(out)
-    print(f"embed-only run root, bytes a video: {files / len(ok):.0f} in files, {data / len(ok):.0f} of data; today's "
-          f"{today_files / len(ok):.0f}, {today_data / len(ok):.0f} (flow/ {run_bytes(kept / 'flow') / len(ok):.0f}): "
-          f"{files / today_files:.3f}, {data / today_data:.3f}")
-    assert data <= 0.05 * today_data and files <= 0.10 * today_files
-    # the same run root classified later: its embeddings are scored, not embedded again (its features/ are gone)
+            np.testing.assert_allclose(got, before[stream], rtol=1e-3, atol=1e-3)
+    # bytes written per video: the --keep-flow run root is what a run wrote before flow stayed in memory (flow/,
+    # features/, embeddings/, videos/). The 5 % holds for the data (the Parquet column chunks); whole files are
+    # printed and kept under 10 %: a file's footer is a fixed cost (~1 kB a video here, 6 videos a part, at a
+    # flow.size of 64 x 60; ~0.05 kB at ~100 videos a commit, against ~1.4 MB of a UCF101 clip's flow)
+    files, data, files_before, data_before = run_bytes(out), data_bytes(out), run_bytes(kept), data_bytes(kept)
+    print(f"embed-only run root, bytes a video: {files / len(ok):.0f} in files, {data / len(ok):.0f} of data; with "
+          f"flow {files_before / len(ok):.0f}, {data_before / len(ok):.0f} (flow/ {run_bytes(kept / 'flow') / len(ok):.0f}"
+          f"): {files / files_before:.4f}, {data / data_before:.4f}")
+    assert data <= 0.05 * data_before and files <= 0.10 * files_before
+    # the same run root classified later: its embeddings are scored, not embedded again
     stamps = {p: p.stat().st_mtime_ns for p in (out / "embeddings").glob("*.parquet")}
     assert predict_job("--models", str(trained), "--input", str(new_videos), "--output", str(out)) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "embeddings").glob("*.parquet")} == stamps

@@ -6,7 +6,7 @@ import pyarrow.dataset as pds
 import pytest
 
 from multistream.dataset.manifest import VideoEntry
-from multistream.extract.rows import flow_table, read_flow, video_row
+from multistream.extract.rows import EMBEDDINGS, flow_table, read_flow, video_row
 from multistream.store import schema, storage
 from multistream.store.commit import (
     CommitClock,
@@ -60,17 +60,24 @@ def test_commit_writes_one_part_per_table_readable_per_video(tmp_path):
     np.testing.assert_array_equal(read_flow(flow[0]), rows[2]["flow"])
 
 
-def test_rows_without_flow_commit_their_temporal_sequences_and_no_flow_part(tmp_path):
-    """predict's extraction (`multistream.predict.batch.TemporalStep`): temporal sequences in features/, no flow/."""
+def test_rows_with_embeddings_commit_an_embeddings_part_and_resume_keeps_it(tmp_path):
+    """predict's extraction (`multistream.predict.batch.HeadsStep`): embeddings/ and videos/, no features/ nor flow/."""
     run = RunRoot(str(tmp_path))
-    rows = [ok_row("a"), error_row("b")]
-    rows[0]["temporal"] = np.arange(3 * schema.MOTION_DIM).reshape(3, -1).astype(np.float16)
-    del rows[0]["flow"]
+    rows = [{"video": ok_row(v)["video"], EMBEDDINGS["spatial"]: np.full(4, i, np.float32),
+             EMBEDDINGS["audio"]: np.full(4, -i, np.float32)} for i, v in enumerate("ac")] + [error_row("b")]
     (name, _), = commit(rows, run, 20.0, 1e9)
-    assert storage.list_parts(run.flow) == [] and storage.list_parts(run.features) == [name]
-    features = storage.read_table(run.features)
-    assert features.schema.equals(schema.features_schema(16, temporal=True))
-    np.testing.assert_array_equal(schema.column_to_sequences(features["temporal"], np.float16)[0], rows[0]["temporal"])
+    assert storage.list_parts(run.flow) == storage.list_parts(run.features) == []
+    assert storage.list_parts(run.embeddings) == storage.list_parts(run.videos) == [name]
+    embeddings = storage.read_table(run.embeddings)
+    assert embeddings.schema.equals(schema.embeddings_schema(4)) and embeddings["temporal"].null_count == 2
+    assert embeddings["video_id"].to_pylist() == ["a", "c"] and embeddings["label"].to_pylist() == ["walk"] * 2
+    assert embeddings["audio"].to_pylist() == [[0.0] * 4, [-1.0] * 4]
+    # resume: the embeddings/ part is a twin of videos/ in predict's extraction, a lone table in a training run's
+    storage.write_part(embeddings, run.embeddings, "whole")
+    assert resume_state(run).done == {"a", "b", "c"} and "whole" in storage.list_parts(run.embeddings)
+    resume_state(run, embeds=True)
+    assert storage.list_parts(run.embeddings) == [name]
+    assert drop_stray_commits(run, set(), embeds=True) == 1 and storage.list_parts(run.embeddings) == []
 
 
 def test_resume_drops_uncommitted_parts_and_keeps_committed(tmp_path):
