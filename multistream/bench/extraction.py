@@ -71,8 +71,9 @@ def cores() -> int:
 
 
 def steady_rate(times: list[float]) -> float:
-    """Videos per second between the 10th and 90th percentile of the commit times (seconds, ascending)."""
-    if len(times) < 10:
+    """Videos per second between the 10th and 90th percentile of the commit times (seconds, ascending); NaN for
+    fewer than 10 distinct commit times (videos committed in a few time-grouped commits give no rate)."""
+    if len(set(times)) < 10:
         return float("nan")
     low, high = int(0.1 * len(times)), int(0.9 * len(times))
     return (high - low) / (times[high] - times[low]) if times[high] > times[low] else float("nan")
