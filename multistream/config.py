@@ -39,6 +39,25 @@ DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
 @dataclass(frozen=True)
+class WindowsConfig:
+    """Time windows over each whole video (docs/design.md#windows): window w covers [w x stride_s, w x stride_s +
+    length_s), one after another until every frame is in one; a video shorter than one window is one window."""
+
+    length_s: PosFloat = 36.0
+    stride_s: PosFloat = 18.0
+    # a video's own row in predictions/ and anomaly/, from its windows' rows: their class scores' mean (or max),
+    # their anomaly scores' max (or mean) and the window of the highest one
+    class_scores: Literal["mean", "max"] = "mean"
+    anomaly_score: Literal["max", "mean"] = "max"
+
+    def check(self) -> dict[str, str]:
+        if self.stride_s > self.length_s:
+            return {"stride_s": f"must be at most length_s ({self.length_s:g}): every frame lies in a window, "
+                                f"got {self.stride_s:g}"}
+        return {}
+
+
+@dataclass(frozen=True)
 class VideoConfig:
     max_seconds: PosFloat = 36.0  # only the first seconds of each video are used (paper §V.C)
     audio_rate: PosInt = 16000  # audio is decoded to mono float32 at this rate
@@ -48,6 +67,10 @@ class VideoConfig:
     max_fps: PosFloat = 60.0
     max_pixels: PosInt = 40_000_000  # 8K (7680x4320, 8192x4320) passes
     deadline_s: PosFloat = 300.0
+    # None: each video is cut at max_seconds and becomes one embedding per stream. Set ({length_s, stride_s}):
+    # the whole video is decoded as a stream and each window gets its own sampling, flow stacks, audio examples
+    # and embeddings (tables gain window, start_s, end_s); deadline_s then holds per max_seconds of video
+    windows: WindowsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +238,9 @@ class AnomalyConfig:
     quantile: Literal["auto", "empirical", "lognormal"] = "auto"
     folds: Annotated[int, in_range(2, math.inf)] = 5
     calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on
+    # what the autoencoder is fitted and calibrated on: each normal video's embedding, or the embeddings of its
+    # time windows (video.windows; its default where unset), computed with the trained models (docs/design.md#windows)
+    fit_on: Literal["videos", "windows"] = "videos"
     seed: int = 0
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
 
