@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import av
@@ -22,6 +23,7 @@ class AudioTrack:
         self._resampler = self._new_resampler()
         self._chunks: list[np.ndarray] = []  # resampled mono float32 audio, in order
         self._samples = 0
+        self._released = 0  # samples dropped from the front of `_chunks` (`release`)
         self.start: float | None = None  # time of the first decoded audio frame
         self.done = False
         self.dropped: str | None = None  # why the track is treated as no audio (a frame's rate over MAX_AUDIO_RATE)
@@ -55,6 +57,35 @@ class AudioTrack:
             return wave
         offset = int(round(min(self.start - (t0 or 0.0), self.max_samples / self.rate) * self.rate))
         return np.concatenate([np.zeros(offset, np.float32), wave]) if offset > 0 else wave[-offset:]
+
+    def _lead(self, t0: float | None) -> int:
+        """The video clock's sample index of the first decoded sample."""
+        return 0 if self.start is None else int(round((self.start - (t0 or 0.0)) * self.rate))
+
+    def decoded_until(self, t0: float | None) -> float:
+        """Seconds on the video's clock up to which audio is decoded (inf once the track is done)."""
+        return math.inf if self.done else (self._lead(t0) + self._samples) / self.rate
+
+    def between(self, t0: float | None, first: int, count: int) -> np.ndarray:
+        """(count,) float32: samples [first, first + count) of the video's clock (at `rate`), silence where no
+        audio was decoded or it was released."""
+        out = np.zeros(count, np.float32)
+        if not self._chunks or self.dropped:
+            return out
+        start = first - self._lead(t0) - self._released  # into the buffer
+        buffer = np.concatenate(self._chunks)
+        lo, hi = max(start, 0), min(start + count, len(buffer))
+        if hi > lo:
+            out[lo - start:hi - start] = buffer[lo:hi]
+        return out
+
+    def release(self, t0: float | None, before: int) -> None:
+        """Drop the buffered chunks that end before sample `before` of the video's clock: a whole video's audio
+        is never held at once."""
+        end = self._lead(t0) + self._released
+        while self._chunks and end + len(self._chunks[0]) <= before:
+            end += len(self._chunks[0])
+            self._released += len(self._chunks.pop(0))
 
     def late(self, t0: float | None, window_s: float) -> str | None:
         """Why the track is no audio of the first `window_s` seconds on the video's clock: it starts after them."""

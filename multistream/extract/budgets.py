@@ -43,9 +43,12 @@ class FrameGate:
     """One reader's budgets: the frames it keeps (decimation by time, at most `max_frames`), the pixels of a
     frame and the seconds it spends decoding (between `start()` and `stop()`: not its consumer's, e.g. flow's)."""
 
-    def __init__(self, budget: Budget, max_seconds: float, name: str):
+    def __init__(self, budget: Budget, max_seconds: float, name: str, deadline_per_s: float | None = None):
         self.budget, self.name = budget, name
-        self.max_frames = math.floor(max_seconds * budget.max_fps) + 1  # +1: a first frame at t < 0 s
+        # +1: a first frame at t < 0 s; a whole video (max_seconds inf) keeps every frame the grid lets through
+        self.max_frames = math.floor(max_seconds * budget.max_fps) + 1 if math.isfinite(max_seconds) else math.inf
+        self.deadline_per_s = deadline_per_s  # deadline_s holds per this many seconds of video (None: per video)
+        self.video_s = 0.0  # the time of the latest frame seen (deadline_per_s)
         self.kept = 0
         self.spent_s = 0.0
         self._anchor: float | None = None
@@ -84,10 +87,14 @@ class FrameGate:
         return self.kept >= self.max_frames
 
     def check_deadline(self) -> None:
-        """BudgetError once the decoding time (this running period's included) passes deadline_s."""
+        """BudgetError once the decoding time (this running period's included) passes deadline_s (x the
+        `deadline_per_s` spans of video decoded so far, at least one, where it is set)."""
         spent = self.spent_s + (time.perf_counter() - self._since if self._since is not None else 0.0)
-        if spent > self.budget.deadline_s:
-            raise BudgetError(f"{self.name}: decode took longer than video.deadline_s ({self.budget.deadline_s:g} s)")
+        spans = max(1.0, self.video_s / self.deadline_per_s) if self.deadline_per_s else 1.0
+        if spent > self.budget.deadline_s * spans:
+            per = f" per {self.deadline_per_s:g} s of video" if self.deadline_per_s else ""
+            raise BudgetError(f"{self.name}: decode took longer than video.deadline_s ({self.budget.deadline_s:g} s"
+                              f"{per})")
 
     def start(self) -> None:
         """Decoding time runs from now (no-op while it runs)."""

@@ -27,6 +27,7 @@ from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
 from multistream.extract.video import VideoError, open_video
+from multistream.extract.windows import WindowedDecode, merge_windows
 from multistream.store.members import readable_uri
 from multistream.store.storage import open_input
 
@@ -261,9 +262,10 @@ class VideoProcessor:
     def __init__(self, cfg: Config, threads: int | None = None, devices: dict[str, str] | None = None,
                  resident: bool = False, after_decode=None):
         devices = devices or {}
+        resident = resident and cfg.video.windows is None  # a window's frames are sampled before they move
         spatial = spatial_step(cfg, devices.get("spatial"))
-        decoder = Decoder(cfg, threads, devices.get("flow"), resident=spatial.embed.device if resident else None)
-        self.decode = [decoder, *([after_decode] if after_decode else [])]
+        self.decoder = Decoder(cfg, threads, devices.get("flow"), resident=spatial.embed.device if resident else None)
+        self.decode = [self.decoder, *([after_decode] if after_decode else [])]
         self.steps = [*self.decode, spatial, audio_step(cfg, devices.get("audio"))]
         self.resident = resident
         if resident:  # the same model, fed the device's frames
@@ -272,10 +274,34 @@ class VideoProcessor:
     def __call__(self, entry: VideoEntry) -> dict:
         if self.resident:
             return self.batch([entry])[0]
+        if self.decoder.cfg.video.windows is not None:
+            return self.windowed(entry)
         row = self.steps[0](entry)
         for step in self.steps[1:]:
             row = step(row)
         return row
+
+    def windowed(self, entry: VideoEntry) -> dict:
+        """The row of one whole video in windows (`multistream.extract.windows`): each window through the
+        steps after decode as it is cut, their rows merged (`merge_windows`); the first failure is the video's."""
+        started, video = time.perf_counter(), video_row(entry)
+        decoded = WindowedDecode(entry.uri, self.decoder.cfg, self.decoder.estimator, entry.video_id)
+        done, seconds = [], {}
+        try:
+            for window in decoded:
+                row = {"video": dict(video), **window}
+                for step in self.steps[1:]:
+                    row = step(row)
+                if row["video"]["status"] != "ok":
+                    return row
+                for name in ("spatial_s", "audio_s"):
+                    seconds[name] = seconds.get(name, 0.0) + row["video"].get(name, 0.0)
+                done.append(row)
+        except Exception as error:  # noqa: BLE001 - a bad video is data, not a crash
+            stop_on_program_error(error, entry.uri, "decode")
+            return {"video": video_row(entry, "error", error_message(error, readable_uri(entry.uri)),
+                                       kind=error_kind(error), seconds={"decode_s": time.perf_counter() - started})}
+        return merge_windows(video_row(entry, facts=decoded.facts, seconds=decoded.seconds | seconds), done)
 
     def batch(self, entries: list[VideoEntry]) -> list[dict]:
         """The rows of `entries`, in order; resident, the spatial CNN runs once over all their frames."""

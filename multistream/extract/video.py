@@ -13,6 +13,7 @@ small buffer (at most `max_seconds` of mono float32), so the file is read once a
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -89,14 +90,14 @@ class VideoReader:
     """
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
-                 threads: int = 1, budget: Budget | None = None):
+                 threads: int = 1, budget: Budget | None = None, deadline_per_s: float | None = None):
         if max_seconds <= 0 or audio_rate <= 0:
             raise ValueError(f"max_seconds and audio_rate must be positive, got {max_seconds}, {audio_rate}")
         self.name = _source_name(source)
         self.max_seconds = float(max_seconds)
         self.audio_rate = int(audio_rate)
         self.threads = threads
-        self._gate = FrameGate(budget or Budget(), self.max_seconds, self.name)
+        self._gate = FrameGate(budget or Budget(), self.max_seconds, self.name, deadline_per_s)
         # one reformatter per output size keeps its scaler from frame to frame (a new one per frame set up
         # swscale, and its thread pool, again for every frame: half of decode's CPU time)
         self._reformatters: dict[tuple[int, int] | None, av.video.reformatter.VideoReformatter] = {}
@@ -219,7 +220,7 @@ class VideoReader:
                         return
                     if self._first_time is None:
                         self._first_time = time_s
-                    self._last_time = time_s
+                    self._last_time = gate.video_s = time_s
                     self.n_decoded += 1
                     if not gate.keep(time_s):
                         continue
@@ -258,18 +259,7 @@ class VideoReader:
         self._audio_called = True
         wave = np.zeros(0, np.float32)
         if self._audio is not None:
-            if not self._audio.done:
-                self._gate.start()
-                try:
-                    for packet in self._packets():
-                        self._gate.check_deadline()
-                        if packet.stream.type == "audio":
-                            self._audio.feed(packet)
-                            if self._audio.done:
-                                break
-                    self._audio.finish()
-                finally:
-                    self._gate.stop()
+            self.drain_audio()
             wave = self._audio.wave(self._t0)  # on the video's clock, silence before it at most max_samples
         duration = self.duration_s if self.duration_s > 0 else len(wave) / self.audio_rate
         n = int(round(min(duration, self.max_seconds) * self.audio_rate))
@@ -280,6 +270,46 @@ class VideoReader:
         out = np.zeros(n, np.float32)
         out[:min(n, len(wave))] = wave[:n]
         return np.clip(out, -1.0, 1.0)
+
+    def drain_audio(self) -> None:
+        """Decode the audio left after wherever `frames()` stopped (skipping video), up to the track's end."""
+        if self._audio is None or self._audio.done:
+            return
+        self._gate.start()
+        try:
+            for packet in self._packets():
+                self._gate.check_deadline()
+                if packet.stream.type == "audio":
+                    self._audio.feed(packet)
+                    if self._audio.done:
+                        break
+            self._audio.finish()
+        finally:
+            self._gate.stop()
+
+    # -- a whole video's audio, window by window (max_seconds inf): never held whole ---------------------------
+
+    def audio_between(self, start_s: float, end_s: float) -> np.ndarray:
+        """(round(end_s x rate) - round(start_s x rate),) float32 mono in [-1, 1]: the audio decoded so far
+        on the video's clock over [start_s, end_s); silence where there is none (no track, a dropped one, not
+        yet decoded or released). While `frames()` runs, audio is decoded as far as `audio_decoded_until`."""
+        first = int(round(start_s * self.audio_rate))
+        count = int(round(end_s * self.audio_rate)) - first
+        if self._audio is None or self._audio_dropped is not None:
+            return np.zeros(count, np.float32)
+        return np.clip(self._audio.between(self._t0, first, count), -1.0, 1.0)
+
+    @property
+    def audio_decoded_until(self) -> float:
+        """Seconds of the video's clock up to which its audio is decoded (inf without a track, or at its end)."""
+        if self._audio is None or self._audio_dropped is not None:
+            return math.inf
+        return self._audio.decoded_until(self._t0)
+
+    def release_audio(self, before_s: float) -> None:
+        """Forget the decoded audio before `before_s` on the video's clock."""
+        if self._audio is not None:
+            self._audio.release(self._t0, int(round(before_s * self.audio_rate)))
 
     @property
     def measured_fps(self) -> float:
@@ -320,9 +350,12 @@ class VideoReader:
 
 
 def open_video(source: str | os.PathLike | BinaryIO, *, max_seconds: float = 36.0, audio_rate: int = 16000,
-               threads: int = 1, budget: Budget | None = None) -> VideoReader:
+               threads: int = 1, budget: Budget | None = None, deadline_per_s: float | None = None) -> VideoReader:
     """Open a local path or a binary file object (e.g. `storage.open_input(uri)`) for streaming decode.
 
     `threads` is the video decoder's (0: FFmpeg's choice, one per core); one suits a worker per core.
-    `budget`: the per-video budgets (default: the `video` config's defaults)."""
-    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads, budget=budget)
+    `budget`: the per-video budgets (default: the `video` config's defaults). `max_seconds` inf: the whole
+    video (its audio read with `audio_between` as the frames go), its decode deadline per `deadline_per_s`
+    seconds of video."""
+    return VideoReader(source, max_seconds=max_seconds, audio_rate=audio_rate, threads=threads, budget=budget,
+                       deadline_per_s=deadline_per_s)

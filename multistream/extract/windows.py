@@ -1,0 +1,210 @@
+"""A whole video in time windows (`video.windows`): one streaming decode, each window sampled, embedded and
+stored on its own (docs/design.md#windows).
+
+    for window in WindowedDecode(uri, cfg, estimator):   # rows of `extract.rows`' shape, one per window
+        ...                                              # + "window": Span; positions index its own frames
+    row = merge_windows(video, rows)                      # one row per video: arrays concatenated, "windows"
+
+Window w covers [w x stride_s, w x stride_s + length_s) of the video's clock; window w exists once a frame lies
+past the end of window w-1, so windows are added until every frame is in one, and a video shorter than one
+window is one window. Frames are decoded once and flow is computed once per consecutive pair, however many
+windows share them; only the frames, flow and audio of the windows still open are held (memory flat in
+duration). A window is the unit a UCF101 clip is: its own adaptive sampling over its frames, flow stacks
+within it (its first and last pairs repeat at its edges) and audio examples from its start.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from multistream.config import Config, WindowsConfig
+from multistream.extract.budgets import Budget
+from multistream.extract.flow.base import FlowEstimator, encode_flow
+from multistream.extract.sampling import frame_motion, sample_positions
+from multistream.extract.video import VideoError, open_video
+from multistream.store.storage import open_input
+
+FLOW_CHUNK = 32  # frame pairs per flow call (as processor.FLOW_CHUNK)
+# a window is closed once the video has passed its end and its audio is decoded that far, or the video is this
+# far past it (a file whose audio is interleaved late, or ends early): its audio is silence beyond
+AUDIO_WAIT_S = 10.0
+# columns of a row's "windows" array, one row per window
+WINDOW_FIELDS = ("window", "start_s", "end_s", "positions", "audio", "flow")
+
+
+@dataclass(frozen=True)
+class Span:
+    index: int  # w: the window starts at w x stride_s
+    start_s: float
+    end_s: float  # exclusive; the last window's is cut at the video's end
+
+
+class WindowedDecode:
+    """One video decoded as a stream into window rows (iterate once). Each row holds, for its window:
+    "positions" (K,) int32 indices into the window's frames, "timestamps"/"magnitudes" (K,) float32,
+    "frames" (K, S, S, 3) uint8, "wave" (N,) float32 of [start_s, end_s), "flow" (F-1, H, W, 2) uint8 of its
+    F frames, "first" its first frame's index in the video, "window" its Span. After the iteration: `facts`
+    (the `videos/` columns of `processor.decode_video`) and `seconds` (decode_s, flow_s). Raises VideoError
+    for an unreadable video."""
+
+    def __init__(self, uri: str, cfg: Config, estimator: FlowEstimator, video_id: str | None = None):
+        self.uri, self.cfg, self.windows = uri, cfg, cfg.video.windows
+        for_video = getattr(estimator, "for_video", None)
+        self.per_video = for_video is not None
+        self.estimator = for_video(video_id or uri) if self.per_video else estimator
+        self.facts: dict = {}
+        self.seconds: dict = {}
+
+    def __iter__(self):
+        cfg, windows = self.cfg, self.windows
+        started, flow_s = time.perf_counter(), 0.0
+        size = cfg.spatial.image_size
+        buffer = _Buffer()  # the frames of the windows still open, from `buffer.first` on
+        pending: list[np.ndarray] = []  # flow-size frames whose pairs are not computed yet (the last computed first)
+        opened, closed, n_samples = 1, 0, 0  # windows [closed, opened) are open
+
+        def compute_flow(keep_last: bool) -> None:
+            nonlocal flow_s, pending
+            if len(pending) >= 2:
+                t0 = time.perf_counter()
+                stored, magnitudes = encode_flow(self.estimator, np.stack(pending), cfg.flow.clip_px, scale)
+                buffer.add_pairs(stored, magnitudes)
+                flow_s += time.perf_counter() - t0
+            pending = pending[-1:] if keep_last else []
+
+        def close(w: int, extent: float):
+            nonlocal n_samples
+            span = Span(w, w * windows.stride_s, min(w * windows.stride_s + windows.length_s, extent))
+            window = buffer.window(span, cfg, size)
+            if window is not None:
+                window["wave"] = reader.audio_between(span.start_s, span.end_s)
+                n_samples += len(window["positions"])
+            next_start = (w + 1) * windows.stride_s
+            buffer.drop_before(next_start)
+            reader.release_audio(next_start)
+            return window
+
+        with open_input(self.uri) as handle, open_video(handle, max_seconds=math.inf, audio_rate=cfg.video.audio_rate,
+                                                        budget=Budget.of(cfg.video),
+                                                        deadline_per_s=cfg.video.max_seconds) as reader:
+            info = reader.info
+            scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
+            for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
+                t = frame.time_s
+                while t >= _end(opened - 1, windows):
+                    opened += 1
+                ready = [w for w in range(closed, opened - 1)
+                         if t >= _end(w, windows) and (reader.audio_decoded_until >= _end(w, windows)
+                                                       or t >= _end(w, windows) + AUDIO_WAIT_S)]
+                if ready:
+                    compute_flow(keep_last=True)
+                    for w in ready:
+                        window = close(w, math.inf)
+                        if window is not None:
+                            yield window
+                    closed = ready[-1] + 1
+                buffer.add_frame(frame.time_s, frame.images["spatial"])
+                pending.append(frame.images["flow"])
+                if len(pending) > FLOW_CHUNK:
+                    compute_flow(keep_last=True)
+            compute_flow(keep_last=False)
+            reader.drain_audio()
+            n_frames = reader.n_frames
+            if self.per_video and reader.n_decoded != n_frames:
+                raise VideoError(f"{self.uri}: flow.backend {cfg.flow.backend} pairs consecutive source frames, but "
+                                 f"video.max_fps kept {n_frames} of its {reader.n_decoded} frames")
+            # the video's end: its header's duration, or past its last frame where that is later (or unknown)
+            last = buffer.times[-1] + 1.0 / max(reader.kept_fps, 1e-3) if buffer.times else 0.0
+            extent = max(reader.duration_s, last)
+            for w in range(closed, opened):
+                window = close(w, extent)
+                if window is not None:
+                    yield window
+            self.facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
+                          "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height,
+                          "n_frames": n_frames, "has_audio": info.has_audio and reader.audio_dropped is None,
+                          "n_samples": n_samples}
+        self.seconds = {"decode_s": time.perf_counter() - started - flow_s, "flow_s": flow_s}
+
+
+def _end(w: int, windows: WindowsConfig) -> float:
+    return w * windows.stride_s + windows.length_s
+
+
+class _Buffer:
+    """Decoded frames (spatial size, with their times) and the flow pair ending at each, from frame `first` on."""
+
+    def __init__(self):
+        self.first = 0  # the video's index of times[0]
+        self.times: list[float] = []
+        self.images: list[np.ndarray] = []
+        self.pairs: list[np.ndarray | None] = []  # (H, W, 2) uint8 flow from the previous frame; None for frame 0
+        self.magnitudes: list[float] = []
+        self._flowed = 0  # frames (from the video's first) whose incoming pair is known
+
+    def add_frame(self, time_s: float, image: np.ndarray) -> None:
+        self.times.append(time_s)
+        self.images.append(image)
+
+    def add_pairs(self, stored: np.ndarray, magnitudes: np.ndarray) -> None:
+        """The pairs of the next len(stored) + 1 frames computed (a chunk's first frame was the last one's last)."""
+        if self._flowed == 0:
+            self.pairs.append(None)
+            self.magnitudes.append(0.0)
+            self._flowed = 1
+        self.pairs.extend(stored)
+        self.magnitudes.extend(np.asarray(magnitudes, np.float32).tolist())
+        self._flowed += len(stored)
+
+    def drop_before(self, time_s: float) -> None:
+        keep = next((i for i, t in enumerate(self.times) if t >= time_s), len(self.times))
+        del self.times[:keep], self.images[:keep], self.pairs[:keep], self.magnitudes[:keep]
+        self.first += keep
+
+    def window(self, span: Span, cfg: Config, size: int) -> dict | None:
+        """The row of the buffered frames in `span` (None where it holds none), its positions sampled."""
+        inside = [i for i, t in enumerate(self.times) if span.start_s <= t < span.end_s]
+        if not inside:
+            return None
+        a, b = inside[0], inside[-1] + 1
+        flow = (np.stack(self.pairs[a + 1:b]) if b - a > 1
+                else np.zeros((0, cfg.flow.size[1], cfg.flow.size[0], 2), np.uint8))
+        motion = frame_motion(np.asarray(self.magnitudes[a + 1:b], np.float32))
+        positions = sample_positions(motion, cfg.sampling).astype(np.int32)
+        times = np.asarray(self.times[a:b], np.float32)
+        return {"positions": positions, "timestamps": times[positions],
+                "magnitudes": motion.astype(np.float32)[positions],
+                "frames": np.stack([self.images[a + i] for i in positions]), "flow": flow,
+                "first": self.first + a, "window": span}
+
+
+def merge_windows(video: dict, windows: list[dict]) -> dict:
+    """One video's finished window rows → its row: "positions" (frame indices in the video), "timestamps",
+    "magnitudes", "spatial", "temporal", "audio" and "flow" concatenated over the windows in order, and
+    "windows" (W, len(WINDOW_FIELDS)) float64: each window's index, start_s, end_s and its counts of
+    positions, audio examples and flow pairs (how to cut the concatenations back: `split_windows`)."""
+    row = {"video": video}
+    for key in ("positions", "timestamps", "magnitudes", "spatial", "temporal", "audio", "flow"):
+        if windows and key in windows[0]:
+            parts = [w[key] + (w["first"] if key == "positions" else 0) for w in windows]
+            row[key] = np.concatenate(parts).astype(parts[0].dtype, copy=False)
+    row["windows"] = np.array([[w["window"].index, w["window"].start_s, w["window"].end_s, len(w["positions"]),
+                                len(w["audio"]) if "audio" in w else 0, len(w["flow"]) if "flow" in w else 0]
+                               for w in windows], np.float64).reshape(-1, len(WINDOW_FIELDS))
+    return row
+
+
+def split_windows(row: dict, key: str) -> list[np.ndarray]:
+    """A merged row's `key` array cut back into its windows' (by the counts in "windows")."""
+    column = {"audio": 4, "flow": 5}.get(key, 3)
+    counts = row["windows"][:, column].astype(np.int64)
+    return np.split(row[key], np.cumsum(counts)[:-1]) if len(counts) else []
+
+
+def spans(row: dict) -> list[Span]:
+    """The Spans of a merged row's windows."""
+    return [Span(int(w[0]), float(w[1]), float(w[2])) for w in row["windows"]]
