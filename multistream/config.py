@@ -238,9 +238,6 @@ class AnomalyConfig:
     quantile: Literal["auto", "empirical", "lognormal"] = "auto"
     folds: Annotated[int, in_range(2, math.inf)] = 5
     calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on
-    # what the autoencoder is fitted and calibrated on: each normal video's embedding, or the embeddings of its
-    # time windows (video.windows; its default where unset), computed with the trained models (docs/design.md#windows)
-    fit_on: Literal["videos", "windows"] = "videos"
     seed: int = 0
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
 

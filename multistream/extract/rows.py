@@ -10,6 +10,8 @@ A row is a dict:
                   after decode (`multistream.predict.batch.TemporalStep`) replaces "flow" by it
     "embedding_<stream>": (E,) float32, the stream's RNN head on its sequence: only in `jobs/predict.py`, whose
                   heads (`multistream.predict.batch.HeadsStep`) replace the sequences by them before the commit
+    "windows":    (W, 6) float64 under video.windows: the arrays above are its W windows' concatenated, and each
+                  "embedding_<stream>" is (W, E) (`multistream.extract.windows.merge_windows`)
 An error row holds only "video". Between Ray stages a batch of rows travels as columns (`to_columns`): arrays
 as `.npy` bytes (so sequences of different lengths cross Arrow without ragged-tensor conversions) and the
 `videos/` row as JSON.
@@ -26,12 +28,13 @@ import pyarrow as pa
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.errors import error_kind
 from multistream.extract.video import VideoError
+from multistream.extract.windows import spans, split_windows
 from multistream.store import schema
 from multistream.store.uris import redact, scrub
 
 EMBEDDINGS = {stream: f"embedding_{stream}" for stream in schema.STREAMS}  # row key of each stream's embedding
 ARRAYS = ("positions", "timestamps", "magnitudes", "frames", "wave", "flow", "spatial", "audio", "temporal",
-          *EMBEDDINGS.values())
+          *EMBEDDINGS.values(), "windows")
 ENTRY_COLUMNS = ("video_id", "uri", "label", "split")
 
 
@@ -148,22 +151,50 @@ def videos_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([row["video"] for row in rows], schema=schema.VIDEOS_SCHEMA)
 
 
+def per_window(rows: list[dict]) -> list[dict]:
+    """Merged window rows (`multistream.extract.windows.merge_windows`) → one row per (video, window), each with its
+    window's share of the arrays and "span" (window, start_s, end_s); rows without windows as they are."""
+    if not rows or "windows" not in rows[0]:
+        return rows
+    out = []
+    for row in rows:
+        cut = {key: list(row[key]) if key in EMBEDDINGS.values() else split_windows(row, key)
+               for key in row if key not in ("video", "windows")}
+        for w, span in enumerate(spans(row)):
+            out.append({"video": row["video"], "span": span, **{key: parts[w] for key, parts in cut.items()}})
+    return out
+
+
+def window_columns(rows: list[dict]) -> dict[str, list]:
+    """The WINDOW_COLUMNS of `per_window` rows; {} for rows without windows."""
+    if not rows or "span" not in rows[0]:
+        return {}
+    return {"window": [row["span"].index for row in rows], "start_s": [row["span"].start_s for row in rows],
+            "end_s": [row["span"].end_s for row in rows]}
+
+
 def features_table(rows: list[dict]) -> pa.Table:
-    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128))."""
+    """`features/` rows of ok rows (each with "spatial" (K, D) and "audio" (E, 128)); a row per window of merged
+    window rows."""
+    rows = per_window(rows)
     spatial_dim = rows[0]["spatial"].shape[1]
     columns = {
         "video_id": [row["video"]["video_id"] for row in rows],
+        **window_columns(rows),
         "frame_index": [row["positions"].tolist() for row in rows],
         "timestamp_s": [row["timestamps"].tolist() for row in rows],
         "flow_magnitude": [row["magnitudes"].tolist() for row in rows],
         "spatial": schema.sequence_array([row["spatial"] for row in rows], spatial_dim),
         "audio": schema.sequence_array([row["audio"] for row in rows], schema.AUDIO_DIM),
     }
-    return pa.table(columns, schema=schema.features_schema(spatial_dim))
+    table_schema = schema.features_schema(spatial_dim)
+    return pa.table(columns, schema=schema.windowed(table_schema) if "window" in columns else table_schema)
 
 
-def embeddings_table(ids: list[str], labels: list, splits: list, vectors: dict[str, np.ndarray]) -> pa.Table:
-    """`embeddings/` rows: one (E,) float32 vector per stream of `vectors` ({stream: (N, E)}), null for the others."""
+def embeddings_table(ids: list[str], labels: list, splits: list, vectors: dict[str, np.ndarray],
+                     windows: dict[str, list] | None = None) -> pa.Table:
+    """`embeddings/` rows: one (E,) float32 vector per stream of `vectors` ({stream: (N, E)}), null for the others;
+    with `windows` (`window_columns`) a row per (video, window)."""
     dim = next(iter(vectors.values())).shape[1]
     columns = {}
     for stream in schema.STREAMS:
@@ -171,15 +202,18 @@ def embeddings_table(ids: list[str], labels: list, splits: list, vectors: dict[s
         mask = pa.array(np.full(len(ids), rows is None))
         flat = np.zeros((len(ids), dim), np.float32) if rows is None else np.ascontiguousarray(rows, np.float32)
         columns[stream] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=mask)
-    return pa.table({"video_id": ids, "label": labels, "split": splits, **columns},
-                    schema=schema.embeddings_schema(dim))
+    table_schema = schema.embeddings_schema(dim)
+    return pa.table({"video_id": ids, **(windows or {}), "label": labels, "split": splits, **columns},
+                    schema=schema.windowed(table_schema) if windows else table_schema)
 
 
 def embedded_table(rows: list[dict]) -> pa.Table:
-    """`embeddings/` rows of ok rows carrying their streams' "embedding_<stream>" (the same streams in each)."""
+    """`embeddings/` rows of ok rows carrying their streams' "embedding_<stream>" (the same streams in each): (E,)
+    each, or (W, E) for the W windows of a merged window row (then a row per window)."""
+    rows = per_window(rows)
     vectors = {stream: np.stack([row[key] for row in rows]) for stream, key in EMBEDDINGS.items() if key in rows[0]}
     return embeddings_table([row["video"]["video_id"] for row in rows], [row["video"]["label"] for row in rows],
-                            [row["video"]["split"] for row in rows], vectors)
+                            [row["video"]["split"] for row in rows], vectors, window_columns(rows))
 
 
 def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:
@@ -190,6 +224,20 @@ def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:
         "data": pa.array([flow.tobytes()], pa.large_binary()),
         "clip_px": pa.array([clip_px], pa.float32()),
     }, schema=schema.FLOW_SCHEMA)
+
+
+def row_flow_table(row: dict, clip_px: float) -> pa.Table:
+    """`flow_table` of an ok row; of a merged window row, a row per window with its window columns."""
+    if "windows" not in row:
+        return flow_table(row["video"]["video_id"], row["flow"], clip_px)
+    rows = per_window([row])
+    return pa.table({
+        "video_id": [r["video"]["video_id"] for r in rows],
+        **window_columns(rows),
+        "shape": [list(r["flow"].shape) for r in rows],
+        "data": pa.array([r["flow"].tobytes() for r in rows], pa.large_binary()),
+        "clip_px": pa.array([clip_px] * len(rows), pa.float32()),
+    }, schema=schema.windowed(schema.FLOW_SCHEMA))
 
 
 def read_flow(row: dict) -> np.ndarray:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from multistream.config import Config
+from multistream.config import Config, WindowsConfig
 from multistream.device import check_gpu_given
 from multistream.extract.rows import EMBEDDINGS, fail
+from multistream.extract.windows import split_windows
 from multistream.fuse.anomaly import detection_figures
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
@@ -63,15 +64,22 @@ class HeadsStep:
         ok = [i for i, row in enumerate(rows) if row["video"]["status"] == "ok"]
         if not ok:
             return rows
+        # a merged window row's windows are embedded one by one, as clips are (`merge_windows`)
+        cut = {i: {s: split_windows(rows[i], s) if "windows" in rows[i] else [rows[i][s]] for s in schema.STREAMS}
+               for i in ok}
         try:
-            vectors = self.embed({s: [np.asarray(rows[i][s], np.float32) for i in ok] for s in schema.STREAMS})
+            vectors = self.embed({s: [np.asarray(seq, np.float32) for i in ok for seq in cut[i][s]]
+                                  for s in schema.STREAMS})
         except Exception as error:  # noqa: BLE001 - a bad batch is data, not a crash
             return [fail(row, "rnn", error) if row["video"]["status"] == "ok" else row for row in rows]
         dropped = ("temporal",) if self.keep_features else (*schema.STREAMS, "positions", "timestamps", "magnitudes")
-        out = list(rows)
-        for n, i in enumerate(ok):
+        out, start = list(rows), 0
+        for i in ok:
             row = {key: value for key, value in rows[i].items() if key not in dropped}
-            out[i] = row | {EMBEDDINGS[stream]: v[n] for stream, v in vectors.items()}
+            count = len(cut[i]["spatial"])
+            out[i] = row | {EMBEDDINGS[stream]: v[start:start + count] if "windows" in row else v[start]
+                            for stream, v in vectors.items()}
+            start += count
         return out
 
 
@@ -102,37 +110,80 @@ def unscored(run: RunRoot) -> dict[str, list[str]]:
             for name, table in zip(names, _read_parts(run.embeddings, names, ["video_id"]), strict=True)}
 
 
-def predictions_table(ids: list[str], labels: list, splits: list, scores: np.ndarray,
-                      classifier: Classifier) -> pa.Table:
+def predictions_table(ids: list[str], labels: list, splits: list, scores: np.ndarray, classifier: Classifier,
+                      windows: dict[str, list] | None = None) -> pa.Table:
+    """`predictions/` rows; with `windows` (its WINDOW_COLUMNS, `window_rows`) the windowed table's."""
     top_labels, top_scores = classifier.top_k(scores)
-    return pa.table({"video_id": ids, "label": labels, "split": splits, "predicted": [t[0] for t in top_labels],
-                     "scores": list(scores.astype(np.float32)), "top_labels": top_labels,
-                     "top_scores": list(top_scores.astype(np.float32))}, schema=schema.TOP_K_PREDICTIONS_SCHEMA)
+    table_schema = schema.windowed(schema.TOP_K_PREDICTIONS_SCHEMA) if windows else schema.TOP_K_PREDICTIONS_SCHEMA
+    return pa.table({"video_id": ids, **(windows or {}), "label": labels, "split": splits,
+                     "predicted": [t[0] for t in top_labels], "scores": list(scores.astype(np.float32)),
+                     "top_labels": top_labels, "top_scores": list(top_scores.astype(np.float32))}, schema=table_schema)
 
 
-def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray) -> pa.Table:
-    return pa.table({"video_id": ids, "split": splits, "score": scores.astype(np.float32), "is_anomaly": flagged},
-                    schema=schema.ANOMALY_SCHEMA)
+def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray,
+                  windows: dict[str, list] | None = None) -> pa.Table:
+    """`anomaly/` rows; with `windows` (its WINDOW_COLUMNS and peak_window, `window_rows`) the windowed table's."""
+    table_schema = schema.windowed(schema.ANOMALY_SCHEMA) if windows else schema.ANOMALY_SCHEMA
+    return pa.table({"video_id": ids, **(windows or {}), "split": splits, "score": scores.astype(np.float32),
+                     "is_anomaly": flagged}, schema=table_schema)
+
+
+def window_rows(table: pa.Table, scores: np.ndarray, anomaly: np.ndarray, rules: WindowsConfig,
+                detector: Detector) -> list[dict]:
+    """A windowed `embeddings/` table's N window rows scored ((N, C) class scores, (N,) anomaly scores) → the
+    rows of the windowed `predictions/` and `anomaly/` tables, as dicts (video_id, label, split, window, start_s,
+    end_s, scores (C,), score, is_anomaly, peak_window): for each video its own row first (window null, start_s 0,
+    end_s its last window's end, class scores and anomaly score aggregated by `rules`, is_anomaly at the
+    detector's threshold, peak_window its highest-scoring window), then its window rows in order."""
+    columns = table.select(["video_id", "label", "split", "window", "start_s", "end_s"]).to_pylist()
+    by_video: dict[str, list[int]] = {}
+    for i, row in enumerate(columns):
+        by_video.setdefault(row["video_id"], []).append(i)
+    out = []
+    for members in by_video.values():
+        members.sort(key=lambda i: columns[i]["window"])
+        mine = anomaly[members]
+        score = float(mine.max() if rules.anomaly_score == "max" else mine.mean())
+        out.append(columns[members[0]] | {
+            "window": None, "start_s": 0.0, "end_s": max(columns[i]["end_s"] for i in members),
+            "scores": scores[members].mean(0) if rules.class_scores == "mean" else scores[members].max(0),
+            "score": score, "is_anomaly": bool(detector.model.is_anomaly(np.array([score]))[0]),
+            "peak_window": columns[members[int(np.argmax(mine))]]["window"]})
+        out += [columns[i] | {"scores": scores[i], "score": float(anomaly[i]), "is_anomaly": bool(flag),
+                              "peak_window": None}
+                for i, flag in zip(members, detector.model.is_anomaly(mine), strict=True)]
+    return out
 
 
 def result_parts(run: RunRoot, table: pa.Table, streams: tuple[str, ...], classifier: Classifier,
-                 detector: Detector) -> list[tuple[pa.Table, str]]:
-    """`embeddings/` rows scored: [(their `predictions/` rows, its URI), (their `anomaly/` rows, its URI)]."""
+                 detector: Detector, rules: WindowsConfig | None = None) -> list[tuple[pa.Table, str]]:
+    """`embeddings/` rows scored: [(their `predictions/` rows, its URI), (their `anomaly/` rows, its URI)]; of a
+    windowed table, each video's own row and its window rows (`window_rows`, by `rules`: default WindowsConfig())."""
     ids, splits = table["video_id"].to_pylist(), table["split"].to_pylist()
     vectors = {s: table[s].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
                for s in streams}
     scores = classifier(vectors)
-    return [(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier), run.predictions),
-            (anomaly_table(ids, splits, *detector(vectors)), run.anomaly)]
+    anomaly, flagged = detector(vectors)
+    if not schema.is_windowed(table.schema):
+        return [(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier), run.predictions),
+                (anomaly_table(ids, splits, anomaly, flagged), run.anomaly)]
+    rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector)
+    column = {name: [row[name] for row in rows] for name in rows[0]}
+    spans = {name: column[name] for name in ("window", "start_s", "end_s")}
+    return [(predictions_table(column["video_id"], column["label"], column["split"], np.stack(column["scores"]),
+                               classifier, spans), run.predictions),
+            (anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
+                           np.asarray(column["is_anomaly"]), spans | {"peak_window": column["peak_window"]}),
+             run.anomaly)]
 
 
 def score_part(run: RunRoot, name: str, streams: tuple[str, ...], classifier: Classifier,
-               detector: Detector) -> list[str]:
+               detector: Detector, rules: WindowsConfig | None = None) -> list[str]:
     """The videos of an `embeddings/` part without results (`unscored`), scored: its `predictions/` part staged,
-    then its `anomaly/` part, the commit, under its name; returns their ids."""
+    then its `anomaly/` part, the commit, under its name; returns their ids (a video's once)."""
     table = storage.read_part(run.embeddings, name)
-    write_group(name, result_parts(run, table, streams, classifier, detector))
-    return table["video_id"].to_pylist()
+    write_group(name, result_parts(run, table, streams, classifier, detector, rules))
+    return list(dict.fromkeys(table["video_id"].to_pylist()))
 
 
 def check_predict_devices(cfg: Config) -> None:
@@ -151,18 +202,25 @@ class PredictSummary:
     seconds: float
 
 
+def videos_only(table: pa.Table) -> pa.Table:
+    """The videos' own rows of a `predictions/` or `anomaly/` table (a windowed one's rows with window null)."""
+    if not schema.is_windowed(table.schema):
+        return table
+    return table.filter(table["window"].is_null())
+
+
 def evaluate(root: str, classes: list[str]) -> dict:
     """What the labels of the input say about the results under `root`: top-1 over the labelled videos of a
     known class (split 'anomaly' excluded); false-positive rate over those, detection rate and ROC AUC
-    against the 'anomaly' split."""
+    against the 'anomaly' split. Of windowed results, each video's own row."""
     run = RunRoot(root)
-    predictions = storage.read_table(run.predictions, columns=["video_id", "label", "split", "predicted"])
+    predictions = videos_only(storage.read_table(run.predictions))
     out: dict = {"n_predicted": predictions.num_rows}
     if predictions.num_rows:
         rows = [r for r in predictions.to_pylist() if r["label"] in classes and r["split"] != "anomaly"]
         out |= {"n_labelled": len(rows), "top1": float(np.mean([r["label"] == r["predicted"] for r in rows]))
                 if rows else None}
-    anomaly = storage.read_table(run.anomaly, columns=["split", "score", "is_anomaly"])
+    anomaly = videos_only(storage.read_table(run.anomaly))
     if anomaly.num_rows:
         is_anomalous = np.array([s == "anomaly" for s in anomaly["split"].to_pylist()])
         flagged = np.array(anomaly["is_anomaly"].to_pylist())

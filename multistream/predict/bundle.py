@@ -6,7 +6,7 @@
 
 `models/bundle.json` holds the format version, the code version that wrote it, the classes and streams, the
 extraction settings the models were trained on (the video, flow, sampling, spatial and audio sections, less
-the keys that only say how fast or where it runs: `RESOURCE_KEYS`), the source and content sha256 of every
+the keys that only say how fast or where it runs, `RESOURCE_KEYS`, and how a video is cut for them, `PREDICTION_KEYS`), the source and content sha256 of every
 pretrained weights file they used, and the sha256 of every model file under `models/`. `open_bundle` checks
 all of it before any video is read and raises one `BundleError` that names every missing or altered file.
 
@@ -48,6 +48,9 @@ EXTRACTION_SECTIONS = ("video", "flow", "sampling", "spatial", "audio")
 TRAINING_SECTIONS = ("motion_cnn", "rnn", "tune", "fusion", "anomaly")
 # Keys that change how fast or on which device a value is computed, not the value: free to set at prediction.
 RESOURCE_KEYS = frozenset({"batch_size", "embed_batch_size", "device", "amp"})
+# Keys of how a trained model is applied to a video, not of what it was trained on: free at prediction, never
+# recorded (the models are trained on whole clips, a window is one: docs/design.md#windows).
+PREDICTION_KEYS = frozenset({"windows"})
 # Keys that name where pretrained weights are read: free to set at prediction where the bundle records the
 # content of what they held (its `weights` section), which `check_weights` then compares.
 WEIGHT_KEYS = ("spatial.weights", "audio.weights", "audio.pca_params", "flow.weights")
@@ -110,7 +113,7 @@ def _redacted(value):
 def extraction_settings(cfg: Config) -> dict[str, dict]:
     """{section: {key: value}} of the extraction sections, resource keys left out, URLs redacted."""
     return {name: {k: _redacted(_plain(v)) for k, v in dataclasses.asdict(getattr(cfg, name)).items()
-                   if k not in RESOURCE_KEYS} for name in EXTRACTION_SECTIONS}
+                   if k not in RESOURCE_KEYS | PREDICTION_KEYS} for name in EXTRACTION_SECTIONS}
 
 
 def write_bundle(root: str, cfg: Config) -> str:
@@ -314,14 +317,14 @@ def check_overrides(settings: dict[str, dict], overrides: list[str] | tuple[str,
         key = key.strip()
         section, _, leaf = key.partition(".")
         if (not sep or section not in (*EXTRACTION_SECTIONS, *TRAINING_SECTIONS)
-                or leaf.split(".")[-1] in RESOURCE_KEYS or key in pinned):
+                or leaf.split(".")[-1] in RESOURCE_KEYS or leaf.split(".")[0] in PREDICTION_KEYS or key in pinned):
             continue  # ray.*, paths.*, resource keys, pinned weights sources; malformed items: the config loader's
         if section in TRAINING_SECTIONS:
             raise BundleError(f"--set {item}: {key} is a training setting; prediction applies the bundle's models "
                               f"as they were trained and never re-fits them")
         value = yaml.safe_load(text)
         wanted = value if leaf else {k: v for k, v in (value or {}).items()
-                                     if k not in RESOURCE_KEYS and f"{section}.{k}" not in pinned}
+                                     if k not in RESOURCE_KEYS | PREDICTION_KEYS and f"{section}.{k}" not in pinned}
         trained = settings[section].get(leaf) if leaf else settings[section]
         if leaf and leaf not in settings[section]:
             raise BundleError(f"--set {item}: the bundle records no {key}")

@@ -40,6 +40,7 @@ def start_job(cfg: Config, job: str, *, reads_input: bool = False, uses_ray: boo
     (fusion): Ray is neither started nor asked about its nodes."""
     if not preflight.holds(absolute(cfg.paths.output)):
         s3config.configure(cfg.storage)
+        preflight.check_windows(cfg, job)
         if reads_input:
             preflight.check_input(cfg, job)
         # a cluster is joined now, to count its nodes; a local Ray (one node) is started only where the job

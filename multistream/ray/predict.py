@@ -65,13 +65,13 @@ class ScoreStage:
     def __init__(self, cfg: Config, bundle: Bundle, generation: int | None):
         worker_setup(cfg.ray.torch_threads)
         storage.set_writer_generation(generation)  # the driver's lease generation, stamped into the parts
-        self.run, self.streams = RunRoot(cfg.paths.output), bundle.streams
+        self.run, self.streams, self.rules = RunRoot(cfg.paths.output), bundle.streams, cfg.video.windows
         self.classifier = Classifier(bundle)
         self.detector = Detector(bundle, actor_device(cfg.anomaly.device))
 
     def __call__(self, items: pa.Table) -> pa.Table:
         parts = items["part"].to_pylist()
-        ids = [score_part(self.run, name, self.streams, self.classifier, self.detector) for name in parts]
+        ids = [score_part(self.run, name, self.streams, self.classifier, self.detector, self.rules) for name in parts]
         return pa.table({"video_id": [v for group in ids for v in group],
                          "part": [name for name, group in zip(parts, ids, strict=True) for _ in group]})
 

@@ -13,7 +13,7 @@ import errno
 from contextlib import contextmanager
 
 from multistream.config import Config
-from multistream.store import storage
+from multistream.store import schema, storage
 from multistream.store.layout import RunRoot, absolute
 from multistream.store.lease import Lease, LeaseHeld, this_process
 from multistream.store.uris import redact, scrub
@@ -43,6 +43,29 @@ def check_input(cfg: Config, job: str) -> None:
         raise JobRefused(f"{job}: cannot read --input {redact(uri)}: {scrub(str(error), uri)}") from None
     if not found:
         raise JobRefused(f"{job}: --input {redact(uri)} does not exist (or its bucket does not)")
+
+
+TRAINING_JOBS = ("train_motion", "train_rnn", "tune_rnn")
+
+
+def check_windows(cfg: Config, job: str) -> None:
+    """Refuse video.windows in the pipeline (training is on whole clips) or without `ray.fused` (a window's models
+    run in the actor that decodes it), and a training job on a run root whose features/ or flow/ were extracted
+    in windows."""
+    if cfg.video.windows is not None and job == "pipeline":
+        raise JobRefused("pipeline: the models train on whole clips (a clip is one window): video.windows is for "
+                         "jobs/predict.py, and jobs/extract.py where windowed tables are wanted")
+    if cfg.video.windows is not None and cfg.ray.fused is None and job in ("extract", "predict"):
+        raise JobRefused(f"{job}: video.windows runs each window's models in the actor that decodes the video: "
+                         "it needs ray.fused (configs/demo.yaml's), not null")
+    if job in TRAINING_JOBS:
+        run = RunRoot(absolute(cfg.paths.output))
+        for table in (run.features, run.flow):
+            names = storage.list_parts(table)
+            found = storage.part_schema(table, names[0]) if names else None
+            if found is not None and schema.is_windowed(found):
+                raise JobRefused(f"{job}: {redact(table)} was extracted in time windows (video.windows): the models "
+                                 "train on whole clips; extract the training videos without video.windows")
 
 
 def check_shared_paths(cfg: Config, job: str, reads_input: bool, nodes: int) -> None:

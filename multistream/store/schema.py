@@ -1,4 +1,6 @@
-"""The explicit pyarrow schemas of every table a job writes (docs/design.md#tables). One row per video everywhere.
+"""The explicit pyarrow schemas of every table a job writes (docs/design.md#tables). One row per video everywhere,
+except under `video.windows` (`windowed`): one row per (video, window) in features/, flow/ and embeddings/, and in
+predictions/ and anomaly/ the window rows plus each video's own row (window null).
 
 Sequences of vectors are `list<fixed_size_list<float16|float32, D>>`: a (T, D) array per video.
 """
@@ -96,6 +98,24 @@ ANOMALY_SCHEMA = pa.schema([
     ("score", pa.float32()),  # reconstruction error
     ("is_anomaly", pa.bool_()),
 ])
+
+
+# the columns a table gains under video.windows, after video_id: the window's index (null in a video's own row
+# of predictions/ and anomaly/) and its span on the video's clock
+WINDOW_COLUMNS = [("window", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64())]
+PEAK_WINDOW = pa.field("peak_window", pa.int32())  # anomaly/: in a video's own row, its highest-scoring window
+
+
+def windowed(table_schema: pa.Schema) -> pa.Schema:
+    """`table_schema` with WINDOW_COLUMNS after video_id (and anomaly/'s PEAK_WINDOW last)."""
+    out = table_schema
+    for offset, (name, arrow_type) in enumerate(WINDOW_COLUMNS):
+        out = out.insert(1 + offset, pa.field(name, arrow_type))
+    return out.append(PEAK_WINDOW) if table_schema.equals(ANOMALY_SCHEMA) else out
+
+
+def is_windowed(table_schema: pa.Schema) -> bool:
+    return "window" in table_schema.names
 
 
 def sequence_array(seqs: list[np.ndarray | None], dim: int, dtype=np.float16) -> pa.Array:

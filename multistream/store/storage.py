@@ -222,15 +222,21 @@ def writer_generation() -> int | None:
     return _writer_generation
 
 
-def part_generation(table_uri: str, part_name: str, staged: bool = False) -> int | None:
-    """The lease generation that wrote a part (its footer's metadata); None for a part written without a lease
-    or missing."""
+def part_schema(table_uri: str, part_name: str, staged: bool = False) -> pa.Schema | None:
+    """A part's schema, with its metadata, from its footer alone; None for a missing part."""
     fs, path = filesystem(_part_uri(table_uri, part_name, staged))
     try:
         with fs.open(path, "rb") as handle:
-            metadata = pq.read_schema(handle).metadata or {}
+            return pq.read_schema(handle)
     except FileNotFoundError:
         return None
+
+
+def part_generation(table_uri: str, part_name: str, staged: bool = False) -> int | None:
+    """The lease generation that wrote a part (its footer's metadata); None for a part written without a lease
+    or missing."""
+    found = part_schema(table_uri, part_name, staged)
+    metadata = (found.metadata or {}) if found is not None else {}
     return int(metadata[GENERATION_KEY]) if GENERATION_KEY in metadata else None
 
 
