@@ -8,6 +8,10 @@ autoencoder. Writes under --output:
 videos/ (one row per video, errors included), embeddings/, predictions/ (label and split from the input where
 it has them, predicted, scores, top_labels, top_scores) and anomaly/ (score, is_anomaly at the calibrated
 threshold); no flow/ nor features/: --keep-flow writes both, as jobs/extract.py writes them.
+With --set "video.windows={length_s: 36, stride_s: 18}" each whole video is cut into time windows: every table
+gets a row per (video, window), predictions/ and anomaly/ also each video's own row (window null; the rule:
+video.windows.class_scores / anomaly_score), and the highest-scoring videos' score timelines are drawn to
+reports/figures/anomaly_timelines.png.
 No model is re-fit. A --set of an extraction or training setting that differs from the bundle is refused;
 resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --output resumes.
 
@@ -19,8 +23,9 @@ resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --o
 """
 
 from multistream.cli import add_retry_errors, job_parser, parse_job_args
-from multistream.predict.batch import evaluate
+from multistream.predict.batch import evaluate, write_timelines
 from multistream.predict.bundle import BundleError, open_bundle
+from multistream.predict.models import Detector
 from multistream.ray.guard import start_job
 from multistream.ray.predict import run_predict
 from multistream.store import layout, storage
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"predict: {summary.predicted} videos {'embedded' if args.embed_only else 'embedded, classified and screened'}"
           f" ({summary.pending - summary.predicted} left) in {summary.seconds:.1f} s → {output}")
     if not args.embed_only:
+        figure, lines = write_timelines(output, Detector(bundle).threshold)
+        if figure is not None:
+            print(f"anomaly score over time of the {len(lines)} highest-scoring videos → {figure}")
+            print("\n".join(lines))
         figures = evaluate(output, bundle.classes)
         if figures.get("top1") is not None:
             print(f"top-1 {figures['top1']:.3f} on {figures['n_labelled']} labelled videos of known classes")

@@ -155,26 +155,25 @@ def window_rows(table: pa.Table, scores: np.ndarray, anomaly: np.ndarray, rules:
     return out
 
 
-def result_parts(run: RunRoot, table: pa.Table, streams: tuple[str, ...], classifier: Classifier,
-                 detector: Detector, rules: WindowsConfig | None = None) -> list[tuple[pa.Table, str]]:
-    """`embeddings/` rows scored: [(their `predictions/` rows, its URI), (their `anomaly/` rows, its URI)]; of a
-    windowed table, each video's own row and its window rows (`window_rows`, by `rules`: default WindowsConfig())."""
+def score_table(table: pa.Table, streams: tuple[str, ...], classifier: Classifier, detector: Detector,
+                rules: WindowsConfig | None = None) -> tuple[pa.Table, pa.Table]:
+    """`embeddings/` rows scored → (their `predictions/` rows, their `anomaly/` rows); of a windowed table, each
+    video's own row and its window rows (`window_rows`, by `rules`: default WindowsConfig())."""
     ids, splits = table["video_id"].to_pylist(), table["split"].to_pylist()
     vectors = {s: table[s].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
                for s in streams}
     scores = classifier(vectors)
     anomaly, flagged = detector(vectors)
     if not schema.is_windowed(table.schema):
-        return [(predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier), run.predictions),
-                (anomaly_table(ids, splits, anomaly, flagged), run.anomaly)]
+        return (predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier),
+                anomaly_table(ids, splits, anomaly, flagged))
     rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector)
     column = {name: [row[name] for row in rows] for name in rows[0]}
     spans = {name: column[name] for name in ("window", "start_s", "end_s")}
-    return [(predictions_table(column["video_id"], column["label"], column["split"], np.stack(column["scores"]),
-                               classifier, spans), run.predictions),
-            (anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
-                           np.asarray(column["is_anomaly"]), spans | {"peak_window": column["peak_window"]}),
-             run.anomaly)]
+    return (predictions_table(column["video_id"], column["label"], column["split"], np.stack(column["scores"]),
+                              classifier, spans),
+            anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
+                          np.asarray(column["is_anomaly"]), spans | {"peak_window": column["peak_window"]}))
 
 
 def score_part(run: RunRoot, name: str, streams: tuple[str, ...], classifier: Classifier,
@@ -182,7 +181,8 @@ def score_part(run: RunRoot, name: str, streams: tuple[str, ...], classifier: Cl
     """The videos of an `embeddings/` part without results (`unscored`), scored: its `predictions/` part staged,
     then its `anomaly/` part, the commit, under its name; returns their ids (a video's once)."""
     table = storage.read_part(run.embeddings, name)
-    write_group(name, result_parts(run, table, streams, classifier, detector, rules))
+    predictions, anomaly = score_table(table, streams, classifier, detector, rules)
+    write_group(name, [(predictions, run.predictions), (anomaly, run.anomaly)])
     return list(dict.fromkeys(table["video_id"].to_pylist()))
 
 
@@ -207,6 +207,36 @@ def videos_only(table: pa.Table) -> pa.Table:
     if not schema.is_windowed(table.schema):
         return table
     return table.filter(table["window"].is_null())
+
+
+TIMELINES = "anomaly_timelines"  # the figure of the highest-scoring videos' windows, under reports/figures/
+
+
+def write_timelines(root: str, threshold: float, n: int = 4) -> tuple[str | None, list[str]]:
+    """For the `n` videos of windowed results under `root` with the highest anomaly scores: their score timeline
+    as a figure (`reports/figures/anomaly_timelines.png`, with the threshold and the flagged intervals) and a
+    line each naming their flagged intervals → (the figure's URI, the lines); (None, []) for unwindowed results."""
+    import io
+
+    from multistream.report.timeline import clock, flagged_intervals, timeline_figure, top_videos
+
+    run = RunRoot(root)
+    anomaly = storage.read_table(run.anomaly)
+    if not anomaly.num_rows or not schema.is_windowed(anomaly.schema):
+        return None, []
+    videos = top_videos(anomaly.to_pylist(), n)
+    figure = timeline_figure(videos, threshold)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    storage.write_bytes(run.figure(TIMELINES), buffer.getvalue())
+    lines = []
+    for video_id, windows in videos:
+        peak = max(windows, key=lambda w: w["score"])
+        spans = ", ".join(f"{clock(a)}–{clock(b)}" for a, b in flagged_intervals(windows, threshold)) or "none"
+        lines.append(f"  {video_id}: peak {peak['score']:.4f} at {clock(peak['start_s'])}–{clock(peak['end_s'])}; "
+                     f"flagged: {spans}")
+    return run.figure(TIMELINES), lines
 
 
 def evaluate(root: str, classes: list[str]) -> dict:

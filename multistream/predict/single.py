@@ -1,6 +1,8 @@
-"""One video through a trained run in this process (no Ray): its top classes, anomaly score and verdict.
+"""One video through a trained run in this process (no Ray): its top classes, anomaly score and verdict; in
+time windows, its score timeline too.
 
     python -m multistream.predict clip.mp4 --models runs/demo
+    python -m multistream.predict camera.mp4 --models runs/demo --set "video.windows={length_s: 8, stride_s: 4}"
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ import posixpath
 import sys
 import time
 
+import numpy as np
+
 from multistream.config import Config, ConfigError, load_config
 from multistream.dataset.manifest import VideoEntry
-from multistream.extract.rows import EMBEDDINGS
-from multistream.predict.batch import HeadsStep, TemporalStep
+from multistream.extract.rows import embedded_table
+from multistream.predict.batch import HeadsStep, TemporalStep, score_table, videos_only
 from multistream.predict.bundle import Bundle, BundleError, open_bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
+from multistream.report.timeline import timeline_text
+from multistream.store import schema
 from multistream.store.uris import redact, redact_logs, scrub
 
 
 def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     """One video through extraction and every model, in this process → {"video_id", "classes": [(label,
-    score), ...] best first, "scores" (C,), "anomaly_score", "is_anomaly", "threshold"}; raises ValueError
+    score), ...] best first, "scores" (C,), "anomaly_score", "is_anomaly", "threshold"}, and under video.windows
+    "windows": its window rows of `anomaly/` (window, start_s, end_s, score, is_anomaly) each with its
+    "predicted" class, the video's own figures aggregated from them as the batch job does. Raises ValueError
     for an unreadable video."""
     from multistream.extract.processor import VideoProcessor
 
@@ -33,14 +41,19 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
         row, = HeadsStep(VideoEmbedder(bundle, cfg.rnn.device, cfg.rnn.batch_size))([row])
     if row["video"]["status"] != "ok":
         raise ValueError(f"{redact(uri)}: {row['video']['error']}")
-    vectors = {s: row[EMBEDDINGS[s]][None] for s in bundle.streams}
-    classifier, detector = Classifier(bundle), Detector(bundle)
-    scores = classifier(vectors)
-    top_labels, top_scores = classifier.top_k(scores)
-    anomaly, flagged = detector(vectors)
-    return {"video_id": entry.video_id, "classes": list(zip(top_labels[0], top_scores[0].tolist(), strict=True)),
-            "scores": scores[0], "anomaly_score": float(anomaly[0]), "is_anomaly": bool(flagged[0]),
-            "threshold": detector.threshold}
+    detector = Detector(bundle)
+    predictions, anomaly = score_table(embedded_table([row]), bundle.streams, Classifier(bundle), detector,
+                                       cfg.video.windows)
+    video, = videos_only(predictions).to_pylist()
+    screened, = videos_only(anomaly).to_pylist()
+    result = {"video_id": entry.video_id, "classes": list(zip(video["top_labels"], video["top_scores"], strict=True)),
+              "scores": np.asarray(video["scores"], np.float64), "anomaly_score": float(screened["score"]),
+              "is_anomaly": bool(screened["is_anomaly"]), "threshold": detector.threshold}
+    if schema.is_windowed(anomaly.schema):
+        classes = [r["predicted"] for r in predictions.to_pylist() if r["window"] is not None]
+        result["windows"] = [r | {"predicted": label} for r, label in
+                             zip([r for r in anomaly.to_pylist() if r["window"] is not None], classes, strict=True)]
+    return result
 
 
 def format_result(result: dict, bundle: Bundle) -> str:
@@ -49,6 +62,10 @@ def format_result(result: dict, bundle: Bundle) -> str:
     lines += [f"  {rank}. {label:<24} {score:+.4f}" for rank, (label, score) in enumerate(result["classes"], 1)]
     verdict = "ANOMALY" if result["is_anomaly"] else "normal"
     lines.append(f"anomaly score {result['anomaly_score']:.4f} (threshold {result['threshold']:.4f}): {verdict}")
+    if "windows" in result:
+        windows = result["windows"]
+        lines += ["", timeline_text(result["video_id"], windows, result["threshold"],
+                                    [w["predicted"] for w in windows])]
     return "\n".join(lines)
 
 
