@@ -47,3 +47,20 @@ def test_the_measure_refuses_a_config_without_windows():
     with pytest.raises(RuntimeError, match="needs video.windows"):
         in_fresh_process("multistream.bench.baselines:windows_peak_rss", None, SMALL,
                          {"entries": [{"video_id": "v", "uri": "none.mp4", "label": None, "split": None}]})
+
+
+def test_the_benchmark_job_runs_the_windows_section_alone_with_the_configs_windows(tmp_path, capsys):
+    import json
+
+    from tests.support.helpers import run_job_main
+
+    out = tmp_path / "out"
+    assert run_job_main("benchmark", "--windows", "--no-extraction", "--no-training", "--no-kernels",
+                        "--window-lengths", "3", "--output", str(out),
+                        "--set", "video.windows={length_s: 2, stride_s: 1}") == 0
+    report = json.loads((out / "reports" / "benchmark.json").read_text())
+    assert report["windows"]["spec"] == "{length_s: 2, stride_s: 1}"
+    (row,) = report["windows"]["per_length"]
+    assert row["n_frames"] == 45 and row["windows"] == 2 and row["ratio"] == 1.0  # [0,2) [1,3)
+    assert "training" not in report and "sequential" not in report
+    assert "{length_s: 2, stride_s: 1}" in capsys.readouterr().out
