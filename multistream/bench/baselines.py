@@ -83,8 +83,9 @@ def decode_peak_rss(cfg: Config, entries: list[dict]) -> dict:
 
 def windows_peak_rss(cfg: Config, entries: list[dict]) -> dict:
     """The one video in `entries` through `VideoProcessor` with `video.windows` set (decode + flow, each window's
-    sampling, spatial CNN and VGGish): {video_s, windows (W), n_frames, has_audio, load_s (the models), seconds (the video,
-    models loaded), peak_rss_mb of this process}. Raises ValueError without windows or for a failed video."""
+    sampling, spatial CNN and VGGish): {video_s, windows (W), n_frames, has_audio, load_s (the models), seconds
+    (the video, models loaded), row_mb (the arrays of the merged row it returns), peak_rss_mb of this process}.
+    Raises ValueError without windows or for a failed video."""
     if cfg.video.windows is None:
         raise ValueError("windows_peak_rss needs video.windows set")
     from multistream.extract.processor import VideoProcessor
@@ -98,4 +99,6 @@ def windows_peak_rss(cfg: Config, entries: list[dict]) -> dict:
     if video["status"] != "ok":
         raise ValueError(f"{video['uri']}: {video['error']}")
     return {"video_s": video["duration_s"], "windows": len(row["windows"]), "n_frames": video["n_frames"],
-            "has_audio": video["has_audio"], "load_s": loaded - started, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+            "has_audio": video["has_audio"], "load_s": loaded - started, "seconds": seconds,
+            "row_mb": sum(v.nbytes for v in row.values() if hasattr(v, "nbytes")) / 2**20,
+            "peak_rss_mb": peak_rss_mb()}

@@ -27,6 +27,7 @@ class WindowsProbe:
     load_s: float  # the models loaded, before the video
     seconds: float  # the video through the runner, models loaded
     video_s_per_s: float  # video_s / seconds
+    row_mb: float  # the arrays of the merged row returned (flow pairs of every window, embeddings, positions)
     peak_rss_mb: float  # of the whole process, models included
     ratio: float  # peak RSS ÷ the shortest video's
 
@@ -73,9 +74,10 @@ def format_lines(report: dict) -> list[str]:
     video.windows value, "per_length": `windows_cost`'s rows}."""
     rows = report["per_length"]
     lines = [f"windows {report['spec']}: one whole video through the per-video runner, a fresh process each",
-             f"{'video s':>9}{'windows':>9}{'frames':>8}{'seconds':>9}{'video s/s':>11}{'peak RSS MB':>13}"
-             f"{'ratio':>7}"]
+             f"{'video s':>9}{'windows':>9}{'frames':>8}{'seconds':>9}{'video s/s':>11}{'row MB':>8}"
+             f"{'peak RSS MB':>13}{'ratio':>7}"]
     for row in rows:
         lines.append(f"{row['video_s']:>9.1f}{row['windows']:>9}{row['n_frames']:>8}{row['seconds']:>9.1f}"
-                     f"{row['video_s_per_s']:>11.1f}{row['peak_rss_mb']:>13.0f}{row['ratio']:>7.2f}")
+                     f"{row['video_s_per_s']:>11.1f}{row['row_mb']:>8.0f}"
+                     f"{row['peak_rss_mb']:>13.0f}{row['ratio']:>7.2f}")
     return lines
