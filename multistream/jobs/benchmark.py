@@ -2,14 +2,14 @@
 
   python jobs/benchmark.py                      # demo videos (--demo-sets seeds of the demo set)
   python jobs/benchmark.py --input DIR          # any videos (labelled ones for the training section)
-  python jobs/benchmark.py --no-extraction      # only the training section (it extracts its data first)
+  python jobs/benchmark.py --no-extraction      # no extraction section (training extracts its data first)
   python jobs/benchmark.py --no-extraction --training-root runs/demo   # ... on an extracted run root's tables
   python jobs/benchmark.py --scale              # only the scale section (reports/scale.json)
   python jobs/benchmark.py --gpu-paper          # only the paper config on this machine's GPU (bench.paper_gpu)
-  python jobs/benchmark.py --windows --no-extraction --no-training --no-kernels   # only windows in duration
+  python jobs/benchmark.py --no-extraction --no-training --no-kernels   # only windows in duration
 
 Sections: extraction (Ray Data vs the sequential loop, the ceiling, stages, memory), training (Ray Train vs
-a plain torch loop, motion CNN and one RNN head), windows (`--windows`: one whole video in `video.windows`
+a plain torch loop, motion CNN and one RNN head), windows (one whole video in `video.windows`
 through the per-video runner at each of `--window-lengths`, seconds of video per second and peak RSS against
 the shortest's) and, where CUDA is at hand, GPU figures. Writes
 reports/benchmark.json under --output (default: the demo run root, so its report shows it; the sections
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
     parser.add_argument("--training", action=on_off, default=True, help="the training section (default: on)")
-    parser.add_argument("--windows", action=on_off, default=False,
+    parser.add_argument("--windows", action=on_off, default=True,
                         help="the windows section: one whole video at each --window-lengths through the per-video "
                              "runner with video.windows (the config's, else {length_s: 36, stride_s: 18}), seconds "
-                             "of video per second and peak RSS (default: off; a few minutes for 10 min of video)")
+                             "of video per second and peak RSS (default: on; ~70 s for 10 s and 10 min on 2 cores)")
     parser.add_argument("--window-lengths", default="10,600", help="video lengths (s) for the windows section")
     parser.add_argument("--kernels", action=on_off, default=True,
                         help="the per-call figures: RAFT per pair, the motion CNN's input per stack (default: on)")
