@@ -4,7 +4,9 @@
   spatial → audio, default threads) over the videos;
 - standalone: each stage alone on one thread over the same videos → its core-seconds (the ceiling's input);
 - decode_peak_rss: peak RSS of the per-video core on one video (`memory.memory_vs_length` on growing lengths,
-  `memory.memory_vs_rate` on growing frame rates).
+  `memory.memory_vs_rate` on growing frame rates);
+- windows_peak_rss: one whole video through the per-video runner with `video.windows` set: its time and the
+  process's peak RSS (`windows.windows_cost` on growing lengths).
 
 Entries travel as dicts (`dataclasses.asdict(VideoEntry)`); results come back as dicts of the dataclasses here.
 """
@@ -77,3 +79,26 @@ def decode_peak_rss(cfg: Config, entries: list[dict]) -> dict:
     if video["status"] != "ok":
         raise ValueError(f"{video['uri']}: {video['error']}")
     return {"n_frames": video["n_frames"], "fps": video["fps"], "peak_rss_mb": peak_rss_mb()}
+
+
+def windows_peak_rss(cfg: Config, entries: list[dict]) -> dict:
+    """The one video in `entries` through `VideoProcessor` with `video.windows` set (decode + flow, each window's
+    sampling, spatial CNN and VGGish): {video_s, windows (W), n_frames, has_audio, load_s (the models), seconds
+    (the video, models loaded), row_mb (the arrays of the merged row it returns), peak_rss_mb of this process}.
+    Raises ValueError without windows or for a failed video."""
+    if cfg.video.windows is None:
+        raise ValueError("windows_peak_rss needs video.windows set")
+    from multistream.extract.processor import VideoProcessor
+
+    started = time.perf_counter()
+    process = VideoProcessor(cfg)
+    loaded = time.perf_counter()
+    row = process(_entries(entries)[0])
+    seconds = time.perf_counter() - loaded
+    video = row["video"]
+    if video["status"] != "ok":
+        raise ValueError(f"{video['uri']}: {video['error']}")
+    return {"video_s": video["duration_s"], "windows": len(row["windows"]), "n_frames": video["n_frames"],
+            "has_audio": video["has_audio"], "load_s": loaded - started, "seconds": seconds,
+            "row_mb": sum(v.nbytes for v in row.values() if hasattr(v, "nbytes")) / 2**20,
+            "peak_rss_mb": peak_rss_mb()}

@@ -53,21 +53,26 @@ def decode_clip(uri: str, size: tuple[int, int], fps: int, rate: int) -> tuple[n
 
 def make_long_video(path: str | Path, clips: Sequence[tuple[str, str]], insert: tuple[str, str] | None = None,
                     insert_at_s: float = 0.0, size: tuple[int, int] = (160, 120), fps: int = 15,
-                    rate: int = 16_000) -> list[Segment]:
+                    rate: int = 16_000, max_seconds: float | None = None) -> list[Segment]:
     """Write `clips` ((uri, label) each, in order) as one H.264 + AAC mp4 at `path`, with `insert` placed at the
-    first clip boundary at or after `insert_at_s`; returns the segments in order."""
+    first clip boundary at or after `insert_at_s`; returns the segments in order. `max_seconds`: the video is
+    cut there (round(max_seconds x fps) frames), the clip it falls in cut short and the clips after it left out."""
     queue, pending = list(clips), insert
     segments, written, samples = [], 0, 0  # frames and audio samples written so far
+    limit = None if max_seconds is None else round(max_seconds * fps)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=fps, options={"preset": "veryfast", "crf": "20"})
         video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
         audio = out.add_stream("aac", rate=rate, layout="mono")
-        while queue or pending is not None:
+        while (queue or pending is not None) and (limit is None or written < limit):
             if pending is not None and (written / fps >= insert_at_s or not queue):
                 (uri, label), pending = pending, None
             else:
                 uri, label = queue.pop(0)
             frames, wave = decode_clip(uri, size, fps, rate)
+            if limit is not None and written + len(frames) > limit:
+                frames = frames[:limit - written]
+                wave = wave[:round(len(frames) / fps * rate)]
             segments.append(Segment(uri, label, written / fps, (written + len(frames)) / fps))
             for image in frames:
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")

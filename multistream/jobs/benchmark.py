@@ -2,13 +2,16 @@
 
   python jobs/benchmark.py                      # demo videos (--demo-sets seeds of the demo set)
   python jobs/benchmark.py --input DIR          # any videos (labelled ones for the training section)
-  python jobs/benchmark.py --no-extraction      # only the training section (it extracts its data first)
+  python jobs/benchmark.py --no-extraction      # no extraction section (training extracts its data first)
   python jobs/benchmark.py --no-extraction --training-root runs/demo   # ... on an extracted run root's tables
   python jobs/benchmark.py --scale              # only the scale section (reports/scale.json)
   python jobs/benchmark.py --gpu-paper          # only the paper config on this machine's GPU (bench.paper_gpu)
+  python jobs/benchmark.py --no-extraction --no-training --no-kernels   # only windows in duration
 
 Sections: extraction (Ray Data vs the sequential loop, the ceiling, stages, memory), training (Ray Train vs
-a plain torch loop, motion CNN and one RNN head) and, where CUDA is at hand, GPU figures. Writes
+a plain torch loop, motion CNN and one RNN head), windows (one whole video in `video.windows`
+through the per-video runner at each of `--window-lengths`, seconds of video per second and peak RSS against
+the shortest's) and, where CUDA is at hand, GPU figures. Writes
 reports/benchmark.json under --output (default: the demo run root, so its report shows it; the sections
 run replace their keys, the others are kept) and prints a table.
 """
@@ -35,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     on_off = argparse.BooleanOptionalAction
     parser.add_argument("--extraction", action=on_off, default=True, help="the extraction section (default: on)")
     parser.add_argument("--training", action=on_off, default=True, help="the training section (default: on)")
+    parser.add_argument("--windows", action=on_off, default=True,
+                        help="the windows section: one whole video at each --window-lengths through the per-video "
+                             "runner with video.windows (the config's, else {length_s: 36, stride_s: 18}), seconds "
+                             "of video per second and peak RSS (default: on; ~70 s for 10 s and 10 min on 2 cores)")
+    parser.add_argument("--window-lengths", default="10,600", help="video lengths (s) for the windows section")
     parser.add_argument("--kernels", action=on_off, default=True,
                         help="the per-call figures: RAFT per pair, the motion CNN's input per stack (default: on)")
     parser.add_argument("--motion-epochs", type=int, default=6,
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         with hold_run_root(cfg, "benchmark --scale"):  # it writes reports/scale.json under the run root
             return scale.run(args.config, args.overrides, cfg.paths.output)
     scratch = tempfile.mkdtemp(prefix="benchmark-")
-    entries = benchmark_entries(cfg, args.demo_sets) if args.extraction or not args.training_root else []
+    needs_entries = args.extraction or (args.training and not args.training_root)
+    entries = benchmark_entries(cfg, args.demo_sets) if needs_entries else []
     report, lines = {}, []
     if args.extraction:
         figures = extraction.measure(cfg, entries, args.config, args.overrides,
@@ -99,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # e.g. unlabelled videos
             parser.exit(2, f"{parser.prog}: training section: {error} (--no-training skips it)\n")
         lines += training.format_lines(report["training"])
+    if args.windows:
+        from multistream.bench import windows
+        from multistream.ray.worker_env import worker_env
+
+        spec = windows.DEFAULT_WINDOWS
+        if cfg.video.windows is not None:
+            spec = f"{{length_s: {cfg.video.windows.length_s:g}, stride_s: {cfg.video.windows.stride_s:g}}}"
+        lengths = [float(s) for s in args.window_lengths.split(",") if s]
+        report["windows"] = {"spec": spec, "per_length": windows.windows_cost(
+            args.config, args.overrides, worker_env(cfg.ray.torch_threads), lengths, spec)}
+        lines += windows.format_lines(report["windows"])
     report["gpu"] = gpu.measure(cfg)
     if report["gpu"]:
         lines += gpu.format_lines(report["gpu"])
