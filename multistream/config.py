@@ -40,8 +40,9 @@ DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
 @dataclass(frozen=True)
 class WindowsConfig:
-    """Time windows over each whole video (docs/design.md#windows): window w covers [w x stride_s, w x stride_s +
-    length_s), one after another until every frame is in one; a video shorter than one window is one window."""
+    """Time windows over each whole video (docs/design.md#windows): in each shot, window k covers [shot start + k x
+    stride_s, ... + length_s), one after another until every frame of the shot is in one; a shot (or video)
+    shorter than one window is one window."""
 
     length_s: PosFloat = 36.0
     stride_s: PosFloat = 18.0
@@ -49,6 +50,11 @@ class WindowsConfig:
     # their anomaly scores' max (or mean) and the window of the highest one
     class_scores: Literal["mean", "max"] = "mean"
     anomaly_score: Literal["max", "mean"] = "max"
+    # a cut between shots: consecutive frames whose colour histograms (16 bins a channel) differ by more than
+    # this (half their L1 distance, 0..1; a cut in an edited video is ~0.1-0.7, motion within a shot ~0.03).
+    # Windows restart at each shot, so that none spans a cut, as no clip the models learned from does; None:
+    # the video is one shot
+    shot_cut: Fraction | None = 0.1
 
     def check(self) -> dict[str, str]:
         if self.stride_s > self.length_s:

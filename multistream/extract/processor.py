@@ -294,6 +294,7 @@ class VideoProcessor:
                     row = step(row)
                 if row["video"]["status"] != "ok":
                     return row
+                row.pop("flow", None)  # used by the window's models (predict's motion CNN), never stored
                 for name in ("spatial_s", "audio_s"):
                     seconds[name] = seconds.get(name, 0.0) + row["video"].get(name, 0.0)
                 done.append(row)

@@ -10,7 +10,7 @@ A row is a dict:
                   after decode (`multistream.predict.batch.TemporalStep`) replaces "flow" by it
     "embedding_<stream>": (E,) float32, the stream's RNN head on its sequence: only in `jobs/predict.py`, whose
                   heads (`multistream.predict.batch.HeadsStep`) replace the sequences by them before the commit
-    "windows":    (W, 6) float64 under video.windows: the arrays above are its W windows' concatenated, and each
+    "windows":    (W, 5) float64 under video.windows: the arrays above are its W windows' concatenated, and each
                   "embedding_<stream>" is (W, E) (`multistream.extract.windows.merge_windows`)
 An error row holds only "video". Between Ray stages a batch of rows travels as columns (`to_columns`): arrays
 as `.npy` bytes (so sequences of different lengths cross Arrow without ragged-tensor conversions) and the
@@ -224,20 +224,6 @@ def flow_table(video_id: str, flow: np.ndarray, clip_px: float) -> pa.Table:
         "data": pa.array([flow.tobytes()], pa.large_binary()),
         "clip_px": pa.array([clip_px], pa.float32()),
     }, schema=schema.FLOW_SCHEMA)
-
-
-def row_flow_table(row: dict, clip_px: float) -> pa.Table:
-    """`flow_table` of an ok row; of a merged window row, a row per window with its window columns."""
-    if "windows" not in row:
-        return flow_table(row["video"]["video_id"], row["flow"], clip_px)
-    rows = per_window([row])
-    return pa.table({
-        "video_id": [r["video"]["video_id"] for r in rows],
-        **window_columns(rows),
-        "shape": [list(r["flow"].shape) for r in rows],
-        "data": pa.array([r["flow"].tobytes() for r in rows], pa.large_binary()),
-        "clip_px": pa.array([clip_px] * len(rows), pa.float32()),
-    }, schema=schema.windowed(schema.FLOW_SCHEMA))
 
 
 def read_flow(row: dict) -> np.ndarray:

@@ -5,16 +5,20 @@ stored on its own (docs/design.md#windows).
         ...                                              # + "window": Span; positions index its own frames
     row = merge_windows(video, rows)                      # one row per video: arrays concatenated, "windows"
 
-Window w covers [w x stride_s, w x stride_s + length_s) of the video's clock; window w exists once a frame lies
-past the end of window w-1, so windows are added until every frame is in one, and a video shorter than one
-window is one window. Frames are decoded once and flow is computed once per consecutive pair, however many
-windows share them; only the frames, flow and audio of the windows still open are held (memory flat in
-duration). A window is the unit a UCF101 clip is: its own adaptive sampling over its frames, flow stacks
-within it (its first and last pairs repeat at its edges) and audio examples from its start.
+A video is cut into shots where consecutive frames' colour histograms jump (`windows.shot_cut`; a camera feed is
+one shot), and each shot into windows: window k of a shot covers [shot start + k x stride_s, ... + length_s) and
+exists once a frame of the shot lies past the end of window k-1, so windows are added until every frame is in
+one; a shot shorter than one window is one window, cut at the shot's end. No window spans a cut, as no clip the
+models learned from does. Windows are numbered through the video. Frames are decoded once and flow is computed
+once per consecutive pair, however many windows share them; only the frames, flow and audio of the windows not
+yet emitted are held (memory flat in duration). A window is the unit a UCF101 clip is: its own adaptive sampling
+over its frames, flow stacks within it (its first and last pairs repeat at its edges) and audio examples from
+its start.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -33,14 +37,14 @@ FLOW_CHUNK = 32  # frame pairs per flow call (as processor.FLOW_CHUNK)
 # far past it (a file whose audio is interleaved late, or ends early): its audio is silence beyond
 AUDIO_WAIT_S = 10.0
 # columns of a row's "windows" array, one row per window
-WINDOW_FIELDS = ("window", "start_s", "end_s", "positions", "audio", "flow")
+WINDOW_FIELDS = ("window", "start_s", "end_s", "positions", "audio")
 
 
 @dataclass(frozen=True)
 class Span:
-    index: int  # w: the window starts at w x stride_s
+    index: int  # the window's place in the video, from 0
     start_s: float
-    end_s: float  # exclusive; the last window's is cut at the video's end
+    end_s: float  # exclusive; a shot's last window's is cut at the shot's end
 
 
 class WindowedDecode:
@@ -63,9 +67,11 @@ class WindowedDecode:
         cfg, windows = self.cfg, self.windows
         started, flow_s = time.perf_counter(), 0.0
         size = cfg.spatial.image_size
-        buffer = _Buffer()  # the frames of the windows still open, from `buffer.first` on
+        buffer = _Buffer()  # the frames of the windows not yet emitted
         pending: list[np.ndarray] = []  # flow-size frames whose pairs are not computed yet (the last computed first)
-        opened, closed, n_samples = 1, 0, 0  # windows [closed, opened) are open
+        shot = _Shot(0.0, 0, windows)
+        complete: list[Span] = []  # windows whose frames are all decoded, in order, waiting for their audio
+        previous, n_samples = None, 0
 
         def compute_flow(keep_last: bool) -> None:
             nonlocal flow_s, pending
@@ -76,17 +82,18 @@ class WindowedDecode:
                 flow_s += time.perf_counter() - t0
             pending = pending[-1:] if keep_last else []
 
-        def close(w: int, extent: float):
+        def emit(spans: list[Span]):
             nonlocal n_samples
-            span = Span(w, w * windows.stride_s, min(w * windows.stride_s + windows.length_s, extent))
-            window = buffer.window(span, cfg, size)
-            if window is not None:
-                window["wave"] = reader.audio_between(span.start_s, span.end_s)
-                n_samples += len(window["positions"])
-            next_start = (w + 1) * windows.stride_s
-            buffer.drop_before(next_start)
-            reader.release_audio(next_start)
-            return window
+            compute_flow(keep_last=True)
+            for span in spans:
+                window = buffer.window(span, cfg, size)
+                if window is not None:
+                    window["wave"] = reader.audio_between(span.start_s, span.end_s)
+                    n_samples += len(window["positions"])
+                    yield window
+            keep = min([span.start_s for span in complete] + [shot.open_from])
+            buffer.drop_before(keep)
+            reader.release_audio(keep)
 
         with open_input(self.uri) as handle, open_video(handle, max_seconds=math.inf, audio_rate=cfg.video.audio_rate,
                                                         budget=Budget.of(cfg.video),
@@ -94,20 +101,19 @@ class WindowedDecode:
             info = reader.info
             scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
             for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
-                t = frame.time_s
-                while t >= _end(opened - 1, windows):
-                    opened += 1
-                ready = [w for w in range(closed, opened - 1)
-                         if t >= _end(w, windows) and (reader.audio_decoded_until >= _end(w, windows)
-                                                       or t >= _end(w, windows) + AUDIO_WAIT_S)]
+                t, histogram = frame.time_s, colour_histogram(frame.images["flow"])
+                if previous is not None and is_cut(previous, histogram, windows.shot_cut):
+                    complete += shot.finish(t)
+                    shot = _Shot(t, shot.next_index, windows)
+                else:
+                    complete += shot.advance(t)
+                previous = histogram
+                heard = max(reader.audio_decoded_until, t - AUDIO_WAIT_S)  # audio is decoded in time order
+                ready = list(itertools.takewhile(lambda span, heard=heard: heard >= span.end_s, complete))
                 if ready:
-                    compute_flow(keep_last=True)
-                    for w in ready:
-                        window = close(w, math.inf)
-                        if window is not None:
-                            yield window
-                    closed = ready[-1] + 1
-                buffer.add_frame(frame.time_s, frame.images["spatial"])
+                    complete = complete[len(ready):]
+                    yield from emit(ready)
+                buffer.add_frame(t, frame.images["spatial"])
                 pending.append(frame.images["flow"])
                 if len(pending) > FLOW_CHUNK:
                     compute_flow(keep_last=True)
@@ -119,11 +125,9 @@ class WindowedDecode:
                                  f"video.max_fps kept {n_frames} of its {reader.n_decoded} frames")
             # the video's end: its header's duration, or past its last frame where that is later (or unknown)
             last = buffer.times[-1] + 1.0 / max(reader.kept_fps, 1e-3) if buffer.times else 0.0
-            extent = max(reader.duration_s, last)
-            for w in range(closed, opened):
-                window = close(w, extent)
-                if window is not None:
-                    yield window
+            complete += shot.finish(max(reader.duration_s, last))
+            yield from emit(complete)
+            complete = []
             self.facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
                           "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height,
                           "n_frames": n_frames, "has_audio": info.has_audio and reader.audio_dropped is None,
@@ -131,8 +135,55 @@ class WindowedDecode:
         self.seconds = {"decode_s": time.perf_counter() - started - flow_s, "flow_s": flow_s}
 
 
-def _end(w: int, windows: WindowsConfig) -> float:
-    return w * windows.stride_s + windows.length_s
+def colour_histogram(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 → (3, 16) float64: each channel's 16-bin histogram, summing to 1."""
+    pixels = image.reshape(-1, 3) >> 4
+    return np.stack([np.bincount(pixels[:, c], minlength=16) for c in range(3)]) / len(pixels)
+
+
+def is_cut(before: np.ndarray, after: np.ndarray, threshold: float | None) -> bool:
+    """Whether two consecutive frames' `colour_histogram`s lie across a cut: half their L1 distance, averaged
+    over the channels (0: alike, 1: disjoint), above `threshold` (None: never)."""
+    return threshold is not None and float(np.abs(after - before).sum()) / 6.0 > threshold
+
+
+class _Shot:
+    """The windows of one shot, from its first frame's time `start_s`: window k covers [start_s + k x stride_s,
+    ... + length_s); window k exists once a frame of the shot lies past window k-1's end. Windows are numbered
+    across the video from `first_index`."""
+
+    def __init__(self, start_s: float, first_index: int, windows: WindowsConfig):
+        self.start_s, self.first_index, self.windows = start_s, first_index, windows
+        self.opened, self.done = 1, 0  # windows [done, opened) are open
+
+    def _start(self, k: int) -> float:
+        return self.start_s + k * self.windows.stride_s
+
+    def _span(self, k: int, end_s: float) -> Span:
+        return Span(self.first_index + k, self._start(k), min(self._start(k) + self.windows.length_s, end_s))
+
+    @property
+    def open_from(self) -> float:
+        """The start of the earliest window still open."""
+        return self._start(self.done)
+
+    @property
+    def next_index(self) -> int:
+        return self.first_index + self.opened
+
+    def advance(self, time_s: float) -> list[Span]:
+        """A frame of the shot at `time_s` arrives: the windows it opens; returns those it completes."""
+        while time_s >= self._start(self.opened - 1) + self.windows.length_s:
+            self.opened += 1
+        finished = [k for k in range(self.done, self.opened) if time_s >= self._start(k) + self.windows.length_s]
+        self.done += len(finished)
+        return [self._span(k, math.inf) for k in finished]
+
+    def finish(self, end_s: float) -> list[Span]:
+        """The shot ends at `end_s` (a cut, or the video's end): its open windows, cut there."""
+        spans = [self._span(k, end_s) for k in range(self.done, self.opened)]
+        self.done = self.opened
+        return spans
 
 
 class _Buffer:
@@ -184,24 +235,24 @@ class _Buffer:
 
 def merge_windows(video: dict, windows: list[dict]) -> dict:
     """One video's finished window rows → its row: "positions" (frame indices in the video), "timestamps",
-    "magnitudes", "spatial", "temporal", "audio" and "flow" concatenated over the windows in order, and
-    "windows" (W, len(WINDOW_FIELDS)) float64: each window's index, start_s, end_s and its counts of
-    positions, audio examples and flow pairs (how to cut the concatenations back: `split_windows`)."""
+    "magnitudes", "spatial", "temporal" and "audio" concatenated over the windows in order, and "windows"
+    (W, len(WINDOW_FIELDS)) float64: each window's index, start_s, end_s and its counts of positions and audio
+    examples (how to cut the concatenations back: `split_windows`). A window's flow is not kept: it served the
+    window's flow stacks, and a video's flow is stored only where it is a training clip (no windows)."""
     row = {"video": video}
-    for key in ("positions", "timestamps", "magnitudes", "spatial", "temporal", "audio", "flow"):
+    for key in ("positions", "timestamps", "magnitudes", "spatial", "temporal", "audio"):
         if windows and key in windows[0]:
             parts = [w[key] + (w["first"] if key == "positions" else 0) for w in windows]
             row[key] = np.concatenate(parts).astype(parts[0].dtype, copy=False)
     row["windows"] = np.array([[w["window"].index, w["window"].start_s, w["window"].end_s, len(w["positions"]),
-                                len(w["audio"]) if "audio" in w else 0, len(w["flow"]) if "flow" in w else 0]
-                               for w in windows], np.float64).reshape(-1, len(WINDOW_FIELDS))
+                                len(w["audio"]) if "audio" in w else 0] for w in windows],
+                              np.float64).reshape(-1, len(WINDOW_FIELDS))
     return row
 
 
 def split_windows(row: dict, key: str) -> list[np.ndarray]:
     """A merged row's `key` array cut back into its windows' (by the counts in "windows")."""
-    column = {"audio": 4, "flow": 5}.get(key, 3)
-    counts = row["windows"][:, column].astype(np.int64)
+    counts = row["windows"][:, 4 if key == "audio" else 3].astype(np.int64)
     return np.split(row[key], np.cumsum(counts)[:-1]) if len(counts) else []
 
 

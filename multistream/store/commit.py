@@ -39,8 +39,8 @@ from multistream.extract.rows import (
     EMBEDDINGS,
     embedded_table,
     features_table,
+    flow_table,
     row_bytes,
-    row_flow_table,
     videos_table,
 )
 from multistream.store import schema, storage
@@ -175,7 +175,7 @@ def commit(rows: list[dict], run: RunRoot, clip_px: float, max_bytes: float) -> 
         name = part_name([row["video"]["video_id"] for row in group])
         ok = [row for row in group if row["video"]["status"] == "ok"]
         with_flow = [row for row in ok if "flow" in row]
-        parts = [(pa.concat_tables([row_flow_table(row, clip_px) for row in with_flow]),
+        parts = [(pa.concat_tables([flow_table(row["video"]["video_id"], row["flow"], clip_px) for row in with_flow]),
                   run.flow)] if with_flow else []
         if any("spatial" in row for row in ok):
             parts.append((features_table(ok), run.features))

@@ -1,6 +1,6 @@
 """A whole video in time windows (`video.windows`), without Ray: the windows' spans and contents, flow computed
-once per pair, a short video as one window equal to the whole-clip decode, audio cut from the one stream, and the
-tables a merged row gives (windows off: today's schemas)."""
+once per pair, a short video as one window equal to the whole-clip decode, audio cut from the one stream, windows
+restarting at each cut between shots, and the tables a merged row gives (windows off: today's schemas)."""
 
 import math
 
@@ -11,7 +11,8 @@ from multistream.config import load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.flow.registry import make_flow_estimator
 from multistream.extract.processor import VideoProcessor, decode_video
-from multistream.extract.rows import embedded_table, features_table, row_flow_table
+from multistream.demo.longvideo import make_long_video
+from multistream.extract.rows import embedded_table, features_table
 from multistream.extract.video import open_video
 from multistream.extract.windows import WindowedDecode, merge_windows, spans, split_windows
 from multistream.store import schema
@@ -20,8 +21,9 @@ from tests.support.helpers import write_test_video
 SMALL = ["flow.size=[64, 48]", "spatial.image_size=32", "sampling.max_seq_len=8", "sampling.segments=4"]
 
 
-def windowed(length: float, stride: float, *more: str):
-    return load_config(overrides=[*SMALL, f"video.windows={{length_s: {length}, stride_s: {stride}}}", *more])
+def windowed(length: float, stride: float, *more: str, shot_cut: str = "0.1"):
+    return load_config(overrides=[*SMALL, f"video.windows={{length_s: {length}, stride_s: {stride}, shot_cut: {shot_cut}}}",
+                                  *more])
 
 
 class CountingFlow:
@@ -95,6 +97,21 @@ def test_each_windows_audio_is_its_span_of_the_one_stream(long_video):
         assert np.abs(w["wave"]).max() > 0.3  # the tone, not silence
 
 
+def test_windows_restart_at_each_cut_and_none_spans_one(tmp_path):
+    first = write_test_video(tmp_path / "a.mp4", frames=45, size=(96, 72), fps=15, seed=0)
+    second = write_test_video(tmp_path / "b.mp4", frames=60, size=(96, 72), fps=15, seed=3)
+    segments = make_long_video(tmp_path / "edited.mp4", [(str(first), "a"), (str(second), "b")], size=(96, 72))
+    cut = segments[0].end_s  # 3.0 s
+    cfg = windowed(2, 1)
+    spans = [w["window"] for w in WindowedDecode(str(tmp_path / "edited.mp4"), cfg, make_flow_estimator(cfg.flow))]
+    assert [(s.index, s.start_s, s.end_s) for s in spans] == [(0, 0, 2), (1, 1, 3), (2, 3, 5), (3, 4, 6), (4, 5, 7)]
+    assert not any(s.start_s < cut < s.end_s for s in spans)
+    one_shot = windowed(2, 1, shot_cut="null")
+    spans = [w["window"] for w in WindowedDecode(str(tmp_path / "edited.mp4"), one_shot,
+                                                 make_flow_estimator(one_shot.flow))]
+    assert any(s.start_s < cut < s.end_s for s in spans) and spans[-1].end_s == 7
+
+
 def test_a_long_decode_is_held_to_its_deadline_per_max_seconds_of_video(long_video):
     cfg = windowed(4, 3, "video.deadline_s=0.000001", "video.max_seconds=2")
     row = VideoProcessor(cfg)(VideoEntry("v", str(long_video), None, None))
@@ -113,8 +130,7 @@ def test_the_processor_merges_the_windows_and_the_tables_have_a_row_per_window(l
     features = features_table([row])
     assert features.schema.equals(schema.windowed(schema.features_schema(row["spatial"].shape[1])))
     assert features["window"].to_pylist() == [0, 1, 2] and features["end_s"].to_pylist() == [4, 7, 10]
-    flow = row_flow_table(row, cfg.flow.clip_px)
-    assert [s[0] for s in flow["shape"].to_pylist()] == [39, 39, 39] and flow["window"].to_pylist() == [0, 1, 2]
+    assert "flow" not in row  # served the windows' models; a windowed video's flow is never stored
     merged = row | {"embedding_spatial": np.arange(6, dtype=np.float32).reshape(3, 2)}
     embeddings = embedded_table([merged])
     assert embeddings["window"].to_pylist() == [0, 1, 2]
@@ -126,7 +142,7 @@ def test_windows_off_gives_todays_tables(long_video):
     row = VideoProcessor(cfg)(VideoEntry("v", str(long_video), "a", "test"))
     assert "windows" not in row
     assert features_table([row]).schema.equals(schema.features_schema(row["spatial"].shape[1]))
-    assert row_flow_table(row, 20.0).schema.equals(schema.FLOW_SCHEMA)
+    assert row["flow"].shape == (99, 48, 64, 2)
     assert embedded_table([row | {"embedding_spatial": np.zeros(2, np.float32)}]).schema.equals(
         schema.embeddings_schema(2))
 
