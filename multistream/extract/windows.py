@@ -5,8 +5,8 @@ stored on its own (docs/design.md#windows).
         ...                                              # + "window": Span; positions index its own frames
     row = merge_windows(video, rows)                      # one row per video: arrays concatenated, "windows"
 
-A video is cut into shots where consecutive frames' colour histograms jump (`windows.shot_cut`; a camera feed is
-one shot), and each shot into windows: window k of a shot covers [shot start + k x stride_s, ... + length_s) and
+A video is cut into shots where consecutive frames' colour histograms jump well above their recent jumps
+(`CutDetector`, `windows.shot_cut`; a camera feed is one shot), and each shot into windows: window k of a shot covers [shot start + k x stride_s, ... + length_s) and
 exists once a frame of the shot lies past the end of window k-1, so windows are added until every frame is in
 one; a shot shorter than one window is one window, cut at the shot's end. No window spans a cut, as no clip the
 models learned from does. Windows are numbered through the video. Frames are decoded once and flow is computed
@@ -18,6 +18,7 @@ its start.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import time
@@ -71,7 +72,7 @@ class WindowedDecode:
         pending: list[np.ndarray] = []  # flow-size frames whose pairs are not computed yet (the last computed first)
         shot = _Shot(0.0, 0, windows)
         complete: list[Span] = []  # windows whose frames are all decoded, in order, waiting for their audio
-        previous, n_samples = None, 0
+        cuts, n_samples = CutDetector(windows.shot_cut), 0
 
         def compute_flow(keep_last: bool) -> None:
             nonlocal flow_s, pending
@@ -101,13 +102,12 @@ class WindowedDecode:
             info = reader.info
             scale = (info.width / cfg.flow.size[0], info.height / cfg.flow.size[1])
             for frame in reader.frames({"flow": cfg.flow.size, "spatial": (size, size)}):
-                t, histogram = frame.time_s, colour_histogram(frame.images["flow"])
-                if previous is not None and is_cut(previous, histogram, windows.shot_cut):
+                t = frame.time_s
+                if cuts(t, frame.images["flow"]):
                     complete += shot.finish(t)
                     shot = _Shot(t, shot.next_index, windows)
                 else:
                     complete += shot.advance(t)
-                previous = histogram
                 heard = max(reader.audio_decoded_until, t - AUDIO_WAIT_S)  # audio is decoded in time order
                 ready = list(itertools.takewhile(lambda span, heard=heard: heard >= span.end_s, complete))
                 if ready:
@@ -141,10 +141,32 @@ def colour_histogram(image: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(pixels[:, c], minlength=16) for c in range(3)]) / len(pixels)
 
 
-def is_cut(before: np.ndarray, after: np.ndarray, threshold: float | None) -> bool:
-    """Whether two consecutive frames' `colour_histogram`s lie across a cut: half their L1 distance, averaged
-    over the channels (0: alike, 1: disjoint), above `threshold` (None: never)."""
-    return threshold is not None and float(np.abs(after - before).sum()) / 6.0 > threshold
+class CutDetector:
+    """Cuts between shots, frame by frame: the jump of consecutive frames' `colour_histogram`s (half their L1
+    distance averaged over the channels: 0 alike, 1 disjoint) is a cut where it is above `threshold` and above
+    CUT_RATIO x every jump of the last LOOKBACK_S seconds: a strobe or a flicker jumps all the time and is one
+    shot, and two cuts are at least LOOKBACK_S apart. `threshold` None: never a cut."""
+
+    CUT_RATIO = 3.0
+    LOOKBACK_S = 1.0
+
+    def __init__(self, threshold: float | None):
+        self.threshold = threshold
+        self.previous: np.ndarray | None = None
+        self.recent: collections.deque[tuple[float, float]] = collections.deque()  # (time, jump)
+
+    def __call__(self, time_s: float, image: np.ndarray) -> bool:
+        """Whether a cut lies between the previous frame and this one (at `time_s`, (H, W, 3) uint8)."""
+        if self.threshold is None:
+            return False
+        histogram = colour_histogram(image)
+        jump = 0.0 if self.previous is None else float(np.abs(histogram - self.previous).sum()) / 6.0
+        self.previous = histogram
+        while self.recent and self.recent[0][0] < time_s - self.LOOKBACK_S:
+            self.recent.popleft()
+        cut = jump > self.threshold and all(jump > self.CUT_RATIO * earlier for _, earlier in self.recent)
+        self.recent.append((time_s, jump))
+        return cut
 
 
 class _Shot:
