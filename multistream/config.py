@@ -52,7 +52,7 @@ class WindowsConfig:
     anomaly_score: Literal["max", "mean"] = "max"
     # a cut between shots: consecutive frames whose colour histograms (16 bins a channel) differ by more than
     # this (half their L1 distance, 0..1; a cut in an edited video is ~0.1-0.7, motion within a shot ~0.03) and
-    # by 3x more than any two frames of the second before (a flicker is no cut). Windows restart at each shot,
+    # by 2.5x more than any two frames of the second before (a flicker is no cut). Windows restart at each shot,
     # so that none spans a cut, as no clip the models learned from does; None: the video is one shot
     shot_cut: Fraction | None = 0.1
 

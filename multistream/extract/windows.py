@@ -147,7 +147,7 @@ class CutDetector:
     CUT_RATIO x every jump of the last LOOKBACK_S seconds: a strobe or a flicker jumps all the time and is one
     shot, and two cuts are at least LOOKBACK_S apart. `threshold` None: never a cut."""
 
-    CUT_RATIO = 3.0
+    CUT_RATIO = 2.5
     LOOKBACK_S = 1.0
 
     def __init__(self, threshold: float | None):
