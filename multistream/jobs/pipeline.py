@@ -20,7 +20,9 @@ then holds both, and train_rnn shows "chained".
 With `anomaly.fit_on: windows` a windows step runs before fuse: every video of the manifest is embedded in time
 windows (video.windows, or WindowsConfig()'s where unset) by the trained motion CNN and RNN heads into the run
 root `windows/` (its `videos/` and windowed `embeddings/`, as jobs/predict.py extracts), which the anomaly
-autoencoder is then fitted and calibrated on. It resumes like extract and skips itself when every video is in.
+autoencoder is then fitted and calibrated on. It resumes like extract and skips itself when every video is in;
+`windows/models.json` records the sha256 of the models that embedded them, and windows/ embedded by other models
+than `models/` now holds is refused (remove it to embed again).
 Everything the models train on is extracted from whole clips: video.windows applies to that step only.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +42,7 @@ from multistream.config import Config, WindowsConfig
 from multistream.dataset.inputs import prepare_input
 from multistream.fuse.results import FuseResult, summary_table
 from multistream.ray.guard import start_job
-from multistream.store import runinfo
+from multistream.store import runinfo, storage
 from multistream.store.layout import RunRoot
 from multistream.store.uris import redact
 from multistream.streams import STREAMS
@@ -102,6 +105,9 @@ def _rnn_figures(result) -> dict:
             "top1": {stream: r.top1 for stream, r in result.streams.items()}}
 
 
+WINDOW_MODELS = "models.json"  # windows/models.json: {model file: sha256} of the models that embedded windows/
+
+
 def windows_config(cfg: Config) -> Config:
     """The config of the windows step: `cfg` writing into the run root's `windows/`, in video.windows (or
     WindowsConfig()'s)."""
@@ -119,6 +125,12 @@ def _windows(cfg: Config, retry_errors: bool = False) -> dict:
     windowed = windows_config(cfg)
     check_predict_devices(windowed)
     bundle = embedding_bundle(cfg.paths.output)
+    # the models' sha256 the windows were embedded with: windows of other models never mix in
+    record = storage.join(windowed.paths.output, WINDOW_MODELS)
+    if storage.exists(record) and json.loads(storage.read_text(record)) != bundle.manifest["files"]:
+        raise RuntimeError(f"{windowed.paths.output} was embedded by other models than {bundle.uri} holds now: "
+                           "remove it to embed every video again with these")
+    storage.write_text(record, json.dumps(bundle.manifest["files"], indent=2, sort_keys=True))
     summary = run_extract(windowed, retry_errors=retry_errors,
                           after_decode=functools.partial(temporal_step, windowed, bundle, False),
                           finish=Finish(HeadsStage, "embed", {"bundle": bundle, "keep_flow": False}))

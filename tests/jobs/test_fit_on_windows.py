@@ -1,6 +1,7 @@
 """anomaly.fit_on: windows — the models train on whole clips, the autoencoder on the window embeddings of the normal
 videos, its threshold from the val windows' out-of-fold scores, each video scored by its windows' maximum."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -93,3 +94,12 @@ def test_the_autoencoder_fits_and_calibrates_on_windows_and_the_report_draws_the
         "extract": "skipped", "train_motion": "skipped", "train_rnn": "skipped", "windows": "skipped",
         "fuse": "skipped", "report": "ran"}
     assert (root / "anomaly" / "fuse.parquet").stat().st_mtime_ns == stamp
+
+    # windows embedded by models other than those now under models/ are refused, never mixed with new ones
+    record = root / "windows" / "models.json"
+    embedded_with = json.loads(record.read_text())
+    assert set(embedded_with) == {f"{name}/{file}" for name in ("motion_cnn", "rnn_spatial", "rnn_temporal", "rnn_audio")
+                                  for file in ("model.safetensors", "model.json")}
+    record.write_text(json.dumps(embedded_with | {"motion_cnn/model.safetensors": "0" * 64}))
+    with pytest.raises(RuntimeError, match="embedded by other models"):
+        run_pipeline(cfg)
