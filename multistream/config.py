@@ -246,6 +246,11 @@ class AnomalyConfig:
     calibration: Fraction = 0.25  # "val" without a val split only: share of train held out to calibrate on
     seed: int = 0
     device: Device = "auto"  # the autoencoder trains where the fuse job runs
+    # "videos": fitted on, calibrated on and scoring one embedding per clip; "windows": fitted on the window
+    # embeddings of the normal train+val videos (the pipeline embeds every video in windows with the trained
+    # models: `<run>/windows/`), calibrated on the val windows, each video scored by its windows' scores
+    # aggregated as video.windows.anomaly_score. The windows are video.windows, or WindowsConfig()'s where unset
+    fit_on: Literal["videos", "windows"] = "videos"
 
 
 def actors_form(value: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The fuse job's input: `embeddings/` of a run root as one row per video, and a digest of its content."""
+"""The fuse job's input: `embeddings/` of a run root as one row per video (or, windowed, per window), and a digest
+of its content."""
 
 from __future__ import annotations
 
@@ -92,6 +93,31 @@ def load_embeddings(root: str) -> Embeddings:
     return Embeddings(list(first), labels, splits, features)
 
 
+WINDOW_SPANS = ["video_id", "label", "split", "window", "start_s", "end_s"]
+
+
+def load_window_embeddings(root: str) -> tuple[Embeddings, pa.Table]:
+    """The windowed `embeddings/` of a run root (`video.windows`) → (one row per (video, window): `video_id`
+    repeats over a video's windows, per stream (W, D_s) float32; the W rows' WINDOW_SPANS columns, in the same
+    order: by video_id, then window)."""
+    uri = RunRoot(root).embeddings
+    table = storage.read_table(uri)
+    if table.num_rows == 0:
+        raise RuntimeError(f"no window embeddings under {uri}: the pipeline's windows step writes them")
+    if not schema.is_windowed(table.schema):
+        raise RuntimeError(f"{uri} was not extracted in time windows (it has no window column)")
+    table = table.sort_by([("video_id", "ascending"), ("window", "ascending")])
+    features = {}
+    for stream in schema.STREAMS:
+        if stream in table.column_names:
+            rows = _vectors(table[stream])
+            if rows.shape[1] and not np.isnan(rows).all():
+                features[stream] = rows
+    data = Embeddings(table["video_id"].to_pylist(), table["label"].to_pylist(), table["split"].to_pylist(),
+                      features)
+    return data, table.select(WINDOW_SPANS)
+
+
 def embeddings_fingerprint(root: str) -> str:
     """A digest of the content of `embeddings/` (ids, labels, splits, vectors), whatever its part layout.
 
@@ -100,7 +126,8 @@ def embeddings_fingerprint(root: str) -> str:
     table = storage.read_table(RunRoot(root).embeddings)
     if table.num_rows == 0:
         return ""
-    table = table.sort_by("video_id")
+    table = table.sort_by([("video_id", "ascending"), ("window", "ascending")] if schema.is_windowed(table.schema)
+                          else "video_id")
     digest = hashlib.sha1()
     for name in sorted(table.column_names):
         digest.update(name.encode())

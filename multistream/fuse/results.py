@@ -59,6 +59,12 @@ class AnomalyResult:
     flagged: dict[str, int]  # per split
     splits: dict[str, str]  # {"fit": "train", "calibrate": "val", "score": "test + anomaly"}
     quantile: str = "empirical"  # how the threshold was read off the calibration scores (anomaly.quantile)
+    # "videos": n_fit and n_calibration count videos; "windows" (anomaly.fit_on): they count windows, and the
+    # video figures (n_test_normal, n_anomaly, the rates, ROC AUC, flagged) are of each video's aggregated score
+    fit_on: str = "videos"
+    # fit_on windows: {"fit_videos", "calibration_videos"}, the windows per split ({split: count}) under "windows",
+    # the rule of a video's score ("anomaly_score": max | mean) and the window length_s and stride_s
+    windows: dict | None = None
     history: list[float] = field(default_factory=list)  # autoencoder training loss per epoch
     device: str = "cpu"
     seconds: float = 0.0

@@ -21,6 +21,13 @@ Every video with an embedding gets a prediction and an anomaly score: a cross-fi
 out-of-fold one (its own fold's autoencoder), any other video the folds' mean. Each output table is
 rewritten as one part.
 
+With `anomaly.fit_on: windows` the autoencoder's rows are windows, not videos: the window embeddings of
+`windows/` (the pipeline's windows step), folded by whole videos (a video's windows share its group), its
+threshold calibrated on the val windows' out-of-fold scores; every window is scored as above and each video's
+score is its windows' aggregated by video.windows.anomaly_score (max by default). The detection figures are of
+those per-video scores, and `anomaly/` is windowed: each video's own row, then its window rows
+(`multistream.predict.batch.window_rows`, as jobs/predict.py writes it).
+
 Why: the RNNs memorise their train videos and the autoencoder whatever it is fitted on, so a threshold from
 scores of fitted videos flags every new video; out of fold, the train videos still score low, their
 embeddings coming from RNNs fitted on them. The rule and the demo's figures: docs/design.md#anomaly-threshold.
@@ -38,10 +45,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from multistream.config import Config
+from multistream.config import Config, WindowsConfig
 from multistream.dataset.splits import group_folds
 from multistream.fuse.anomaly import AnomalyDetector, cross_fit, detection_figures
-from multistream.fuse.data import Embeddings, embeddings_fingerprint, has_audio, load_embeddings
+from multistream.fuse.data import (
+    Embeddings,
+    embeddings_fingerprint,
+    has_audio,
+    load_embeddings,
+    load_window_embeddings,
+)
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
 from multistream.fuse.svm import FusionModel, choose_c, evaluate_predictions, stream_ablation
 from multistream.store import layout, modelio, runinfo, schema
@@ -59,11 +72,16 @@ FIT, CALIBRATE, TEST, ANOMALY = "train", "val", "test", "anomaly"
 CueFigures = Callable[[tuple[str, ...], list[str], list[str], dict[str, np.ndarray]], dict]
 
 
-def is_current(root: str) -> bool:
-    """True when the fusion outputs exist and were fitted on the embeddings now under `root`."""
+def is_current(root: str, fit_on: str = "videos") -> bool:
+    """True when the fusion outputs exist and were fitted on the embeddings now under `root` (and, with `fit_on`
+    windows, the autoencoder on the window embeddings now under `windows/`)."""
     run = RunRoot(root)
     metrics = runinfo.read_json(root, runinfo.METRICS)
     fingerprint = metrics.get("fusion", {}).get("embeddings_fingerprint")
+    anomaly = metrics.get("anomaly", {})
+    if anomaly.get("fit_on", "videos") != fit_on or fit_on == "windows" and (
+            anomaly.get("windows", {}).get("embeddings_fingerprint") != embeddings_fingerprint(run.windows.uri)):
+        return False
     return (bool(fingerprint) and "anomaly" in metrics and fingerprint == embeddings_fingerprint(root)
             and modelio.has_model(run.model(layout.SVM)) and modelio.has_model(run.model(layout.AUTOENCODER)))
 
@@ -116,10 +134,10 @@ def _calibration_rows(cfg: Config, data: Embeddings) -> tuple[np.ndarray, np.nda
     fit, val = data.split_mask(FIT), data.split_mask(CALIBRATE)
     if val.any():
         return fit, val, CALIBRATE
-    rows = np.flatnonzero(fit)
-    held = np.random.default_rng(cfg.anomaly.seed).permutation(rows)[:max(1, round(cfg.anomaly.calibration * len(rows)))]
-    calibration = np.zeros_like(fit)
-    calibration[held] = True
+    videos = list(dict.fromkeys(data.video_id[i] for i in np.flatnonzero(fit)))  # a video's windows go together
+    chosen = np.random.default_rng(cfg.anomaly.seed).permutation(len(videos))
+    held = {videos[i] for i in chosen[:max(1, round(cfg.anomaly.calibration * len(videos)))]}
+    calibration = fit & np.asarray([v in held for v in data.video_id], dtype=bool)
     log.warning("no 'val' videos: the anomaly threshold is calibrated on %d held-out train videos, which the "
                 "RNNs were fitted on (expect too many false alarms on new videos)", len(held))
     return fit & ~calibration, calibration, f"{FIT} (held out of the autoencoder only)"
@@ -167,21 +185,31 @@ def _fit_calibrated(cfg: Config, data: Embeddings, x: np.ndarray, held_out: np.n
     return detector, fit, calibration, held_out, FIT
 
 
-def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
-                 ) -> tuple[np.ndarray, np.ndarray, AnomalyResult]:
-    """→ per-video scores (N,) float64, flags (N,) bool and the anomaly result."""
-    started = time.perf_counter()
+def _scored_rows(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
+                 ) -> tuple[AnomalyDetector, np.ndarray, np.ndarray, np.ndarray, str, np.ndarray]:
+    """The autoencoder fitted and calibrated on the N rows of `data` (videos or windows) and saved → (it, fit
+    mask (N,), calibration mask (N,), the name of the fit split, each row's score (N,) float64)."""
     x = np.concatenate([data.features[s] for s in streams], axis=1)  # (N, sum D_s)
     detector, fit, calibration, held_out, fit_split = _calibrated_detector(cfg, data, x)
     detector.save(run.model(layout.AUTOENCODER))
-    test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
-    # the cross-fitted videos keep their out-of-fold scores: the folds' mean, 4 of 5 fitted on each, would hide
+    # the cross-fitted rows keep their out-of-fold scores: the folds' mean, 4 of 5 fitted on each, would hide
     # an anomaly among them; only the others are scored by the whole detector
     scores, rest = held_out.copy(), np.isnan(held_out)
     scores[rest] = detector.score(x[rest])
+    return detector, fit, calibration, fit_split, scores
+
+
+def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: RunRoot
+                 ) -> tuple[pa.Table, AnomalyResult]:
+    """→ the `anomaly/` table (a row per video, or windowed with `anomaly.fit_on: windows`) and the result."""
+    if cfg.anomaly.fit_on == "windows":
+        return _fit_anomaly_on_windows(cfg, streams, run)
+    started = time.perf_counter()
+    detector, fit, calibration, fit_split, scores = _scored_rows(cfg, data, streams, run)
+    test, anomalous = data.split_mask(TEST), data.split_mask(ANOMALY)
     flagged = detector.is_anomaly(scores)
     result = AnomalyResult(
-        streams=list(streams), input_dim=int(x.shape[1]), n_fit=int(fit.sum()),
+        streams=list(streams), input_dim=sum(data.features[s].shape[1] for s in streams), n_fit=int(fit.sum()),
         n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
         threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr, quantile=detector.calibration["quantile"],
         calibration_fpr=float(flagged[calibration].mean()),
@@ -189,7 +217,50 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
         flagged={split: int(flagged[data.split_mask(split)].sum()) for split in sorted({str(s) for s in data.split})},
         splits={"fit": fit_split, "calibrate": detector.calibration["split"], "score": f"{TEST} + {ANOMALY}"},
         history=detector.history, device=str(detector.device), seconds=time.perf_counter() - started)
-    return scores, flagged, result
+    table = pa.table({"video_id": data.video_id, "split": data.split, "score": scores.astype(np.float32),
+                      "is_anomaly": flagged}, schema=schema.ANOMALY_SCHEMA)
+    return table, result
+
+
+def _fit_anomaly_on_windows(cfg: Config, streams: tuple[str, ...], run: RunRoot) -> tuple[pa.Table, AnomalyResult]:
+    """The autoencoder fitted and calibrated on the window embeddings under `windows/`, every window scored,
+    each video's score its windows' aggregated → (the windowed `anomaly/` table, the result)."""
+    from multistream.predict.batch import window_rows, windowed_anomaly_table
+
+    started = time.perf_counter()
+    data, spans = load_window_embeddings(run.windows.uri)
+    missing = [s for s in streams if s not in data.features]
+    if missing:
+        raise RuntimeError(f"{run.windows.embeddings} has no {', '.join(missing)} embeddings, which the fusion uses")
+    detector, fit, calibration, fit_split, scores = _scored_rows(cfg, data, streams, run)
+    rules = cfg.video.windows or WindowsConfig()
+    rows = window_rows(spans, None, scores, rules, detector.is_anomaly)
+    videos = [row for row in rows if row["window"] is None]
+    video_split = np.asarray([str(row["split"]) for row in videos])
+    video_scores = np.asarray([row["score"] for row in videos])
+    video_flagged = np.asarray([row["is_anomaly"] for row in videos], dtype=bool)
+    test, anomalous = video_split == TEST, video_split == ANOMALY
+    window_flagged = detector.is_anomaly(scores)
+    result = AnomalyResult(
+        streams=list(streams), input_dim=sum(data.features[s].shape[1] for s in streams), n_fit=int(fit.sum()),
+        n_calibration=int(calibration.sum()), n_test_normal=int(test.sum()), n_anomaly=int(anomalous.sum()),
+        threshold=detector.threshold, target_fpr=cfg.anomaly.target_fpr, quantile=detector.calibration["quantile"],
+        calibration_fpr=float(window_flagged[calibration].mean()),
+        **detection_figures(video_scores, video_flagged, anomalous, test),
+        flagged={split: int(video_flagged[video_split == split].sum()) for split in sorted(set(video_split))},
+        splits={"fit": f"{fit_split} windows", "calibrate": f"{detector.calibration['split']} windows",
+                "score": f"{TEST} + {ANOMALY}, each video its windows' {rules.anomaly_score}"},
+        history=detector.history, device=str(detector.device), seconds=time.perf_counter() - started,
+        fit_on="windows", windows={
+            "fit_videos": len({data.video_id[i] for i in np.flatnonzero(fit)}),
+            "calibration_videos": len({data.video_id[i] for i in np.flatnonzero(calibration)}),
+            "windows": {split: int(count) for split, count in zip(*np.unique(np.asarray(data.split, dtype=str),
+                                                                              return_counts=True), strict=True)},
+            "anomaly_score": rules.anomaly_score, "length_s": rules.length_s, "stride_s": rules.stride_s,
+            "embeddings_fingerprint": embeddings_fingerprint(run.windows.uri)})
+    log.info("anomaly: fitted on %d windows of %d videos, threshold from %d calibration windows", result.n_fit,
+             result.windows["fit_videos"], result.n_calibration)
+    return windowed_anomaly_table(rows), result
 
 
 def run_fuse(cfg: Config, cue_figures: CueFigures | None = None) -> FuseResult:
@@ -229,11 +300,8 @@ def _run_fuse(cfg: Config, cue_figures: CueFigures | None) -> FuseResult:
     runinfo.update_metrics(root, "fusion", dataclasses.asdict(fusion))
     log.info("fusion top-1 %.4f on %d test videos", fusion.top1, fusion.n_test)
 
-    anomaly_scores, flagged, anomaly = _fit_anomaly(cfg, data, streams, run)
-    replace_table(pa.table({
-        "video_id": data.video_id, "split": data.split, "score": anomaly_scores.astype(np.float32),
-        "is_anomaly": flagged,
-    }, schema=schema.ANOMALY_SCHEMA), run.anomaly, PART)
+    table, anomaly = _fit_anomaly(cfg, data, streams, run)
+    replace_table(table, run.anomaly, PART)
     runinfo.update_metrics(root, "anomaly", dataclasses.asdict(anomaly))
     log.info("anomaly: ROC AUC %s, false-positive rate %s at a %.2f target, detection rate %s", anomaly.roc_auc,
              anomaly.false_positive_rate, anomaly.target_fpr, anomaly.detection_rate)

@@ -1,4 +1,4 @@
-"""Run the whole pipeline in one command: extract → train_motion → train_rnn (all streams) → fuse → report.
+"""Run the whole pipeline in one command: extract → train_motion → train_rnn (all streams) → [windows] → fuse → report.
 
 Writes every table and model of the separate jobs under --output, plus reports/report.html. With no
 arguments it generates the embedded demo dataset (runs/demo-data) and runs on it (runs/demo). Re-running
@@ -16,10 +16,21 @@ continues where it stopped when started again with the same output. Per-step and
 and kept in the "pipeline" section of `reports/metrics.json`. On a fresh run root the motion CNN and the RNN
 heads are fitted in one Ray Train run (`ray.train.chain`, `multistream.ray.chain`): the train_motion step
 then holds both, and train_rnn shows "chained".
+
+With `anomaly.fit_on: windows` a windows step runs before fuse: every video of the manifest is embedded in time
+windows (video.windows, or WindowsConfig()'s where unset) by the trained motion CNN and RNN heads into the run
+root `windows/` (its `videos/` and windowed `embeddings/`, as jobs/predict.py extracts), which the anomaly
+autoencoder is then fitted and calibrated on. It resumes like extract and skips itself when every video is in;
+`windows/models.json` records the sha256 of the models that embedded them, and windows/ embedded by other models
+than `models/` now holds is refused (remove it to embed again).
+Everything the models train on is extracted from whole clips: video.windows applies to that step only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,11 +38,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from multistream.cli import add_retry_errors, job_parser, parse_job_args
-from multistream.config import Config
+from multistream.config import Config, WindowsConfig
 from multistream.dataset.inputs import prepare_input
 from multistream.fuse.results import FuseResult, summary_table
 from multistream.ray.guard import start_job
-from multistream.store import runinfo
+from multistream.store import runinfo, storage
+from multistream.store.layout import RunRoot
 from multistream.store.uris import redact
 from multistream.streams import STREAMS
 from multistream.train.progress import job_run
@@ -93,13 +105,48 @@ def _rnn_figures(result) -> dict:
             "top1": {stream: r.top1 for stream, r in result.streams.items()}}
 
 
+WINDOW_MODELS = "models.json"  # windows/models.json: {model file: sha256} of the models that embedded windows/
+
+
+def windows_config(cfg: Config) -> Config:
+    """The config of the windows step: `cfg` writing into the run root's `windows/`, in video.windows (or
+    WindowsConfig()'s)."""
+    rules = cfg.video.windows or WindowsConfig()
+    return cfg.replace(**{"paths.output": RunRoot(cfg.paths.output).windows.uri,
+                          "video.windows": dataclasses.asdict(rules)})
+
+
+def _windows(cfg: Config, retry_errors: bool = False) -> dict:
+    from multistream.predict.batch import check_predict_devices
+    from multistream.predict.bundle import embedding_bundle
+    from multistream.ray.extract import Finish, run_extract
+    from multistream.ray.predict import HeadsStage, temporal_step
+
+    windowed = windows_config(cfg)
+    check_predict_devices(windowed)
+    bundle = embedding_bundle(cfg.paths.output)
+    # the models' sha256 the windows were embedded with: windows of other models never mix in
+    record = storage.join(windowed.paths.output, WINDOW_MODELS)
+    if storage.exists(record) and json.loads(storage.read_text(record)) != bundle.manifest["files"]:
+        raise RuntimeError(f"{windowed.paths.output} was embedded by other models than {bundle.uri} holds now: "
+                           "remove it to embed every video again with these")
+    storage.write_text(record, json.dumps(bundle.manifest["files"], indent=2, sort_keys=True))
+    summary = run_extract(windowed, retry_errors=retry_errors,
+                          after_decode=functools.partial(temporal_step, windowed, bundle, False),
+                          finish=Finish(HeadsStage, "embed", {"bundle": bundle, "keep_flow": False}))
+    if summary.skipped_line():
+        log.warning("%s", summary.skipped_line())
+    return {"status": "skipped" if summary.skipped == summary.total else "ran", "videos": summary.total,
+            "already_done": summary.skipped, "ok": summary.ok, "errors": len(summary.errors)}
+
+
 def _fuse(cfg: Config) -> dict:
     from multistream.demo.dataset import cue_figures
     from multistream.fuse.results import FuseResult
     from multistream.fuse.run import is_current, run_fuse
     from multistream.predict.bundle import write_bundle
 
-    if is_current(cfg.paths.output):
+    if is_current(cfg.paths.output, cfg.anomaly.fit_on):
         log.info("fusion and anomaly models are up to date with embeddings/: skipping")
         result, status = FuseResult.from_metrics(runinfo.read_json(cfg.paths.output, runinfo.METRICS)), "skipped"
     else:
@@ -116,9 +163,10 @@ def _report(cfg: Config) -> dict:
 
 
 STEPS: list[tuple[str, Callable[[Config], dict]]] = [
-    ("extract", _extract), ("train_motion", _train_motion), ("train_rnn", _train_rnn), ("fuse", _fuse),
-    ("report", _report),
+    ("extract", _extract), ("train_motion", _train_motion), ("train_rnn", _train_rnn), ("windows", _windows),
+    ("fuse", _fuse), ("report", _report),
 ]
+CLIP_STEPS = ("extract", "train_motion", "train_rnn")  # run on whole clips, whatever video.windows says
 
 
 def run_pipeline(cfg: Config, retry_errors: bool = False) -> PipelineResult:
@@ -130,13 +178,17 @@ def run_pipeline(cfg: Config, retry_errors: bool = False) -> PipelineResult:
     started = time.perf_counter()
     steps: list[StepResult] = []
     report, chained = "", None
+    clips = cfg.replace(**{"video.windows": None})
     for name, step in STEPS:
+        if name == "windows" and cfg.anomaly.fit_on != "windows":
+            continue
         if name == "report":
             _record(cfg, steps, time.perf_counter() - started)
         log.info("pipeline: %s ...", name)
         step_started = time.perf_counter()
-        figures = step(cfg, chained) if name == "train_rnn" else step(cfg, retry_errors) if name == "extract" \
-            else step(cfg)
+        step_cfg = clips if name in CLIP_STEPS else cfg
+        figures = step(step_cfg, chained) if name == "train_rnn" else step(step_cfg, retry_errors) \
+            if name in ("extract", "windows") else step(step_cfg)
         chained = figures.pop("rnn", None)
         status = figures.pop("status")
         report = figures.get("report", report)
@@ -156,7 +208,7 @@ def _record(cfg: Config, steps: list[StepResult], total: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser("Run extract, train_motion, train_rnn, fuse and the report", __doc__)
+    parser = job_parser("Run extract, train_motion, train_rnn, (windows,) fuse and the report", __doc__)
     add_retry_errors(parser)
     cfg, args = parse_job_args(parser, argv)
     prepare_input(cfg)

@@ -12,6 +12,7 @@ extraction commits each group of videos as `embeddings/<part>` with its marker `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -128,13 +129,14 @@ def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.
                      "is_anomaly": flagged}, schema=table_schema)
 
 
-def window_rows(table: pa.Table, scores: np.ndarray, anomaly: np.ndarray, rules: WindowsConfig,
-                detector: Detector) -> list[dict]:
-    """A windowed `embeddings/` table's N window rows scored ((N, C) class scores, (N,) anomaly scores) → the
-    rows of the windowed `predictions/` and `anomaly/` tables, as dicts (video_id, label, split, window, start_s,
-    end_s, scores (C,), score, is_anomaly, peak_window): for each video its own row first (window null, start_s 0,
-    end_s its last window's end, class scores and anomaly score aggregated by `rules`, is_anomaly at the
-    detector's threshold, peak_window its highest-scoring window), then its window rows in order."""
+def window_rows(table: pa.Table, scores: np.ndarray | None, anomaly: np.ndarray, rules: WindowsConfig,
+                is_anomaly: Callable[[np.ndarray], np.ndarray]) -> list[dict]:
+    """A windowed table's N window rows (video_id, label, split, window, start_s, end_s) scored ((N, C) class
+    scores or None, (N,) anomaly scores; `is_anomaly`: (M,) scores → (M,) bool, the detector's threshold) → the
+    rows of the windowed `predictions/` and `anomaly/` tables, as dicts (video_id, label, split, window,
+    start_s, end_s, scores (C,) where given, score, is_anomaly, peak_window): for each video its own row first
+    (window null, start_s 0, end_s its last window's end, class scores and anomaly score aggregated by `rules`,
+    is_anomaly at the threshold, peak_window its highest-scoring window), then its window rows in order."""
     columns = table.select(["video_id", "label", "split", "window", "start_s", "end_s"]).to_pylist()
     by_video: dict[str, list[int]] = {}
     for i, row in enumerate(columns):
@@ -144,15 +146,24 @@ def window_rows(table: pa.Table, scores: np.ndarray, anomaly: np.ndarray, rules:
         members.sort(key=lambda i: columns[i]["window"])
         mine = anomaly[members]
         score = float(mine.max() if rules.anomaly_score == "max" else mine.mean())
-        out.append(columns[members[0]] | {
+        own = {} if scores is None else {
+            "scores": scores[members].mean(0) if rules.class_scores == "mean" else scores[members].max(0)}
+        out.append(columns[members[0]] | own | {
             "window": None, "start_s": 0.0, "end_s": max(columns[i]["end_s"] for i in members),
-            "scores": scores[members].mean(0) if rules.class_scores == "mean" else scores[members].max(0),
-            "score": score, "is_anomaly": bool(detector.model.is_anomaly(np.array([score]))[0]),
+            "score": score, "is_anomaly": bool(is_anomaly(np.array([score]))[0]),
             "peak_window": columns[members[int(np.argmax(mine))]]["window"]})
-        out += [columns[i] | {"scores": scores[i], "score": float(anomaly[i]), "is_anomaly": bool(flag),
-                              "peak_window": None}
-                for i, flag in zip(members, detector.model.is_anomaly(mine), strict=True)]
+        out += [columns[i] | ({} if scores is None else {"scores": scores[i]}) |
+                {"score": float(anomaly[i]), "is_anomaly": bool(flag), "peak_window": None}
+                for i, flag in zip(members, is_anomaly(mine), strict=True)]
     return out
+
+
+def windowed_anomaly_table(rows: list[dict]) -> pa.Table:
+    """The windowed `anomaly/` table of `window_rows`' rows."""
+    column = {name: [row[name] for row in rows] for name in rows[0]}
+    spans = {name: column[name] for name in ("window", "start_s", "end_s", "peak_window")}
+    return anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
+                         np.asarray(column["is_anomaly"]), spans)
 
 
 def score_table(table: pa.Table, streams: tuple[str, ...], classifier: Classifier, detector: Detector,
@@ -167,13 +178,12 @@ def score_table(table: pa.Table, streams: tuple[str, ...], classifier: Classifie
     if not schema.is_windowed(table.schema):
         return (predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier),
                 anomaly_table(ids, splits, anomaly, flagged))
-    rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector)
+    rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector.model.is_anomaly)
     column = {name: [row[name] for row in rows] for name in rows[0]}
     spans = {name: column[name] for name in ("window", "start_s", "end_s")}
     return (predictions_table(column["video_id"], column["label"], column["split"], np.stack(column["scores"]),
                               classifier, spans),
-            anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
-                          np.asarray(column["is_anomaly"]), spans | {"peak_window": column["peak_window"]}))
+            windowed_anomaly_table(rows))
 
 
 def score_part(run: RunRoot, name: str, streams: tuple[str, ...], classifier: Classifier,

@@ -152,6 +152,24 @@ def write_bundle(root: str, cfg: Config) -> str:
     return run.bundle
 
 
+def embedding_bundle(root: str) -> Bundle:
+    """The motion CNN and the RNN heads under a run root's `models/` as a Bundle held in memory, for embedding
+    videos with them before fuse seals `models/bundle.json` (the pipeline's windows step). It lists only their
+    files (the heads of the streams that have one), with the sha256 of their bytes now: a model rewritten after
+    this is refused as it is loaded (`Bundle.verified`). Only `TemporalEmbedder` and `VideoEmbedder` take it:
+    it has no classes, fusion SVM, autoencoder or extraction settings. Raises BundleError without the motion CNN
+    or any RNN head."""
+    run = layout.RunRoot(root)
+    streams = [s for s in schema.STREAMS if modelio.has_model(run.model(layout.rnn_name(s)))]
+    if not modelio.has_model(run.model(layout.MOTION_CNN)) or not streams:
+        raise BundleError(f"{run.models} has no trained motion CNN and RNN heads: train them before embedding")
+    names = [layout.MOTION_CNN, *(layout.rnn_name(s) for s in streams)]
+    files = {f"{name}/{file}": file_sha256(storage.read_bytes(storage.join(run.model(name), file)))
+             for name in names for file in MODEL_FILES}
+    return Bundle(run.models, {"format": FORMAT_VERSION, "code_version": multistream.__version__,
+                               "streams": streams, "models": names, "files": files})
+
+
 def locate(uri: str) -> str:
     """The URI of bundle.json for a run root, its models/ folder or the bundle.json itself."""
     uri = layout.absolute(uri).rstrip("/")

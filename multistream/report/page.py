@@ -210,35 +210,64 @@ def _calibration_note(splits: dict) -> str:
     if "out-of-fold" in splits["calibrate"]:
         return (" (cross-fitting: one autoencoder per fold, fitted on the other folds' normal train and val "
                 "videos; each video was scored by its own fold's one, and new videos get the folds' mean score)")
-    return ", nor any model upstream" if splits["calibrate"] == "val" else ""
+    return ", nor any model upstream" if splits["calibrate"].removesuffix(" windows") == "val" else ""
+
+
+TIMELINE_VIDEOS = 4  # the highest-scoring videos whose windows' scores the report draws over time
 
 
 def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
+    from multistream.predict.batch import videos_only
+    from multistream.report.timeline import timeline_figure, top_videos
+
     info = metrics.get("anomaly")
-    scored = storage.read_table(RunRoot(root).anomaly, schema=schema.ANOMALY_SCHEMA).to_pylist()
+    results = storage.read_table(RunRoot(root).anomaly)
+    windowed = results.num_rows > 0 and schema.is_windowed(results.schema)
+    scored = videos_only(results).to_pylist() if results.num_rows else []
     if not info or not scored:
         return missing("Anomaly detection", "python jobs/fuse.py")
     splits = info["splits"]
+    unit = "windows" if info.get("fit_on") == "windows" else "videos"  # what the autoencoder saw as its rows
+    calibration = "calibration" if unit == "videos" else "calibration windows"
     out = [table(["", "videos", "flagged, %", "target, %"], [
-        [f"calibration ({splits['calibrate']}, normal)", info["n_calibration"], pct(info["calibration_fpr"]),
+        [f"{calibration} ({splits['calibrate']}, normal)", info["n_calibration"], pct(info["calibration_fpr"]),
          pct(info["target_fpr"])],
         ["test, normal: false-positive rate", info["n_test_normal"], pct(info["false_positive_rate"]),
          pct(info["target_fpr"])],
         ["anomaly: detection rate", info["n_anomaly"], pct(info["detection_rate"]), None]]),
         table(["ROC AUC (test normal vs anomaly)", "threshold", "autoencoder fitted on"],
-              [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {splits['fit']} videos"]]),
+              [[info.get("roc_auc"), info["threshold"], f"{info['n_fit']} {_in_units(splits['fit'], unit)}"]]),
         f'<p class="note">The threshold is set at a {100 * info["target_fpr"]:g} % false-positive rate on '
-        f"the {info['n_calibration']} normal {esc(splits['calibrate'])} videos, each scored by an autoencoder that "
+        f"the {info['n_calibration']} normal {esc(_in_units(splits['calibrate'], unit))}, each scored by an autoencoder that "
         f"was not fitted on it{_calibration_note(splits)}: "
-        f"{esc(QUANTILE_WORDS[info.get('quantile', 'empirical')])}. The test and anomalous videos are scored once. "
-        f"Flagged per split: "
+        f"{esc(QUANTILE_WORDS[info.get('quantile', 'empirical')])}. The test and anomalous videos are scored once"
+        f"{_window_note(info)}. Flagged per split: "
         f"{esc(', '.join(f'{k}: {v}' for k, v in info.get('flagged', {}).items()))}.</p>"]
     by_split: dict[str, list[float]] = {}
     for row in scored:
         by_split.setdefault(str(row["split"]), []).append(row["score"])
     out.append(figures("anomaly", anomaly_figure(by_split, info["threshold"], info.get("roc_auc")),
                        "anomaly score histogram and ROC curve"))
+    if windowed:
+        videos = top_videos(results.to_pylist(), TIMELINE_VIDEOS)
+        out.append(f'<p class="note">The {len(videos)} videos with the highest anomaly scores: each window\'s score '
+                   "over time, the threshold dashed, the flagged intervals shaded.</p>")
+        out.append(figures("anomaly_timelines", timeline_figure(videos, info["threshold"]),
+                           "anomaly score over time of the highest-scoring videos"))
     return "".join(out)
+
+
+def _in_units(split: str, unit: str) -> str:
+    """"train+val" → "train+val videos"; a windowed split name ("val windows") as it is."""
+    return split if split.endswith(f" {unit}") else f"{split} {unit}"
+
+
+def _window_note(info: dict) -> str:
+    windows = info.get("windows")
+    if info.get("fit_on") != "windows" or not windows:
+        return ""
+    return (f", each video's score the {windows['anomaly_score']} of its windows' scores "
+            f"({windows['length_s']:g} s windows every {windows['stride_s']:g} s)")
 
 
 def benchmark_section(root: str) -> str:

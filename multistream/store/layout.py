@@ -18,6 +18,7 @@ from multistream.store import schema, storage
 MODELS, CHECKPOINTS, REPORTS = "models", "checkpoints", "reports"
 METRICS_FILE = "metrics.json"
 LEASE, LOGS = "lease", "logs"
+WINDOWS = "windows"  # the run root's videos in time windows, its own run root (anomaly.fit_on: windows)
 MOTION_CNN, SVM, AUTOENCODER = "motion_cnn", "svm", "autoencoder"
 MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"  # models/<name>/: `multistream.store.modelio`
 EMBEDDINGS_PART = "embeddings"  # models/<name>/embeddings.parquet: the video embeddings a model wrote
@@ -76,6 +77,12 @@ class RunRoot:
     @property
     def anomaly(self) -> str:
         return self.table(schema.ANOMALY)
+
+    @property
+    def windows(self) -> RunRoot:
+        """`windows/`: a run root of its own, every video of the manifest embedded in time windows by this run's
+        trained models (its `videos/` and windowed `embeddings/`), which anomaly.fit_on: windows fits on."""
+        return RunRoot(self.join(WINDOWS))
 
     # models: one folder each, written by `multistream.store.modelio`
     @property

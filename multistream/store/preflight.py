@@ -49,15 +49,19 @@ TRAINING_JOBS = ("train_motion", "train_rnn", "tune_rnn")
 
 
 def check_windows(cfg: Config, job: str) -> None:
-    """Refuse video.windows in the pipeline (training is on whole clips) or without `ray.fused` (a window's models
-    run in the actor that decodes it), and a training job on a run root whose features/ or flow/ were extracted
-    in windows."""
-    if cfg.video.windows is not None and job == "pipeline":
+    """Refuse video.windows in the pipeline unless anomaly.fit_on is windows (the models train on whole clips; the
+    windows are then those the autoencoder is fitted on), video.windows or anomaly.fit_on windows without
+    `ray.fused` (a window's models run in the actor that decodes it), and a training job on a run root whose
+    features/ or flow/ were extracted in windows."""
+    if cfg.video.windows is not None and job == "pipeline" and cfg.anomaly.fit_on != "windows":
         raise JobRefused("pipeline: the models train on whole clips (a clip is one window): video.windows is for "
-                         "jobs/predict.py, and jobs/extract.py where windowed tables are wanted")
-    if cfg.video.windows is not None and cfg.ray.fused is None and job in ("extract", "predict"):
-        raise JobRefused(f"{job}: video.windows runs each window's models in the actor that decodes the video: "
-                         "it needs ray.fused (configs/demo.yaml's), not null")
+                         "jobs/predict.py, jobs/extract.py where windowed tables are wanted, and the pipeline with "
+                         "anomaly.fit_on=windows (the windows the anomaly autoencoder is fitted on)")
+    windowed = cfg.video.windows is not None and job in ("extract", "predict") or (
+        cfg.anomaly.fit_on == "windows" and job == "pipeline")
+    if windowed and cfg.ray.fused is None:
+        raise JobRefused(f"{job}: windows run each window's models in the actor that decodes the video "
+                         "(video.windows, anomaly.fit_on=windows): they need ray.fused (configs/demo.yaml's), not null")
     if job in TRAINING_JOBS:
         run = RunRoot(absolute(cfg.paths.output))
         for table in (run.features, run.flow):

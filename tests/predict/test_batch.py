@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from multistream.config import FusionConfig, load_config
+from multistream.config import FusionConfig, WindowsConfig, load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.demo.dataset import generate_demo
 from multistream.extract.rows import EMBEDDINGS, embeddings_table, read_flow, video_row
@@ -25,6 +25,8 @@ from multistream.predict.batch import (
     check_run_root,
     predictions_table,
     unscored,
+    window_rows,
+    windowed_anomaly_table,
 )
 from multistream.predict.bundle import Bundle, open_bundle
 from multistream.predict.models import Classifier, TemporalEmbedder, VideoEmbedder
@@ -115,6 +117,26 @@ def test_unscored_parts_drop_an_interrupted_scoring_and_a_root_without_embedding
     videos_part(run, ["f", "g"])  # ok videos extracted without embeddings (jobs/extract.py)
     with pytest.raises(ValueError, match="without their embeddings"):
         check_run_root(run)
+
+
+def test_window_rows_put_each_video_s_aggregated_row_before_its_windows_with_or_without_class_scores():
+    spans = pa.table({"video_id": ["b", "a", "b", "a"], "label": ["x", "y", "x", "y"], "split": ["test"] * 4,
+                      "window": [1, 0, 0, 1], "start_s": [1.0, 0.0, 0.0, 1.0], "end_s": [3.0, 2.0, 2.0, 2.5]})
+    anomaly = np.array([0.9, 0.1, 0.2, 0.3])
+    classes = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    rows = window_rows(spans, classes, anomaly, WindowsConfig(anomaly_score="mean"), lambda s: s > 0.5)
+    assert [(r["video_id"], r["window"]) for r in rows] == [("b", None), ("b", 0), ("b", 1), ("a", None), ("a", 0),
+                                                             ("a", 1)]
+    b, a = rows[0], rows[3]
+    assert b["score"] == pytest.approx(0.55) and b["is_anomaly"] and b["peak_window"] == 1 and b["end_s"] == 3.0
+    assert a["score"] == pytest.approx(0.2) and not a["is_anomaly"] and a["peak_window"] == 1
+    np.testing.assert_allclose(b["scores"], [1.0, 1.0])
+    assert [r["is_anomaly"] for r in rows[1:3]] == [False, True]
+    plain = window_rows(spans, None, anomaly, WindowsConfig(), lambda s: s > 0.5)
+    assert "scores" not in plain[0] and plain[0]["score"] == pytest.approx(0.9)
+    table = windowed_anomaly_table(plain)
+    assert table.schema.equals(schema.windowed(schema.ANOMALY_SCHEMA))
+    assert table["peak_window"].to_pylist() == [1, None, None, 1, None, None]
 
 
 def test_the_step_after_decode_embeds_the_flow_in_memory_and_drops_it():
