@@ -9,9 +9,9 @@ import pytest
 
 from multistream.config import load_config
 from multistream.dataset.manifest import VideoEntry
+from multistream.demo.longvideo import make_long_video
 from multistream.extract.flow.registry import make_flow_estimator
 from multistream.extract.processor import VideoProcessor, decode_video
-from multistream.demo.longvideo import make_long_video
 from multistream.extract.rows import embedded_table, features_table
 from multistream.extract.video import open_video
 from multistream.extract.windows import WindowedDecode, merge_windows, spans, split_windows
