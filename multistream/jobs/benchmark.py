@@ -7,6 +7,7 @@
   python jobs/benchmark.py --scale              # only the scale section (reports/scale.json)
   python jobs/benchmark.py --gpu-paper          # only the paper config on this machine's GPU (bench.paper_gpu)
   python jobs/benchmark.py --no-extraction --no-training --no-kernels   # only windows in duration
+  python jobs/benchmark.py --localise --models runs/demo   # where predict in windows finds an anomaly
 
 Sections: extraction (Ray Data vs the sequential loop, the ceiling, stages, memory), training (Ray Train vs
 a plain torch loop, motion CNN and one RNN head), windows (one whole video in `video.windows`
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
                              "runner with video.windows (the config's, else {length_s: 36, stride_s: 18}), seconds "
                              "of video per second and peak RSS (default: on; ~70 s for 10 s and 10 min on 2 cores)")
     parser.add_argument("--window-lengths", default="10,600", help="video lengths (s) for the windows section")
+    parser.add_argument("--localise", action="store_true",
+                        help="only where predict in windows finds an anomaly inside long videos: a trained run "
+                             "(--models) on 5 seeds of long demo videos, each with and without one anomalous clip "
+                             "(multistream.bench.localise; ~5 min on 2 cores)")
+    parser.add_argument("--models", default="runs/demo", help="--localise: the trained run (default runs/demo)")
+    parser.add_argument("--localise-windows", default="{length_s: 4, stride_s: 2}",
+                        help="--localise: video.windows (the demo's clips are 2-4 s)")
     parser.add_argument("--kernels", action=on_off, default=True,
                         help="the per-call figures: RAFT per pair, the motion CNN's input per stack (default: on)")
     parser.add_argument("--motion-epochs", type=int, default=6,
@@ -73,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                                 args.paper_seconds, args.paper_device)
         _write_report(cfg, {"gpu_paper": figures})
         print("\n".join(paper_gpu.format_lines(figures)))
+        return 0
+    if args.localise:
+        from multistream.bench import localise
+
+        rows = localise.localisation(args.models, windows=args.localise_windows)
+        _write_report(cfg, {"localise": {"windows": args.localise_windows, "videos": rows}})
+        print("\n".join(localise.format_lines(rows)))
         return 0
     if args.scale:
         from multistream.bench import scale

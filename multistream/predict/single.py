@@ -35,9 +35,11 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     from multistream.extract.processor import VideoProcessor
 
     entry = VideoEntry(posixpath.basename(redact(uri).rstrip("/")), uri, None, None)  # no query string in the id
-    row = VideoProcessor(cfg)(entry)
-    if row["video"]["status"] == "ok":  # the steps the batch job's extraction runs on the same arrays
-        row = TemporalStep(TemporalEmbedder(bundle, cfg.motion_cnn.device, cfg.motion_cnn.embed_batch_size))(row)
+    # the steps the batch job's extraction runs on the same arrays: the motion CNN on each video's (or window's)
+    # flow right after its decode, the heads on its sequences
+    temporal = TemporalStep(TemporalEmbedder(bundle, cfg.motion_cnn.device, cfg.motion_cnn.embed_batch_size))
+    row = VideoProcessor(cfg, after_decode=temporal)(entry)
+    if row["video"]["status"] == "ok":
         row, = HeadsStep(VideoEmbedder(bundle, cfg.rnn.device, cfg.rnn.batch_size))([row])
     if row["video"]["status"] != "ok":
         raise ValueError(f"{redact(uri)}: {row['video']['error']}")

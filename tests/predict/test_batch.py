@@ -3,6 +3,7 @@ and one-file mode giving the batch job's class and scores."""
 
 import csv
 import hashlib
+import math
 import shutil
 from pathlib import Path
 
@@ -401,3 +402,59 @@ def test_predict_from_and_to_s3(trained, new_videos, predicted, s3_bucket):
     for video_id, row in remote.items():
         assert row["predicted"] == local[video_id]["predicted"]
         np.testing.assert_allclose(row["scores"], local[video_id]["scores"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@end_to_end
+def test_predict_in_windows_scores_each_window_and_each_video(trained, new_videos, tmp_path, capsys):
+    """A long video of the new clips with the anomaly inside, and one short clip: windows per shot, each video's own
+    row aggregated from its windows, the timeline figure; a re-run does nothing; one-file mode agrees."""
+    from multistream.demo.longvideo import make_long_video
+    from multistream.predict.batch import evaluate, videos_only
+
+    rows = list(csv.DictReader(open(new_videos / "labels.csv")))
+    clips = [(str(new_videos / r["uri"]), r["label"]) for r in rows if r["label"] != "anomaly"
+             and r["uri"] not in ("silent.mp4", "broken.mp4")]
+    anomaly = next(str(new_videos / r["uri"]) for r in rows if r["label"] == "anomaly")
+    source = tmp_path / "long"
+    source.mkdir()
+    segments = make_long_video(source / "camera.mp4", clips, (anomaly, "anomaly"), insert_at_s=3.0)
+    shutil.copy(clips[0][0], source / "short.mp4")
+    out, windows = tmp_path / "out", "video.windows={length_s: 2, stride_s: 1}"
+    assert predict_job("--models", str(trained), "--input", str(source), "--output", str(out), "--set", windows) == 0
+    printed = capsys.readouterr().out
+    assert "anomaly score over time of the 2 highest-scoring videos" in printed and "camera.mp4: peak" in printed
+    assert (out / "reports" / "figures" / "anomaly_timelines.png").stat().st_size > 1000
+    assert table(out, "videos").num_rows == 2
+    embeddings = table(out, "embeddings")
+    dim = embeddings.schema.field("spatial").type.list_size
+    assert embeddings.schema.equals(schema.windowed(schema.embeddings_schema(dim)))
+    anomaly_rows = storage.read_table(str(out / "anomaly")).to_pylist()
+    threshold = modelio.read_meta(str(trained / "models" / "autoencoder"))["threshold"]
+    for video in ("camera.mp4", "short.mp4"):
+        own = [r for r in anomaly_rows if r["video_id"] == video and r["window"] is None]
+        mine = [r for r in anomaly_rows if r["video_id"] == video and r["window"] is not None]
+        assert len(own) == 1 and [r["window"] for r in mine] == list(range(len(mine)))
+        assert own[0]["score"] == pytest.approx(max(r["score"] for r in mine))
+        assert mine[own[0]["peak_window"]]["score"] == own[0]["score"]
+        assert [r["is_anomaly"] for r in mine] == [r["score"] > threshold for r in mine]
+        assert all(r["end_s"] - r["start_s"] <= 2.0 + 1e-6 for r in mine)
+    camera = [r for r in anomaly_rows if r["video_id"] == "camera.mp4" and r["window"] is not None]
+    assert camera[-1]["end_s"] == pytest.approx(segments[-1].end_s, abs=0.1)
+    short = [r for r in anomaly_rows if r["video_id"] == "short.mp4"]
+    assert len(short) == 2 + math.ceil(short[0]["end_s"] - 2 - 1e-6)  # own row + windows of 2 s every 1 s to its end
+    predictions = videos_only(table(out, "predictions"))
+    assert predictions["video_id"].to_pylist() == ["camera.mp4", "short.mp4"]
+    assert evaluate(str(out), open_bundle(str(trained)).classes)["n_predicted"] == 2
+
+    files = sorted(p for name in TABLES for p in (out / name).glob("*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert predict_job("--models", str(trained), "--input", str(source), "--output", str(out), "--set", windows) == 0
+    assert [p.stat().st_mtime_ns for p in files] == stamps and "predict: 0 videos" in capsys.readouterr().out
+
+    bundle = open_bundle(str(trained))
+    result = predict_video(str(source / "camera.mp4"), bundle, bundle.config(load_config(None, [windows]), [windows]))
+    np.testing.assert_allclose([w["score"] for w in result["windows"]], [r["score"] for r in camera], rtol=1e-4,
+                               atol=1e-5)
+    assert one_file_main([str(source / "camera.mp4"), "--models", str(trained), "--set", windows]) == 0
+    assert "peak: window" in capsys.readouterr().out
