@@ -50,6 +50,10 @@ class WindowsConfig:
     # their anomaly scores' max (or mean) and the window of the highest one
     class_scores: Literal["mean", "max"] = "mean"
     anomaly_score: Literal["max", "mean"] = "max"
+    # what anomaly.target_fpr bounds: "video": the share of normal videos with any window flagged (each window of a
+    # video of W windows against a threshold that grows with W: AnomalyDetector.threshold_for); "window": the
+    # share of normal windows flagged (the calibrated threshold for every window, whatever the video's length)
+    false_alarms: Literal["video", "window"] = "video"
     # a cut between shots: consecutive frames whose colour histograms (16 bins a channel) differ by more than
     # this (half their L1 distance, 0..1; a cut in an edited video is ~0.1-0.7, motion within a shot ~0.03) and
     # by 2.5x more than any two frames of the second before (a flicker is no cut). Windows restart at each shot,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -106,8 +107,8 @@ class AnomalyDetector:
     """Trained autoencoders (`members`) with their scalers and a threshold; `score` → per-video reconstruction
     error, the mean over the members: one autoencoder (`fit`) or those of the folds (`cross_fit`).
 
-    `calibration` records how the threshold was set: {"split", "n", "target_fpr", "quantile"} (empty until
-    calibrated).
+    `calibration` records how the threshold was set: {"split", "n", "target_fpr", "quantile", "log_sd" (the
+    spread of the calibration scores' logs, `threshold_for`)} (empty until calibrated).
     `history`: the training loss per epoch, averaged over the members.
     """
 
@@ -163,8 +164,22 @@ class AnomalyDetector:
         (`split` names where they come from), at their (1 - target_fpr) quantile (`quantile_rule`); → it."""
         rule = quantile_rule(len(scores), target_fpr, quantile)
         self.threshold = THRESHOLDS[rule](scores, target_fpr)
-        self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr), "quantile": rule}
+        logs = np.log(np.maximum(np.asarray(scores, np.float64), np.finfo(np.float64).tiny))
+        self.calibration = {"split": split, "n": int(len(scores)), "target_fpr": float(target_fpr), "quantile": rule,
+                            "log_sd": float(logs.std(ddof=1)) if len(logs) >= 2 else None}
         return self.threshold
+
+    def threshold_for(self, windows: int) -> float:
+        """The threshold each window of a video of `windows` windows is flagged above, so that a normal video
+        (windows scoring as the calibration's normal scores, independently) has any flagged with probability
+        target_fpr: the threshold moved up a log-normal of the calibration scores' spread (`log_sd`), from its
+        (1 - target_fpr) quantile to its (1 - target_fpr)^(1/windows) one. One window, or a detector without a
+        recorded spread: the threshold."""
+        sd, fpr = self.calibration.get("log_sd"), self.calibration.get("target_fpr")
+        if windows <= 1 or not sd or not fpr:
+            return self.threshold
+        z = NormalDist().inv_cdf
+        return float(self.threshold * np.exp(sd * (z((1 - fpr) ** (1 / windows)) - z(1 - fpr))))
 
     @torch.no_grad()
     def score(self, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:

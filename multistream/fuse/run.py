@@ -234,7 +234,7 @@ def _fit_anomaly_on_windows(cfg: Config, streams: tuple[str, ...], run: RunRoot)
         raise RuntimeError(f"{run.windows.embeddings} has no {', '.join(missing)} embeddings, which the fusion uses")
     detector, fit, calibration, fit_split, scores = _scored_rows(cfg, data, streams, run)
     rules = cfg.video.windows or WindowsConfig()
-    rows = window_rows(spans, None, scores, rules, detector.is_anomaly)
+    rows = window_rows(spans, None, scores, rules, detector.threshold_for)
     videos = [row for row in rows if row["window"] is None]
     video_split = np.asarray([str(row["split"]) for row in videos])
     video_scores = np.asarray([row["score"] for row in videos])

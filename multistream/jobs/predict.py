@@ -25,7 +25,6 @@ resources (ray.*, *.batch_size, *.device) are free. Re-running with the same --o
 from multistream.cli import add_retry_errors, job_parser, parse_job_args
 from multistream.predict.batch import evaluate, write_timelines
 from multistream.predict.bundle import BundleError, open_bundle
-from multistream.predict.models import Detector
 from multistream.ray.guard import start_job
 from multistream.ray.predict import run_predict
 from multistream.store import layout, storage
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"predict: {summary.predicted} videos {'embedded' if args.embed_only else 'embedded, classified and screened'}"
           f" ({summary.pending - summary.predicted} left) in {summary.seconds:.1f} s → {output}")
     if not args.embed_only:
-        figure, lines = write_timelines(output, Detector(bundle).threshold)
+        figure, lines = write_timelines(output)
         if figure is not None:
             print(f"anomaly score over time of the {len(lines)} highest-scoring videos → {figure}")
             print("\n".join(lines))

@@ -12,6 +12,7 @@ extraction commits each group of videos as `embeddings/<part>` with its marker `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -130,13 +131,16 @@ def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.
 
 
 def window_rows(table: pa.Table, scores: np.ndarray | None, anomaly: np.ndarray, rules: WindowsConfig,
-                is_anomaly: Callable[[np.ndarray], np.ndarray]) -> list[dict]:
+                threshold_for: Callable[[int], float]) -> list[dict]:
     """A windowed table's N window rows (video_id, label, split, window, start_s, end_s) scored ((N, C) class
-    scores or None, (N,) anomaly scores; `is_anomaly`: (M,) scores → (M,) bool, the detector's threshold) → the
-    rows of the windowed `predictions/` and `anomaly/` tables, as dicts (video_id, label, split, window,
-    start_s, end_s, scores (C,) where given, score, is_anomaly, peak_window): for each video its own row first
-    (window null, start_s 0, end_s its last window's end, class scores and anomaly score aggregated by `rules`,
-    is_anomaly at the threshold, peak_window its highest-scoring window), then its window rows in order."""
+    scores or None, (N,) anomaly scores; `threshold_for`: a video's number of windows → the threshold its windows
+    are flagged above, `AnomalyDetector.threshold_for`) → the rows of the windowed `predictions/` and `anomaly/`
+    tables, as dicts (video_id, label, split, window, start_s, end_s, scores (C,) where given, score, is_anomaly,
+    peak_window, threshold): for each video its own row first (window null, start_s 0, end_s its last window's
+    end, class scores and anomaly score aggregated by `rules`, peak_window its highest-scoring window), then its
+    window rows in order. A window is flagged above the threshold for its video's W windows (`rules.false_alarms`
+    "video"; "window": for one); the own row's max above that too (so it is flagged where a window is), its mean
+    above the one-window threshold."""
     columns = table.select(["video_id", "label", "split", "window", "start_s", "end_s"]).to_pylist()
     by_video: dict[str, list[int]] = {}
     for i, row in enumerate(columns):
@@ -145,23 +149,25 @@ def window_rows(table: pa.Table, scores: np.ndarray | None, anomaly: np.ndarray,
     for members in by_video.values():
         members.sort(key=lambda i: columns[i]["window"])
         mine = anomaly[members]
+        threshold = threshold_for(len(members) if rules.false_alarms == "video" else 1)
+        own_threshold = threshold if rules.anomaly_score == "max" else threshold_for(1)
         score = float(mine.max() if rules.anomaly_score == "max" else mine.mean())
         own = {} if scores is None else {
             "scores": scores[members].mean(0) if rules.class_scores == "mean" else scores[members].max(0)}
         out.append(columns[members[0]] | own | {
             "window": None, "start_s": 0.0, "end_s": max(columns[i]["end_s"] for i in members),
-            "score": score, "is_anomaly": bool(is_anomaly(np.array([score]))[0]),
-            "peak_window": columns[members[int(np.argmax(mine))]]["window"]})
+            "score": score, "is_anomaly": score > own_threshold,
+            "peak_window": columns[members[int(np.argmax(mine))]]["window"], "threshold": own_threshold})
         out += [columns[i] | ({} if scores is None else {"scores": scores[i]}) |
-                {"score": float(anomaly[i]), "is_anomaly": bool(flag), "peak_window": None}
-                for i, flag in zip(members, is_anomaly(mine), strict=True)]
+                {"score": float(anomaly[i]), "is_anomaly": bool(anomaly[i] > threshold), "peak_window": None,
+                 "threshold": threshold} for i in members]
     return out
 
 
 def windowed_anomaly_table(rows: list[dict]) -> pa.Table:
     """The windowed `anomaly/` table of `window_rows`' rows."""
     column = {name: [row[name] for row in rows] for name in rows[0]}
-    spans = {name: column[name] for name in ("window", "start_s", "end_s", "peak_window")}
+    spans = {name: column[name] for name in ("window", "start_s", "end_s", "peak_window", "threshold")}
     return anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
                          np.asarray(column["is_anomaly"]), spans)
 
@@ -178,7 +184,7 @@ def score_table(table: pa.Table, streams: tuple[str, ...], classifier: Classifie
     if not schema.is_windowed(table.schema):
         return (predictions_table(ids, table["label"].to_pylist(), splits, scores, classifier),
                 anomaly_table(ids, splits, anomaly, flagged))
-    rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector.model.is_anomaly)
+    rows = window_rows(table, scores, anomaly, rules or WindowsConfig(), detector.model.threshold_for)
     column = {name: [row[name] for row in rows] for name in rows[0]}
     spans = {name: column[name] for name in ("window", "start_s", "end_s")}
     return (predictions_table(column["video_id"], column["label"], column["split"], np.stack(column["scores"]),
@@ -222,30 +228,37 @@ def videos_only(table: pa.Table) -> pa.Table:
 TIMELINES = "anomaly_timelines"  # the figure of the highest-scoring videos' windows, under reports/figures/
 
 
-def write_timelines(root: str, threshold: float, n: int = 4) -> tuple[str | None, list[str]]:
+def write_timelines(root: str, n: int = 4) -> tuple[str | None, list[str]]:
     """For the `n` videos of windowed results under `root` with the highest anomaly scores: their score timeline
-    as a figure (`reports/figures/anomaly_timelines.png`, with the threshold and the flagged intervals) and a
-    line each naming their flagged intervals → (the figure's URI, the lines); (None, []) for unwindowed results."""
+    as a figure (`reports/figures/anomaly_timelines.png`, with each video's threshold and flagged intervals) and a
+    line each naming their peak and flagged intervals → (the figure's URI, the lines); (None, []) for results
+    without windows."""
     import io
 
-    from multistream.report.timeline import clock, flagged_intervals, timeline_figure, top_videos
+    from multistream.report.timeline import (
+        clock,
+        flagged_intervals,
+        timeline_figure,
+        top_videos,
+        video_threshold,
+    )
 
     run = RunRoot(root)
     anomaly = storage.read_table(run.anomaly)
     if not anomaly.num_rows or not schema.is_windowed(anomaly.schema):
         return None, []
     videos = top_videos(anomaly.to_pylist(), n)
-    figure = timeline_figure(videos, threshold)
+    figure = timeline_figure(videos, math.nan)
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     storage.write_bytes(run.figure(TIMELINES), buffer.getvalue())
     lines = []
     for video_id, windows in videos:
-        peak = max(windows, key=lambda w: w["score"])
+        peak, threshold = max(windows, key=lambda w: w["score"]), video_threshold(windows, math.nan)
         spans = ", ".join(f"{clock(a)}–{clock(b)}" for a, b in flagged_intervals(windows, threshold)) or "none"
-        lines.append(f"  {video_id}: peak {peak['score']:.4f} at {clock(peak['start_s'])}–{clock(peak['end_s'])}; "
-                     f"flagged: {spans}")
+        lines.append(f"  {video_id}: peak {peak['score']:.4f} at {clock(peak['start_s'])}–{clock(peak['end_s'])} "
+                     f"(threshold {threshold:.4f} for its {len(windows)} windows); flagged: {spans}")
     return run.figure(TIMELINES), lines
 
 

@@ -29,8 +29,9 @@ from multistream.store.uris import redact, redact_logs, scrub
 def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     """One video through extraction and every model, in this process → {"video_id", "classes": [(label,
     score), ...] best first, "scores" (C,), "anomaly_score", "is_anomaly", "threshold"}, and under video.windows
-    "windows": its window rows of `anomaly/` (window, start_s, end_s, score, is_anomaly) each with its
-    "predicted" class, the video's own figures aggregated from them as the batch job does. Raises ValueError
+    "windows": its window rows of `anomaly/` (window, start_s, end_s, score, is_anomaly, threshold) each with
+    its "predicted" class, and "window_threshold", the video's own figures aggregated from them as the batch job
+    does. Raises ValueError
     for an unreadable video."""
     from multistream.extract.processor import VideoProcessor
 
@@ -50,11 +51,12 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
     screened, = videos_only(anomaly).to_pylist()
     result = {"video_id": entry.video_id, "classes": list(zip(video["top_labels"], video["top_scores"], strict=True)),
               "scores": np.asarray(video["scores"], np.float64), "anomaly_score": float(screened["score"]),
-              "is_anomaly": bool(screened["is_anomaly"]), "threshold": detector.threshold}
+              "is_anomaly": bool(screened["is_anomaly"]), "threshold": float(screened.get("threshold", detector.threshold))}
     if schema.is_windowed(anomaly.schema):
         classes = [r["predicted"] for r in predictions.to_pylist() if r["window"] is not None]
         result["windows"] = [r | {"predicted": label} for r, label in
                              zip([r for r in anomaly.to_pylist() if r["window"] is not None], classes, strict=True)]
+        result["window_threshold"] = float(result["windows"][0]["threshold"])
     return result
 
 
@@ -66,7 +68,7 @@ def format_result(result: dict, bundle: Bundle) -> str:
     lines.append(f"anomaly score {result['anomaly_score']:.4f} (threshold {result['threshold']:.4f}): {verdict}")
     if "windows" in result:
         windows = result["windows"]
-        lines += ["", timeline_text(result["video_id"], windows, result["threshold"],
+        lines += ["", timeline_text(result["video_id"], windows, result["window_threshold"],
                                     [w["predicted"] for w in windows])]
     return "\n".join(lines)
 

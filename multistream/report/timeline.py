@@ -88,15 +88,23 @@ def timeline_text(video_id: str, windows: Sequence[Mapping], threshold: float,
     return "\n".join(lines)
 
 
+def video_threshold(windows: Sequence[Mapping], default: float) -> float:
+    """The threshold a video's windows were flagged at: their rows' "threshold" (`anomaly/` under video.windows),
+    else `default`."""
+    return float(windows[0]["threshold"]) if windows and windows[0].get("threshold") is not None else default
+
+
 def timeline_figure(videos: Sequence[tuple[str, Sequence[Mapping]]], threshold: float) -> Figure:
     """One row per (video_id, windows) in `videos` (a handful): each window's score as a horizontal segment
-    over [start_s, end_s) joined through the windows' centres, the threshold dashed, flagged intervals shaded,
-    the peak window starred. x in seconds, or minutes for a video longer than 10 min; y logarithmic where the
-    scores and threshold span more than 30x."""
+    over [start_s, end_s) joined through the windows' centres, the threshold dashed (the windows' own, where
+    their rows carry it: `video_threshold`), flagged intervals shaded, the peak window starred. x in seconds, or
+    minutes for a video longer than 10 min; y logarithmic where the scores and threshold span more than 30x."""
     if not videos:
         raise ValueError("a timeline figure needs at least one video")
     fig = Figure(figsize=(10, 0.6 + 2.2 * len(videos)))
+    default = threshold
     for row, (video_id, windows) in enumerate(videos):
+        threshold = video_threshold(windows, default)
         ax = fig.add_subplot(len(videos), 1, row + 1)
         ax.set_title(str(video_id), fontsize=9, loc="left", **PLAIN_TEXT)
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")

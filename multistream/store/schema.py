@@ -103,15 +103,20 @@ ANOMALY_SCHEMA = pa.schema([
 # the columns a table gains under video.windows, after video_id: the window's index (null in a video's own row
 # of predictions/ and anomaly/) and its span on the video's clock
 WINDOW_COLUMNS = [("window", pa.int32()), ("start_s", pa.float64()), ("end_s", pa.float64())]
-PEAK_WINDOW = pa.field("peak_window", pa.int32())  # anomaly/: in a video's own row, its highest-scoring window
+# anomaly/ under video.windows: in a video's own row, its highest-scoring window; in every row, the threshold its
+# verdict was drawn at (video.windows.false_alarms: it grows with the video's number of windows)
+WINDOWED_ANOMALY = [pa.field("peak_window", pa.int32()), pa.field("threshold", pa.float32())]
 
 
 def windowed(table_schema: pa.Schema) -> pa.Schema:
-    """`table_schema` with WINDOW_COLUMNS after video_id (and anomaly/'s PEAK_WINDOW last)."""
+    """`table_schema` with WINDOW_COLUMNS after video_id (and anomaly/'s WINDOWED_ANOMALY last)."""
     out = table_schema
     for offset, (name, arrow_type) in enumerate(WINDOW_COLUMNS):
         out = out.insert(1 + offset, pa.field(name, arrow_type))
-    return out.append(PEAK_WINDOW) if table_schema.equals(ANOMALY_SCHEMA) else out
+    if table_schema.equals(ANOMALY_SCHEMA):
+        for extra in WINDOWED_ANOMALY:
+            out = out.append(extra)
+    return out
 
 
 def is_windowed(table_schema: pa.Schema) -> bool:

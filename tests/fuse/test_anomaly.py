@@ -54,7 +54,8 @@ def test_threshold_and_history(detector):
     # the threshold comes from held-out normal videos, so new normal videos are flagged at about its rate
     fresh, _ = _embeddings(2000, 0, seed=9)
     assert 0.05 < np.mean(detector.is_anomaly(detector.score(fresh))) < 0.15
-    assert detector.calibration == {"split": "val", "n": 200, "target_fpr": 0.1, "quantile": "empirical"}
+    assert detector.calibration == {"split": "val", "n": 200, "target_fpr": 0.1, "quantile": "empirical",
+                                    "log_sd": pytest.approx(0.44, abs=0.05)}
     assert len(detector.history) == CFG.epochs
     assert detector.history[-1] < 0.5 * detector.history[0]
 
@@ -115,7 +116,8 @@ def test_auto_reads_the_quantile_off_the_scores_once_enough_lie_beyond_it():
     scores = np.exp(np.random.default_rng(1).normal(size=24))
     detector = AnomalyDetector([], float("nan"), [])
     assert detector.calibrate_scores(scores, 0.05, "val") == lognormal_threshold(scores, 0.05)
-    assert detector.calibration == {"split": "val", "n": 24, "target_fpr": 0.05, "quantile": "lognormal"}
+    assert detector.calibration == {"split": "val", "n": 24, "target_fpr": 0.05, "quantile": "lognormal",
+                                    "log_sd": pytest.approx(np.log(scores).std(ddof=1))}
     assert detector.calibrate_scores(scores, 0.05, "val", "empirical") == np.sort(scores)[-2]
 
 
@@ -192,7 +194,8 @@ def test_cross_fitting_scores_each_video_with_the_one_fold_model_not_fitted_on_i
         np.testing.assert_array_equal(alone(member).score(normal[folds == fold]), scores[folds == fold])
     np.testing.assert_allclose(detector.score(fresh), np.mean([alone(m).score(fresh) for m in detector.members], 0))
     detector.calibrate_scores(scores, 0.1, "train, out-of-fold")
-    assert detector.calibration == {"split": "train, out-of-fold", "n": 40, "target_fpr": 0.1, "quantile": "lognormal"}
+    assert {k: v for k, v in detector.calibration.items() if k != "log_sd"} == {
+        "split": "train, out-of-fold", "n": 40, "target_fpr": 0.1, "quantile": "lognormal"}
     assert np.mean(detector.is_anomaly(detector.score(fresh))) < 0.25
     with pytest.raises(ValueError, match="two folds"):
         cross_fit(normal, np.zeros(40, int), cfg)
@@ -229,3 +232,17 @@ def test_detection_figures_set_the_anomalies_against_the_normal_videos_only():
                        "detection_rate": 1.0}
     none = detection_figures(scores, flagged, np.zeros(6, bool), normal)
     assert none["roc_auc"] is None and none["detection_rate"] is None and none["false_positive_rate"] == 1 / 3
+
+
+def test_a_video_of_more_windows_is_flagged_above_a_higher_threshold_at_the_same_video_false_alarm_rate():
+    rng = np.random.default_rng(0)
+    calibration = np.exp(rng.normal(0.0, 0.3, 400))  # log-normal normal scores
+    detector = AnomalyDetector([], np.nan, [])
+    threshold = detector.calibrate_scores(calibration, 0.05, "val", "lognormal")
+    assert detector.threshold_for(1) == threshold
+    thresholds = [detector.threshold_for(w) for w in (1, 12, 200)]
+    assert thresholds == sorted(thresholds) and thresholds[1] > threshold * 1.2
+    # videos of 12 windows drawn from the calibration's distribution: about 5 % have a window above it
+    videos = np.exp(rng.normal(0.0, 0.3, (20000, 12))).max(axis=1)
+    assert abs((videos > thresholds[1]).mean() - 0.05) < 0.01
+    assert (videos > threshold).mean() > 0.35  # the one-window threshold flags a third of them

@@ -125,16 +125,24 @@ def test_window_rows_put_each_video_s_aggregated_row_before_its_windows_with_or_
                       "window": [1, 0, 0, 1], "start_s": [1.0, 0.0, 0.0, 1.0], "end_s": [3.0, 2.0, 2.0, 2.5]})
     anomaly = np.array([0.9, 0.1, 0.2, 0.3])
     classes = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
-    rows = window_rows(spans, classes, anomaly, WindowsConfig(anomaly_score="mean"), lambda s: s > 0.5)
+
+    def threshold_for(windows: int) -> float:  # higher for a video of more windows, as the detector's
+        return 0.5 if windows == 1 else 0.85
+
+    rows = window_rows(spans, classes, anomaly, WindowsConfig(anomaly_score="mean"), threshold_for)
     assert [(r["video_id"], r["window"]) for r in rows] == [("b", None), ("b", 0), ("b", 1), ("a", None), ("a", 0),
                                                              ("a", 1)]
     b, a = rows[0], rows[3]
-    assert b["score"] == pytest.approx(0.55) and b["is_anomaly"] and b["peak_window"] == 1 and b["end_s"] == 3.0
-    assert a["score"] == pytest.approx(0.2) and not a["is_anomaly"] and a["peak_window"] == 1
+    # a mean is a window's score: against the one-window threshold; each window against its video's 2 windows'
+    assert b["score"] == pytest.approx(0.55) and b["is_anomaly"] and b["threshold"] == 0.5 and b["peak_window"] == 1
+    assert b["end_s"] == 3.0 and a["score"] == pytest.approx(0.2) and not a["is_anomaly"] and a["peak_window"] == 1
     np.testing.assert_allclose(b["scores"], [1.0, 1.0])
-    assert [r["is_anomaly"] for r in rows[1:3]] == [False, True]
-    plain = window_rows(spans, None, anomaly, WindowsConfig(), lambda s: s > 0.5)
-    assert "scores" not in plain[0] and plain[0]["score"] == pytest.approx(0.9)
+    assert [(r["is_anomaly"], r["threshold"]) for r in rows[1:3]] == [(False, 0.85), (True, 0.85)]
+    plain = window_rows(spans, None, anomaly, WindowsConfig(), threshold_for)
+    assert "scores" not in plain[0] and plain[0]["score"] == pytest.approx(0.9) and plain[0]["threshold"] == 0.85
+    per_window = window_rows(spans, None, anomaly, WindowsConfig(false_alarms="window"), threshold_for)
+    assert [r["threshold"] for r in per_window] == [0.5] * 6 and [r["is_anomaly"] for r in per_window] == [
+        True, False, True, False, False, False]
     table = windowed_anomaly_table(plain)
     assert table.schema.equals(schema.windowed(schema.ANOMALY_SCHEMA))
     assert table["peak_window"].to_pylist() == [1, None, None, 1, None, None]
