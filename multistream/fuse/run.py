@@ -26,7 +26,7 @@ With `anomaly.fit_on: windows` the autoencoder's rows are windows, not videos: t
 threshold calibrated on the val windows' out-of-fold scores; every window is scored as above and each video's
 score is its windows' aggregated by video.windows.anomaly_score (max by default). The detection figures are of
 those per-video scores, and `anomaly/` is windowed: each video's own row, then its window rows
-(`multistream.predict.batch.window_rows`, as jobs/predict.py writes it).
+(`multistream.fuse.windows.window_rows`, as jobs/predict.py writes it).
 
 Why: the RNNs memorise their train videos and the autoencoder whatever it is fitted on, so a threshold from
 scores of fitted videos flags every new video; out of fold, the train videos still score low, their
@@ -57,6 +57,7 @@ from multistream.fuse.data import (
 )
 from multistream.fuse.results import AnomalyResult, FuseResult, FusionResult
 from multistream.fuse.svm import FusionModel, choose_c, evaluate_predictions, stream_ablation
+from multistream.fuse.windows import window_rows, windowed_anomaly_table
 from multistream.store import layout, modelio, runinfo, schema
 from multistream.store.commit import replace_table
 from multistream.store.layout import RunRoot
@@ -225,8 +226,6 @@ def _fit_anomaly(cfg: Config, data: Embeddings, streams: tuple[str, ...], run: R
 def _fit_anomaly_on_windows(cfg: Config, streams: tuple[str, ...], run: RunRoot) -> tuple[pa.Table, AnomalyResult]:
     """The autoencoder fitted and calibrated on the window embeddings under `windows/`, every window scored,
     each video's score its windows' aggregated → (the windowed `anomaly/` table, the result)."""
-    from multistream.predict.batch import window_rows, windowed_anomaly_table
-
     started = time.perf_counter()
     data, spans = load_window_embeddings(run.windows.uri)
     missing = [s for s in streams if s not in data.features]

@@ -13,7 +13,6 @@ extraction commits each group of videos as `embeddings/<part>` with its marker `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from multistream.device import check_gpu_given
 from multistream.extract.rows import EMBEDDINGS, fail
 from multistream.extract.windows import split_windows
 from multistream.fuse.anomaly import detection_figures
+from multistream.fuse.windows import anomaly_table, window_rows, windowed_anomaly_table
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
 from multistream.store.commit import committed_parts, drop_uncommitted, write_group
@@ -120,56 +120,6 @@ def predictions_table(ids: list[str], labels: list, splits: list, scores: np.nda
     return pa.table({"video_id": ids, **(windows or {}), "label": labels, "split": splits,
                      "predicted": [t[0] for t in top_labels], "scores": list(scores.astype(np.float32)),
                      "top_labels": top_labels, "top_scores": list(top_scores.astype(np.float32))}, schema=table_schema)
-
-
-def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray,
-                  windows: dict[str, list] | None = None) -> pa.Table:
-    """`anomaly/` rows; with `windows` (its WINDOW_COLUMNS and peak_window, `window_rows`) the windowed table's."""
-    table_schema = schema.windowed(schema.ANOMALY_SCHEMA) if windows else schema.ANOMALY_SCHEMA
-    return pa.table({"video_id": ids, **(windows or {}), "split": splits, "score": scores.astype(np.float32),
-                     "is_anomaly": flagged}, schema=table_schema)
-
-
-def window_rows(table: pa.Table, scores: np.ndarray | None, anomaly: np.ndarray, rules: WindowsConfig,
-                threshold_for: Callable[[int], float]) -> list[dict]:
-    """A windowed table's N window rows (video_id, label, split, window, start_s, end_s) scored ((N, C) class
-    scores or None, (N,) anomaly scores; `threshold_for`: a video's number of windows → the threshold its windows
-    are flagged above, `AnomalyDetector.threshold_for`) → the rows of the windowed `predictions/` and `anomaly/`
-    tables, as dicts (video_id, label, split, window, start_s, end_s, scores (C,) where given, score, is_anomaly,
-    peak_window, threshold): for each video its own row first (window null, start_s 0, end_s its last window's
-    end, class scores and anomaly score aggregated by `rules`, peak_window its highest-scoring window), then its
-    window rows in order. A window is flagged above the threshold for its video's W windows (`rules.false_alarms`
-    "video"; "window": for one); the own row's max above that too (so it is flagged where a window is), its mean
-    above the one-window threshold."""
-    columns = table.select(["video_id", "label", "split", "window", "start_s", "end_s"]).to_pylist()
-    by_video: dict[str, list[int]] = {}
-    for i, row in enumerate(columns):
-        by_video.setdefault(row["video_id"], []).append(i)
-    out = []
-    for members in by_video.values():
-        members.sort(key=lambda i: columns[i]["window"])
-        mine = anomaly[members]
-        threshold = threshold_for(len(members) if rules.false_alarms == "video" else 1)
-        own_threshold = threshold if rules.anomaly_score == "max" else threshold_for(1)
-        score = float(mine.max() if rules.anomaly_score == "max" else mine.mean())
-        own = {} if scores is None else {
-            "scores": scores[members].mean(0) if rules.class_scores == "mean" else scores[members].max(0)}
-        out.append(columns[members[0]] | own | {
-            "window": None, "start_s": 0.0, "end_s": max(columns[i]["end_s"] for i in members),
-            "score": score, "is_anomaly": score > own_threshold,
-            "peak_window": columns[members[int(np.argmax(mine))]]["window"], "threshold": own_threshold})
-        out += [columns[i] | ({} if scores is None else {"scores": scores[i]}) |
-                {"score": float(anomaly[i]), "is_anomaly": bool(anomaly[i] > threshold), "peak_window": None,
-                 "threshold": threshold} for i in members]
-    return out
-
-
-def windowed_anomaly_table(rows: list[dict]) -> pa.Table:
-    """The windowed `anomaly/` table of `window_rows`' rows."""
-    column = {name: [row[name] for row in rows] for name in rows[0]}
-    spans = {name: column[name] for name in ("window", "start_s", "end_s", "peak_window", "threshold")}
-    return anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
-                         np.asarray(column["is_anomaly"]), spans)
 
 
 def score_table(table: pa.Table, streams: tuple[str, ...], classifier: Classifier, detector: Detector,

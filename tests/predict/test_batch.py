@@ -18,16 +18,14 @@ from multistream.dataset.manifest import VideoEntry
 from multistream.demo.dataset import generate_demo
 from multistream.extract.rows import EMBEDDINGS, embeddings_table, read_flow, video_row
 from multistream.fuse.svm import FusionModel
+from multistream.fuse.windows import anomaly_table, window_rows, windowed_anomaly_table
 from multistream.jobs.pipeline import run_pipeline
 from multistream.predict.batch import (
     HeadsStep,
     TemporalStep,
-    anomaly_table,
     check_run_root,
     predictions_table,
     unscored,
-    window_rows,
-    windowed_anomaly_table,
 )
 from multistream.predict.bundle import Bundle, open_bundle
 from multistream.predict.models import Classifier, TemporalEmbedder, VideoEmbedder
