@@ -19,6 +19,7 @@ its start.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import math
 import time
@@ -43,7 +44,7 @@ WINDOW_FIELDS = ("window", "start_s", "end_s", "positions", "audio")
 
 @dataclass(frozen=True)
 class Span:
-    index: int  # the window's place in the video, from 0
+    index: int  # the window's place in the video, from 0 (the windows that hold frames)
     start_s: float
     end_s: float  # exclusive; a shot's last window's is cut at the shot's end
 
@@ -70,9 +71,9 @@ class WindowedDecode:
         size = cfg.spatial.image_size
         buffer = _Buffer()  # the frames of the windows not yet emitted
         pending: list[np.ndarray] = []  # flow-size frames whose pairs are not computed yet (the last computed first)
-        shot = _Shot(0.0, 0, windows)
+        shot = _Shot(0.0, windows)
         complete: list[Span] = []  # windows whose frames are all decoded, in order, waiting for their audio
-        cuts, n_samples = CutDetector(windows.shot_cut), 0
+        cuts, n_samples, n_windows = CutDetector(windows.shot_cut), 0, 0
 
         def compute_flow(keep_last: bool) -> None:
             nonlocal flow_s, pending
@@ -84,11 +85,13 @@ class WindowedDecode:
             pending = pending[-1:] if keep_last else []
 
         def emit(spans: list[Span]):
-            nonlocal n_samples
+            nonlocal n_samples, n_windows
             compute_flow(keep_last=True)
             for span in spans:
+                span = dataclasses.replace(span, index=n_windows)  # numbered as emitted: no gaps where one is empty
                 window = buffer.window(span, cfg, size)
                 if window is not None:
+                    n_windows += 1
                     window["wave"] = reader.audio_between(span.start_s, span.end_s)
                     n_samples += len(window["positions"])
                     yield window
@@ -105,7 +108,7 @@ class WindowedDecode:
                 t = frame.time_s
                 if cuts(t, frame.images["flow"]):
                     complete += shot.finish(t)
-                    shot = _Shot(t, shot.next_index, windows)
+                    shot = _Shot(t, windows)
                 else:
                     complete += shot.advance(t)
                 heard = max(reader.audio_decoded_until, t - AUDIO_WAIT_S)  # audio is decoded in time order
@@ -171,27 +174,23 @@ class CutDetector:
 
 class _Shot:
     """The windows of one shot, from its first frame's time `start_s`: window k covers [start_s + k x stride_s,
-    ... + length_s); window k exists once a frame of the shot lies past window k-1's end. Windows are numbered
-    across the video from `first_index`."""
+    ... + length_s); window k exists once a frame of the shot lies past window k-1's end. Its Spans are numbered
+    k, within the shot (the video's numbering is given as they are emitted)."""
 
-    def __init__(self, start_s: float, first_index: int, windows: WindowsConfig):
-        self.start_s, self.first_index, self.windows = start_s, first_index, windows
+    def __init__(self, start_s: float, windows: WindowsConfig):
+        self.start_s, self.windows = start_s, windows
         self.opened, self.done = 1, 0  # windows [done, opened) are open
 
     def _start(self, k: int) -> float:
         return self.start_s + k * self.windows.stride_s
 
     def _span(self, k: int, end_s: float) -> Span:
-        return Span(self.first_index + k, self._start(k), min(self._start(k) + self.windows.length_s, end_s))
+        return Span(k, self._start(k), min(self._start(k) + self.windows.length_s, end_s))
 
     @property
     def open_from(self) -> float:
         """The start of the earliest window still open."""
         return self._start(self.done)
-
-    @property
-    def next_index(self) -> int:
-        return self.first_index + self.opened
 
     def advance(self, time_s: float) -> list[Span]:
         """A frame of the shot at `time_s` arrives: the windows it opens; returns those it completes."""
