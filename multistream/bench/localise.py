@@ -51,7 +51,8 @@ def long_videos(folder: Path, seed: int, clips_per_class: int, position: float) 
 def localisation(models: str, seeds=range(5), windows: str = "{length_s: 3, stride_s: 1.5}", clips_per_class: int = 3,
                  folder: str | Path | None = None, overrides: tuple[str, ...] = ()) -> list[dict]:
     """The table's rows, one per long video: seed, kind, anomaly interval, the peak window's interval and score,
-    whether they overlap, the windows flagged of all, the threshold."""
+    whether they overlap, the windows flagged of all, the threshold its windows were judged at, whether the video
+    is flagged; and the detector's calibrated (one-window) threshold."""
     from multistream.jobs import predict as job
     from multistream.predict.bundle import open_bundle
     from multistream.predict.models import Detector
@@ -65,7 +66,7 @@ def localisation(models: str, seeds=range(5), windows: str = "{length_s: 3, stri
     if job.main(["--models", models, "--input", str(folder / "input"), "--output", str(out),
                  *[arg for item in sets for arg in ("--set", item)]]) != 0:
         raise RuntimeError("jobs/predict.py failed")
-    threshold = Detector(open_bundle(models)).threshold
+    calibrated = Detector(open_bundle(models)).threshold
     rows = storage.read_table(RunRoot(str(out)).anomaly).to_pylist()
     table = []
     for video_id, facts in sorted(videos.items(), key=lambda item: (item[1]["kind"], item[1]["seed"])):
@@ -76,22 +77,24 @@ def localisation(models: str, seeds=range(5), windows: str = "{length_s: 3, stri
         overlaps = anomaly is not None and peak["start_s"] < anomaly[1] and anomaly[0] < peak["end_s"]
         table.append({"video": video_id, **facts, "peak": (peak["start_s"], peak["end_s"]), "peak_score": peak["score"],
                       "overlaps": overlaps, "flagged": sum(r["is_anomaly"] for r in mine), "windows": len(mine),
-                      "threshold": threshold})
+                      "threshold": peak["threshold"], "video_flagged": own["is_anomaly"], "calibrated": calibrated})
     return table
 
 
 def format_lines(rows: list[dict]) -> list[str]:
-    lines = [f"{'video':<18} {'length':>7} {'anomaly at':>13} {'top window':>13} {'score':>7} {'overlap':>7} "
-             f"{'flagged':>9}"]
+    lines = [f"{'video':<18} {'length':>7} {'anomaly at':>13} {'top window':>13} {'score':>7} {'threshold':>9} "
+             f"{'overlap':>7} {'flagged':>9}"]
     for r in rows:
         anomaly = f"{r['anomaly'][0]:5.1f}-{r['anomaly'][1]:5.1f}" if r["anomaly"] else "-"
         peak = f"{r['peak'][0]:5.1f}-{r['peak'][1]:5.1f}"
         overlap = ("yes" if r["overlaps"] else "NO") if r["anomaly"] else "-"
         lines.append(f"{r['video']:<18} {r['duration_s']:6.1f}s {anomaly:>13} {peak:>13} {r['peak_score']:7.4f} "
-                     f"{overlap:>7} {r['flagged']:>4}/{r['windows']:<4}")
+                     f"{r['threshold']:9.4f} {overlap:>7} {r['flagged']:>4}/{r['windows']:<4}")
     anomalous = [r for r in rows if r["anomaly"]]
     normal = [r for r in rows if not r["anomaly"]]
     lines.append(f"top window overlaps the anomaly: {sum(r['overlaps'] for r in anomalous)}/{len(anomalous)}; "
+                 f"anomalous videos flagged: {sum(r['video_flagged'] for r in anomalous)}/{len(anomalous)}; "
                  f"normal videos with no window flagged: {sum(r['flagged'] == 0 for r in normal)}/{len(normal)} "
-                 f"(threshold {rows[0]['threshold']:.4f})")
+                 f"(calibrated threshold {rows[0]['calibrated']:.4f}, each video's windows judged at the threshold "
+                 "for its number of windows)")
     return lines
