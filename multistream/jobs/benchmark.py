@@ -18,6 +18,7 @@ run replace their keys, the others are kept) and prints a table.
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from dataclasses import asdict
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = windows.DEFAULT_WINDOWS
         if cfg.video.windows is not None:
-            spec = f"{{length_s: {cfg.video.windows.length_s:g}, stride_s: {cfg.video.windows.stride_s:g}}}"
+            spec = json.dumps(dataclasses.asdict(cfg.video.windows))
         lengths = [float(s) for s in args.window_lengths.split(",") if s]
         report["windows"] = {"spec": spec, "per_length": windows.windows_cost(
             args.config, args.overrides, worker_env(cfg.ray.torch_threads), lengths, spec)}

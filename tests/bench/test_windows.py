@@ -8,7 +8,7 @@ from multistream.bench.windows import format_lines, windows_cost
 from multistream.ray.worker_env import worker_env
 
 SMALL = ["flow.size=[64, 48]", "spatial.image_size=32", "sampling.max_seq_len=8", "sampling.segments=4"]
-SPEC = "{length_s: 4, stride_s: 2}"
+SPEC = "{length_s: 4, stride_s: 2, shot_cut: null}"  # one shot: the windows follow the clock alone
 
 
 def windows_for(n_frames: int, fps: float, length: float, stride: float) -> int:
@@ -57,10 +57,11 @@ def test_the_benchmark_job_runs_the_windows_section_alone_with_the_configs_windo
     out = tmp_path / "out"
     assert run_job_main("benchmark", "--windows", "--no-extraction", "--no-training", "--no-kernels",
                         "--window-lengths", "3", "--output", str(out),
-                        "--set", "video.windows={length_s: 2, stride_s: 1}") == 0
+                        "--set", "video.windows={length_s: 2, stride_s: 1, shot_cut: null}") == 0
     report = json.loads((out / "reports" / "benchmark.json").read_text())
-    assert report["windows"]["spec"] == "{length_s: 2, stride_s: 1}"
+    spec = json.loads(report["windows"]["spec"])
+    assert (spec["length_s"], spec["stride_s"], spec["shot_cut"]) == (2, 1, None)
     (row,) = report["windows"]["per_length"]
     assert row["n_frames"] == 45 and row["windows"] == 2 and row["ratio"] == 1.0  # [0,2) [1,3)
     assert "training" not in report and "sequential" not in report
-    assert "{length_s: 2, stride_s: 1}" in capsys.readouterr().out
+    assert '"length_s": 2.0, "stride_s": 1.0' in capsys.readouterr().out
