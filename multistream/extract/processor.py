@@ -27,7 +27,7 @@ from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
 from multistream.extract.video import VideoError, open_video
-from multistream.extract.windows import WindowedDecode, merge_windows
+from multistream.extract.windows import EmbeddedFrames, WindowedDecode, merge_windows
 from multistream.store.members import readable_uri
 from multistream.store.storage import open_input
 
@@ -283,17 +283,20 @@ class VideoProcessor:
 
     def windowed(self, entry: VideoEntry) -> dict:
         """The row of one whole video in windows (`multistream.extract.windows`): each window through the
-        steps after decode as it is cut, their rows merged (`merge_windows`); the first failure is the video's."""
+        steps after decode as it is cut (the spatial CNN on the frames no earlier window embedded: `EmbeddedFrames`),
+        their rows merged (`merge_windows`); the first failure is the video's."""
         started, video = time.perf_counter(), video_row(entry)
         decoded = WindowedDecode(entry.uri, self.decoder.cfg, self.decoder.estimator, entry.video_id)
-        done, seconds = [], {}
+        done, seconds, embedded = [], {}, EmbeddedFrames()
         try:
             for window in decoded:
+                new = embedded.keep_new(window)
                 row = {"video": dict(video), **window}
                 for step in self.steps[1:]:
                     row = step(row)
                 if row["video"]["status"] != "ok":
                     return row
+                embedded.fill(row, new)
                 row.pop("flow", None)  # used by the window's models (predict's motion CNN), never stored
                 for name in ("spatial_s", "audio_s"):
                     seconds[name] = seconds.get(name, 0.0) + row["video"].get(name, 0.0)

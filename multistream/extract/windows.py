@@ -254,6 +254,35 @@ class _Buffer:
                 "first": self.first + a, "window": span}
 
 
+class EmbeddedFrames:
+    """The spatial CNN's vectors of the frames embedded for earlier windows of a video, by their index in it: a
+    frame that overlapping windows both sample is embedded once.
+
+        new = embedded.keep_new(window)   # its "frames" cut to those not embedded yet
+        ...                               # the steps: "spatial" (count of new, D) of them
+        embedded.fill(row, new)           # "spatial" (K, D): every position's
+    """
+
+    def __init__(self):
+        self.vectors: dict[int, np.ndarray] = {}
+
+    def keep_new(self, window: dict) -> np.ndarray:
+        """Cut the window row's "frames" to the positions not embedded yet → (K,) bool, which those are. Frames
+        before the window's first are forgotten: later windows start no earlier."""
+        self.vectors = {i: v for i, v in self.vectors.items() if i >= window["first"]}
+        new = np.array([int(i) not in self.vectors for i in window["positions"] + window["first"]], bool)
+        window["frames"] = window["frames"][new]
+        return new
+
+    def fill(self, row: dict, new: np.ndarray) -> None:
+        """The row's "spatial" of its new positions → of all K, from the vectors kept; the new ones kept too."""
+        index = [int(i) for i in row["positions"] + row["first"]]
+        for i, vector in zip([i for i, fresh in zip(index, new, strict=True) if fresh], row["spatial"], strict=True):
+            self.vectors[i] = vector
+        row["spatial"] = (np.stack([self.vectors[i] for i in index]) if index
+                          else row["spatial"].reshape(0, row["spatial"].shape[-1]))
+
+
 def merge_windows(video: dict, windows: list[dict]) -> dict:
     """One video's finished window rows → its row: "positions" (frame indices in the video), "timestamps",
     "magnitudes", "spatial", "temporal" and "audio" concatenated over the windows in order, and "windows"

@@ -157,3 +157,17 @@ def test_merge_and_split_are_inverse():
     assert row["positions"].tolist() == [0, 2, 20, 22, 40, 42]
     assert [a.shape[0] for a in split_windows(row, "audio")] == [1, 2, 3]
     assert [s[0, 0] for s in split_windows(row, "spatial")] == [0, 1, 2]
+
+
+def test_a_frame_that_overlapping_windows_both_sample_is_embedded_once(long_video):
+    cfg = windowed(4, 3, "sampling.max_seq_len=64")  # every frame sampled: windows share their overlaps' frames
+    processor = VideoProcessor(cfg)
+    spatial, seen = processor.steps[-2], []
+    embed = spatial.embed
+    spatial.embed = lambda frames: seen.append(len(frames)) or embed(frames)
+    row = processor(VideoEntry("v", str(long_video), None, None))
+    positions = row["positions"].tolist()
+    assert len(positions) == 120 and len(set(positions)) == 100 == sum(seen)  # 2 overlaps of 10 frames
+    first = {}
+    for position, vector in zip(positions, row["spatial"], strict=True):
+        np.testing.assert_array_equal(first.setdefault(position, vector), vector)
