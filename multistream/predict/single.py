@@ -8,6 +8,7 @@ time windows, its score timeline too.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import posixpath
 import sys
@@ -37,8 +38,11 @@ def predict_video(uri: str, bundle: Bundle, cfg: Config) -> dict:
 
     entry = VideoEntry(posixpath.basename(redact(uri).rstrip("/")), uri, None, None)  # no query string in the id
     # the steps the batch job's extraction runs on the same arrays: the motion CNN on each video's (or window's)
-    # flow right after its decode, the heads on its sequences
-    temporal = TemporalStep(TemporalEmbedder(bundle, cfg.motion_cnn.device, cfg.motion_cnn.embed_batch_size))
+    # flow right after its decode (loaded with the first decoded one: an unreadable video needs no model), the
+    # heads on its sequences
+    motion_cnn = functools.cache(lambda: TemporalEmbedder(bundle, cfg.motion_cnn.device,
+                                                          cfg.motion_cnn.embed_batch_size))
+    temporal = TemporalStep(lambda flow, positions: motion_cnn()(flow, positions))
     row = VideoProcessor(cfg, after_decode=temporal)(entry)
     if row["video"]["status"] == "ok":
         row, = HeadsStep(VideoEmbedder(bundle, cfg.rnn.device, cfg.rnn.batch_size))([row])
