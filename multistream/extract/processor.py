@@ -22,7 +22,13 @@ from multistream.dataset.manifest import VideoEntry
 from multistream.device import check_gpu_given
 from multistream.extract.budgets import Budget
 from multistream.extract.errors import error_kind
-from multistream.extract.flow.base import FlowEstimator, encode_flow
+from multistream.extract.flow.base import (
+    FLOW_CHUNK,
+    FlowEstimator,
+    check_consecutive,
+    encode_flow,
+    video_estimator,
+)
 from multistream.extract.flow.registry import flow_backend, make_flow_estimator
 from multistream.extract.rows import error_message, fail, stop_on_program_error, video_row
 from multistream.extract.sampling import frame_motion, sample_positions
@@ -33,7 +39,6 @@ from multistream.store.storage import open_input
 
 log = logging.getLogger(__name__)
 
-FLOW_CHUNK = 32  # frame pairs per flow call: bounds memory and lets RAFT batch on a GPU
 
 
 @dataclass
@@ -63,9 +68,7 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
     `resident` (a torch device): frames decoded at flow.size only go there once per flow chunk (`DeviceFrames`),
     and `frames` is the sampled ones resized there, a (K, 3, S, S) uint8 tensor on that device."""
     size = cfg.spatial.image_size
-    for_video = getattr(estimator, "for_video", None)
-    if for_video is not None:
-        estimator = for_video(video_id or uri)
+    estimator, per_video = video_estimator(estimator, video_id or uri)
     started = time.perf_counter()
     flow_seconds = 0.0
     spatial_frames, times, flows, pair_magnitudes = [], [], [], []
@@ -104,12 +107,9 @@ def decode_video(uri: str, cfg: Config, estimator: FlowEstimator, video_id: str 
         flush(keep_last=False)
         wave = reader.audio()
         n_frames = reader.n_frames
-        if for_video is not None and reader.n_decoded != n_frames:
-            raise VideoError(f"{uri}: flow.backend {cfg.flow.backend} pairs consecutive source frames, but video.max_fps "
-                             f"kept {n_frames} of its {reader.n_decoded} frames")
-        facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
-                 "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height, "n_frames": n_frames,
-                 "has_audio": info.has_audio and reader.audio_dropped is None}
+        if per_video:
+            check_consecutive(uri, cfg.flow.backend, reader.n_decoded, n_frames)
+        facts = reader.facts
     if n_frames == 0:
         raise VideoError(f"{uri}: no frame decodes within the first {cfg.video.max_seconds:g} s")
 

@@ -326,6 +326,14 @@ class VideoReader:
         return min(self.measured_fps, self._gate.budget.max_fps)
 
     @property
+    def facts(self) -> dict:
+        """What the reader found, as `videos/` columns: duration_s, fps (measured), kept_fps, width, height,
+        n_frames (kept) and has_audio (a track not dropped: its verdict is whole after `audio()` or the frames)."""
+        return {"duration_s": float(self.duration_s), "fps": float(self.measured_fps), "kept_fps": float(self.kept_fps),
+                "width": self.info.width, "height": self.info.height, "n_frames": self.n_frames,
+                "has_audio": self.info.has_audio and self.audio_dropped is None}
+
+    @property
     def audio_dropped(self) -> str | None:
         """Why an audio stream gave silence (known at open for its rate, after `audio()` for its start)."""
         return self._audio_dropped

@@ -29,12 +29,17 @@ import numpy as np
 
 from multistream.config import Config, WindowsConfig
 from multistream.extract.budgets import Budget
-from multistream.extract.flow.base import FlowEstimator, encode_flow
+from multistream.extract.flow.base import (
+    FLOW_CHUNK,
+    FlowEstimator,
+    check_consecutive,
+    encode_flow,
+    video_estimator,
+)
 from multistream.extract.sampling import frame_motion, sample_positions
-from multistream.extract.video import VideoError, open_video
+from multistream.extract.video import open_video
 from multistream.store.storage import open_input
 
-FLOW_CHUNK = 32  # frame pairs per flow call (as processor.FLOW_CHUNK)
 # a window is closed once the video has passed its end and its audio is decoded that far, or the video is this
 # far past it (a file whose audio is interleaved late, or ends early): its audio is silence beyond
 AUDIO_WAIT_S = 10.0
@@ -59,9 +64,7 @@ class WindowedDecode:
 
     def __init__(self, uri: str, cfg: Config, estimator: FlowEstimator, video_id: str | None = None):
         self.uri, self.cfg, self.windows = uri, cfg, cfg.video.windows
-        for_video = getattr(estimator, "for_video", None)
-        self.per_video = for_video is not None
-        self.estimator = for_video(video_id or uri) if self.per_video else estimator
+        self.estimator, self.per_video = video_estimator(estimator, video_id or uri)
         self.facts: dict = {}
         self.seconds: dict = {}
 
@@ -122,19 +125,14 @@ class WindowedDecode:
                     compute_flow(keep_last=True)
             compute_flow(keep_last=False)
             reader.drain_audio()
-            n_frames = reader.n_frames
-            if self.per_video and reader.n_decoded != n_frames:
-                raise VideoError(f"{self.uri}: flow.backend {cfg.flow.backend} pairs consecutive source frames, but "
-                                 f"video.max_fps kept {n_frames} of its {reader.n_decoded} frames")
+            if self.per_video:
+                check_consecutive(self.uri, cfg.flow.backend, reader.n_decoded, reader.n_frames)
             # the video's end: its header's duration, or past its last frame where that is later (or unknown)
             last = buffer.times[-1] + 1.0 / max(reader.kept_fps, 1e-3) if buffer.times else 0.0
             complete += shot.finish(max(reader.duration_s, last))
             yield from emit(complete)
             complete = []
-            self.facts = {"duration_s": float(reader.duration_s), "fps": float(reader.measured_fps),
-                          "kept_fps": float(reader.kept_fps), "width": info.width, "height": info.height,
-                          "n_frames": n_frames, "has_audio": info.has_audio and reader.audio_dropped is None,
-                          "n_samples": n_samples}
+            self.facts = reader.facts | {"n_samples": n_samples}
         self.seconds = {"decode_s": time.perf_counter() - started - flow_s, "flow_s": flow_s}
 
 

@@ -6,7 +6,10 @@ from typing import Protocol
 
 import numpy as np
 
+from multistream.extract.errors import VideoError
 from multistream.extract.flow.codec import mean_magnitude, quantize
+
+FLOW_CHUNK = 32  # frame pairs per flow call of the decoders: bounds memory and lets RAFT batch on a GPU
 
 
 class FlowEstimator(Protocol):
@@ -18,6 +21,21 @@ class FlowEstimator(Protocol):
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB, N >= 2 → (N-1, H, W, 2) float32 displacement (dx, dy) in pixels."""
         ...
+
+
+def video_estimator(estimator: FlowEstimator, video_id: str) -> tuple[FlowEstimator, bool]:
+    """The estimator for one video's frames, and whether it reads that video's own flow (`for_video`): then its
+    pairs join consecutive source frames (`check_consecutive`)."""
+    for_video = getattr(estimator, "for_video", None)
+    return (estimator, False) if for_video is None else (for_video(video_id), True)
+
+
+def check_consecutive(uri: str, backend: str, n_decoded: int, n_kept: int) -> None:
+    """VideoError where a backend reading each video's own flow met a video whose frames were decimated
+    (video.max_fps kept `n_kept` of `n_decoded`): its pairs would not join the frames kept."""
+    if n_decoded != n_kept:
+        raise VideoError(f"{uri}: flow.backend {backend} pairs consecutive source frames, but video.max_fps kept "
+                         f"{n_kept} of its {n_decoded} frames")
 
 
 def check_frames(frames: np.ndarray) -> None:
