@@ -1,6 +1,6 @@
-"""Window scores gathered into their videos (`video.windows`), and the `anomaly/` table: shared by
-`jobs/predict.py` (`multistream.predict.batch`) and the fuse job's autoencoder fitted on windows
-(`multistream.fuse.run`)."""
+"""Window scores gathered into their videos (`video.windows`), the `anomaly/` table, and the videos' own rows of
+windowed results: shared by `jobs/predict.py` (`multistream.predict.batch`), the fuse job's autoencoder fitted on
+windows (`multistream.fuse.run`) and the report."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from multistream.config import WindowsConfig
-from multistream.store import schema
+from multistream.store import schema, storage
 
 
 def anomaly_table(ids: list[str], splits: list, scores: np.ndarray, flagged: np.ndarray,
@@ -61,3 +62,24 @@ def windowed_anomaly_table(rows: list[dict]) -> pa.Table:
     spans = {name: column[name] for name in ("window", "start_s", "end_s", "peak_window", "threshold")}
     return anomaly_table(column["video_id"], column["split"], np.asarray(column["score"]),
                          np.asarray(column["is_anomaly"]), spans)
+
+
+def videos_only(table: pa.Table) -> pa.Table:
+    """The videos' own rows of a `predictions/` or `anomaly/` table (a windowed one's rows with window null)."""
+    if not schema.is_windowed(table.schema):
+        return table
+    return table.filter(table["window"].is_null())
+
+
+def is_windowed_table(table_uri: str) -> bool:
+    """Whether a table's parts were written under video.windows (its first part's footer says)."""
+    names = storage.list_parts(table_uri)
+    found = storage.part_schema(table_uri, names[0]) if names else None
+    return found is not None and schema.is_windowed(found)
+
+
+def own_rows(table_uri: str, columns: list[str]) -> pa.Table:
+    """`columns` of the videos' own rows of a stored `predictions/` or `anomaly/` table (`videos_only`), reading
+    only those columns and rows."""
+    windowed = is_windowed_table(table_uri)
+    return storage.read_table(table_uri, columns=columns, filter=ds.field("window").is_null() if windowed else None)

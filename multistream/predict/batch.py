@@ -18,13 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from multistream.config import Config, WindowsConfig
 from multistream.device import check_gpu_given
 from multistream.extract.rows import EMBEDDINGS, fail
 from multistream.extract.windows import split_windows
 from multistream.fuse.anomaly import detection_figures
-from multistream.fuse.windows import anomaly_table, window_rows, windowed_anomaly_table
+from multistream.fuse.windows import (
+    anomaly_table,
+    is_windowed_table,
+    own_rows,
+    window_rows,
+    windowed_anomaly_table,
+)
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.store import schema, storage
 from multistream.store.commit import committed_parts, drop_uncommitted, write_group
@@ -168,13 +175,6 @@ class PredictSummary:
     seconds: float
 
 
-def videos_only(table: pa.Table) -> pa.Table:
-    """The videos' own rows of a `predictions/` or `anomaly/` table (a windowed one's rows with window null)."""
-    if not schema.is_windowed(table.schema):
-        return table
-    return table.filter(table["window"].is_null())
-
-
 TIMELINES = "anomaly_timelines"  # the figure of the highest-scoring videos' windows, under reports/figures/
 
 
@@ -194,10 +194,13 @@ def write_timelines(root: str, n: int = 4) -> tuple[str | None, list[str]]:
     )
 
     run = RunRoot(root)
-    anomaly = storage.read_table(run.anomaly)
-    if not anomaly.num_rows or not schema.is_windowed(anomaly.schema):
+    if not is_windowed_table(run.anomaly):
         return None, []
-    videos = top_videos(anomaly.to_pylist(), n)
+    # the top videos from their own rows, then only their window rows: never every window of an archive
+    top = [video for video, _ in top_videos(own_rows(run.anomaly, ["video_id", "score"]).to_pylist(), n)]
+    if not top:
+        return None, []
+    videos = top_videos(storage.read_table(run.anomaly, filter=ds.field("video_id").isin(top)).to_pylist(), n)
     figure = timeline_figure(videos, math.nan)
     buffer = io.BytesIO()
     figure.tight_layout()
@@ -217,13 +220,13 @@ def evaluate(root: str, classes: list[str]) -> dict:
     known class (split 'anomaly' excluded); false-positive rate over those, detection rate and ROC AUC
     against the 'anomaly' split. Of windowed results, each video's own row."""
     run = RunRoot(root)
-    predictions = videos_only(storage.read_table(run.predictions))
+    predictions = own_rows(run.predictions, ["video_id", "label", "split", "predicted"])
     out: dict = {"n_predicted": predictions.num_rows}
     if predictions.num_rows:
         rows = [r for r in predictions.to_pylist() if r["label"] in classes and r["split"] != "anomaly"]
         out |= {"n_labelled": len(rows), "top1": float(np.mean([r["label"] == r["predicted"] for r in rows]))
                 if rows else None}
-    anomaly = videos_only(storage.read_table(run.anomaly))
+    anomaly = own_rows(run.anomaly, ["split", "score", "is_anomaly"])
     if anomaly.num_rows:
         is_anomalous = np.array([s == "anomaly" for s in anomaly["split"].to_pylist()])
         flagged = np.array(anomaly["is_anomaly"].to_pylist())

@@ -19,7 +19,8 @@ import numpy as np
 from multistream.config import Config, ConfigError, load_config
 from multistream.dataset.manifest import VideoEntry
 from multistream.extract.rows import embedded_table
-from multistream.predict.batch import HeadsStep, TemporalStep, score_table, videos_only
+from multistream.fuse.windows import videos_only
+from multistream.predict.batch import HeadsStep, TemporalStep, score_table
 from multistream.predict.bundle import Bundle, BundleError, open_bundle
 from multistream.predict.models import Classifier, Detector, TemporalEmbedder, VideoEmbedder
 from multistream.report.timeline import timeline_text

@@ -217,7 +217,7 @@ TIMELINE_VIDEOS = 4  # the highest-scoring videos whose windows' scores the repo
 
 
 def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
-    from multistream.predict.batch import videos_only
+    from multistream.fuse.windows import videos_only
     from multistream.report.timeline import timeline_figure, top_videos
 
     info = metrics.get("anomaly")

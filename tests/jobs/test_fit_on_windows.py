@@ -11,8 +11,8 @@ import pytest
 from multistream.config import load_config
 from multistream.demo.dataset import generate_demo
 from multistream.fuse.anomaly import THRESHOLDS, quantile_rule
+from multistream.fuse.windows import videos_only
 from multistream.jobs.pipeline import run_pipeline
-from multistream.predict.batch import videos_only
 from multistream.store import runinfo, schema, storage
 from multistream.store.layout import RunRoot
 from multistream.store.preflight import JobRefused, check_windows

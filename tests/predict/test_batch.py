@@ -416,7 +416,8 @@ def test_predict_in_windows_scores_each_window_and_each_video(trained, new_video
     """A long video of the new clips with the anomaly inside, and one short clip: windows per shot, each video's own
     row aggregated from its windows, the timeline figure; a re-run does nothing; one-file mode agrees."""
     from multistream.demo.longvideo import make_long_video
-    from multistream.predict.batch import evaluate, videos_only
+    from multistream.fuse.windows import videos_only
+    from multistream.predict.batch import evaluate
 
     rows = list(csv.DictReader(open(new_videos / "labels.csv")))
     clips = [(str(new_videos / r["uri"]), r["label"]) for r in rows if r["label"] != "anomaly"
