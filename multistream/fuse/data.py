@@ -96,10 +96,10 @@ def load_embeddings(root: str) -> Embeddings:
 WINDOW_SPANS = ["video_id", "label", "split", "window", "start_s", "end_s"]
 
 
-def load_window_embeddings(root: str) -> tuple[Embeddings, pa.Table]:
+def load_window_embeddings(root: str) -> tuple[Embeddings, pa.Table, str]:
     """The windowed `embeddings/` of a run root (`video.windows`) → (one row per (video, window): `video_id`
     repeats over a video's windows, per stream (W, D_s) float32; the W rows' WINDOW_SPANS columns, in the same
-    order: by video_id, then window)."""
+    order: by video_id, then window; the table's `embeddings_fingerprint`)."""
     uri = RunRoot(root).embeddings
     table = storage.read_table(uri)
     if table.num_rows == 0:
@@ -115,7 +115,7 @@ def load_window_embeddings(root: str) -> tuple[Embeddings, pa.Table]:
                 features[stream] = rows
     data = Embeddings(table["video_id"].to_pylist(), table["label"].to_pylist(), table["split"].to_pylist(),
                       features)
-    return data, table.select(WINDOW_SPANS)
+    return data, table.select(WINDOW_SPANS), table_fingerprint(table)
 
 
 def embeddings_fingerprint(root: str) -> str:
@@ -123,7 +123,11 @@ def embeddings_fingerprint(root: str) -> str:
 
     Content, not file stamps: the RNN job rewrites the table on every run, usually with the same rows.
     """
-    table = storage.read_table(RunRoot(root).embeddings)
+    return table_fingerprint(storage.read_table(RunRoot(root).embeddings))
+
+
+def table_fingerprint(table: pa.Table) -> str:
+    """`embeddings_fingerprint` of an `embeddings/` table already read."""
     if table.num_rows == 0:
         return ""
     table = table.sort_by([("video_id", "ascending"), ("window", "ascending")] if schema.is_windowed(table.schema)

@@ -227,7 +227,7 @@ def _fit_anomaly_on_windows(cfg: Config, streams: tuple[str, ...], run: RunRoot)
     """The autoencoder fitted and calibrated on the window embeddings under `windows/`, every window scored,
     each video's score its windows' aggregated → (the windowed `anomaly/` table, the result)."""
     started = time.perf_counter()
-    data, spans = load_window_embeddings(run.windows.uri)
+    data, spans, fingerprint = load_window_embeddings(run.windows.uri)
     missing = [s for s in streams if s not in data.features]
     if missing:
         raise RuntimeError(f"{run.windows.embeddings} has no {', '.join(missing)} embeddings, which the fusion uses")
@@ -256,7 +256,7 @@ def _fit_anomaly_on_windows(cfg: Config, streams: tuple[str, ...], run: RunRoot)
             "windows": {split: int(count) for split, count in zip(*np.unique(np.asarray(data.split, dtype=str),
                                                                               return_counts=True), strict=True)},
             "anomaly_score": rules.anomaly_score, "length_s": rules.length_s, "stride_s": rules.stride_s,
-            "embeddings_fingerprint": embeddings_fingerprint(run.windows.uri)})
+            "embeddings_fingerprint": fingerprint})
     log.info("anomaly: fitted on %d windows of %d videos, threshold from %d calibration windows", result.n_fit,
              result.windows["fit_videos"], result.n_calibration)
     return windowed_anomaly_table(rows), result
