@@ -27,7 +27,7 @@ class WindowsProbe:
     load_s: float  # the models loaded, before the video
     seconds: float  # the video through the runner, models loaded
     video_s_per_s: float  # video_s / seconds
-    row_mb: float  # the arrays of the merged row returned (flow pairs of every window, embeddings, positions)
+    row_mb: float  # the arrays of the merged row returned (every window's sequences and positions)
     peak_rss_mb: float  # of the whole process, models included
     ratio: float  # peak RSS ÷ the shortest video's
 

@@ -83,3 +83,4 @@ def own_rows(table_uri: str, columns: list[str]) -> pa.Table:
     only those columns and rows."""
     windowed = is_windowed_table(table_uri)
     return storage.read_table(table_uri, columns=columns, filter=ds.field("window").is_null() if windowed else None)
+

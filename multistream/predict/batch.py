@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from multistream.config import Config, WindowsConfig
 from multistream.device import check_gpu_given
@@ -27,7 +26,6 @@ from multistream.extract.windows import split_windows
 from multistream.fuse.anomaly import detection_figures
 from multistream.fuse.windows import (
     anomaly_table,
-    is_windowed_table,
     own_rows,
     window_rows,
     windowed_anomaly_table,
@@ -183,29 +181,20 @@ def write_timelines(root: str, n: int = 4) -> tuple[str | None, list[str]]:
     as a figure (`reports/figures/anomaly_timelines.png`, with each video's threshold and flagged intervals) and a
     line each naming their peak and flagged intervals → (the figure's URI, the lines); (None, []) for results
     without windows."""
-    import io
-
+    from multistream.report.figures import Figures
     from multistream.report.timeline import (
         clock,
         flagged_intervals,
         timeline_figure,
-        top_videos,
+        top_video_windows,
         video_threshold,
     )
 
     run = RunRoot(root)
-    if not is_windowed_table(run.anomaly):
+    videos = top_video_windows(run.anomaly, n)
+    if not videos:
         return None, []
-    # the top videos from their own rows, then only their window rows: never every window of an archive
-    top = [video for video, _ in top_videos(own_rows(run.anomaly, ["video_id", "score"]).to_pylist(), n)]
-    if not top:
-        return None, []
-    videos = top_videos(storage.read_table(run.anomaly, filter=ds.field("video_id").isin(top)).to_pylist(), n)
-    figure = timeline_figure(videos, math.nan)
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=110)
-    storage.write_bytes(run.figure(TIMELINES), buffer.getvalue())
+    Figures(root)(TIMELINES, timeline_figure(videos, math.nan), "anomaly score over time")  # rendered and written
     lines = []
     for video_id, windows in videos:
         peak, threshold = max(windows, key=lambda w: w["score"]), video_threshold(windows, math.nan)

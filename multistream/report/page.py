@@ -218,7 +218,7 @@ TIMELINE_VIDEOS = 4  # the highest-scoring videos whose windows' scores the repo
 
 def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
     from multistream.fuse.windows import videos_only
-    from multistream.report.timeline import timeline_figure, top_videos
+    from multistream.report.timeline import timeline_figure, top_video_windows
 
     info = metrics.get("anomaly")
     results = storage.read_table(RunRoot(root).anomaly)
@@ -249,7 +249,7 @@ def anomaly_section(root: str, metrics: dict, figures: Figures) -> str:
     out.append(figures("anomaly", anomaly_figure(by_split, info["threshold"], info.get("roc_auc")),
                        "anomaly score histogram and ROC curve"))
     if windowed:
-        videos = top_videos(results.to_pylist(), TIMELINE_VIDEOS)
+        videos = top_video_windows(RunRoot(root).anomaly, TIMELINE_VIDEOS)
         out.append(f'<p class="note">The {len(videos)} videos with the highest anomaly scores: each window\'s score '
                    "over time, the threshold dashed, the flagged intervals shaded.</p>")
         out.append(figures("anomaly_timelines", timeline_figure(videos, info["threshold"]),

@@ -1,4 +1,5 @@
-"""Where in a long video the anomaly score rises: the windows' scores over time, as text and as a figure.
+"""Where in a long video the anomaly score rises: the windows' scores over time, as text and as a figure, and
+the highest-scoring videos' windows read from a stored `anomaly/` table (`top_video_windows`).
 
 A window is a mapping with `start_s`, `end_s` (float seconds, start < end) and `score` (its reconstruction
 error), as in the window rows of `anomaly/`; it may carry `window` (its index in the video). Windows may
@@ -12,9 +13,12 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pyarrow.dataset as ds
 from matplotlib.figure import Figure
 
+from multistream.fuse.windows import is_windowed_table, own_rows
 from multistream.report.figures import PLAIN_TEXT
+from multistream.store import storage
 
 BAR_WIDTH = 30
 MINUTES_FROM_S = 600.0  # the figure's x axis in minutes once a video is longer than this
@@ -154,3 +158,15 @@ def top_videos(rows: Sequence[Mapping], n: int = 4) -> list[tuple[str, list[dict
 
     ranked = sorted(videos.items(), key=lambda item: (score(item), item[0]))[:n]
     return [(video_id, sorted(windows, key=lambda w: w["window"])) for video_id, (_, windows) in ranked]
+
+
+def top_video_windows(table_uri: str, n: int) -> list[tuple[str, list[dict]]]:
+    """The `n` videos of a stored windowed `anomaly/` table with the highest scores, each with its window rows
+    (`report.timeline.top_videos`), reading their own rows first and then only those videos' windows: never
+    every window of an archive. [] for a table without windows."""
+    if not is_windowed_table(table_uri):
+        return []
+    top = [video for video, _ in top_videos(own_rows(table_uri, ["video_id", "score"]).to_pylist(), n)]
+    if not top:
+        return []
+    return top_videos(storage.read_table(table_uri, filter=ds.field("video_id").isin(top)).to_pylist(), n)
