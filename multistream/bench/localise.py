@@ -1,6 +1,6 @@
 """Where `jobs/predict.py` in time windows finds an anomaly inside a long video: the localisation table.
 
-    rows = localisation(models="runs/demo", seeds=range(5), windows="{length_s: 3, stride_s: 1.5}", folder=...)
+    rows = localisation(models="runs/demo", seeds=range(5), windows=DEMO_WINDOWS, folder=...)
     print("\n".join(format_lines(rows)))
 
 For each seed, a fresh demo archive (clips the trained run never saw) gives two long videos made with
@@ -24,6 +24,7 @@ from multistream.store import storage
 from multistream.store.layout import RunRoot
 
 POSITIONS = (0.15, 0.35, 0.5, 0.65, 0.85)  # where the anomaly goes, as a share of the normal clips' duration
+DEMO_WINDOWS = "{length_s: 4, stride_s: 2}"  # the demo's clips are 2-4 s: a clip is about one window
 
 
 def long_videos(folder: Path, seed: int, clips_per_class: int, position: float) -> dict[str, dict]:
@@ -48,7 +49,7 @@ def long_videos(folder: Path, seed: int, clips_per_class: int, position: float) 
     return videos
 
 
-def localisation(models: str, seeds=range(5), windows: str = "{length_s: 3, stride_s: 1.5}", clips_per_class: int = 3,
+def localisation(models: str, seeds=range(5), windows: str = DEMO_WINDOWS, clips_per_class: int = 3,
                  folder: str | Path | None = None, overrides: tuple[str, ...] = ()) -> list[dict]:
     """The table's rows, one per long video: seed, kind, anomaly interval, the peak window's interval and score,
     whether they overlap, the windows flagged of all, the threshold its windows were judged at, whether the video

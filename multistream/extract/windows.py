@@ -6,9 +6,10 @@ stored on its own (docs/design.md#windows).
     row = merge_windows(video, rows)                      # one row per video: arrays concatenated, "windows"
 
 A video is cut into shots where consecutive frames' colour histograms jump well above their recent jumps
-(`CutDetector`, `windows.shot_cut`; a camera feed is one shot), and each shot into windows: window k of a shot covers [shot start + k x stride_s, ... + length_s) and
-exists once a frame of the shot lies past the end of window k-1, so windows are added until every frame is in
-one; a shot shorter than one window is one window, cut at the shot's end. No window spans a cut, as no clip the
+(`CutDetector`, `windows.shot_cut`; a camera feed is one shot), and each shot into windows: window k of a shot
+covers [shot start + k x stride_s, ... + length_s) and exists once a frame of the shot lies past the end of window
+k-1, so windows are added until every frame is in one; a shot shorter than one window is one window, cut at the
+shot's end. No window spans a cut, as no clip the
 models learned from does. Windows are numbered through the video. Frames are decoded once and flow is computed
 once per consecutive pair, however many windows share them; only the frames, flow and audio of the windows not
 yet emitted are held (memory flat in duration). A window is the unit a UCF101 clip is: its own adaptive sampling

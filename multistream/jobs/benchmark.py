@@ -23,7 +23,7 @@ import json
 import tempfile
 from dataclasses import asdict
 
-from multistream.bench import extraction, gpu, training
+from multistream.bench import extraction, gpu, localise, training
 from multistream.bench.inputs import benchmark_entries
 from multistream.cli import job_parser, parse_job_args
 from multistream.config import CONFIG_DIR
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(--models) on 5 seeds of long demo videos, each with and without one anomalous clip "
                              "(multistream.bench.localise; ~5 min on 2 cores)")
     parser.add_argument("--models", default="runs/demo", help="--localise: the trained run (default runs/demo)")
-    parser.add_argument("--localise-windows", default="{length_s: 4, stride_s: 2}",
-                        help="--localise: video.windows (the demo's clips are 2-4 s)")
+    parser.add_argument("--localise-windows", default=localise.DEMO_WINDOWS,
+                        help=f"--localise: video.windows (default {localise.DEMO_WINDOWS}: the demo's clips are 2-4 s)")
     parser.add_argument("--kernels", action=on_off, default=True,
                         help="the per-call figures: RAFT per pair, the motion CNN's input per stack (default: on)")
     parser.add_argument("--motion-epochs", type=int, default=6,
@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(paper_gpu.format_lines(figures)))
         return 0
     if args.localise:
-        from multistream.bench import localise
-
         rows = localise.localisation(args.models, windows=args.localise_windows)
         _write_report(cfg, {"localise": {"windows": args.localise_windows, "videos": rows}})
         print("\n".join(localise.format_lines(rows)))

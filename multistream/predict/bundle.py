@@ -6,8 +6,8 @@
 
 `models/bundle.json` holds the format version, the code version that wrote it, the classes and streams, the
 extraction settings the models were trained on (the video, flow, sampling, spatial and audio sections, less
-the keys that only say how fast or where it runs, `RESOURCE_KEYS`, and how a video is cut for them, `PREDICTION_KEYS`), the source and content sha256 of every
-pretrained weights file they used, and the sha256 of every model file under `models/`. `open_bundle` checks
+the keys that only say how fast or where it runs, `RESOURCE_KEYS`, and how a video is cut for them,
+`PREDICTION_KEYS`), the source and content sha256 of every pretrained weights file they used, and the sha256 of every model file under `models/`. `open_bundle` checks
 all of it before any video is read and raises one `BundleError` that names every missing or altered file.
 
 `files` lists exactly `expected_files()` (each model folder's model.safetensors and model.json, by paths
